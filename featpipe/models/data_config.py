@@ -1,0 +1,94 @@
+"""Each model's own preprocessing, as data: never hard-coded ImageNet constants.
+
+timm models carry it in their pretrained config (``resolve_model_data_config``);
+torchvision models in their weights' ``transforms()``. Both are reduced to one
+:class:`DataConfig` that is stored in every feature file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ..errors import UsageError
+from .registry import ModelSpec
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Eval preprocessing: resize, centre crop, scale to [0, 1], normalise.
+
+    ``resize`` is the short side for ``crop_mode='center'`` (aspect kept) and
+    both sides for ``'squash'``; ``crop`` is (height, width).
+    """
+
+    crop: tuple[int, int]
+    resize: int | tuple[int, int]
+    crop_mode: str
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DataConfig":
+        d = json.loads(text)
+        resize = d["resize"] if isinstance(d["resize"], int) else tuple(d["resize"])
+        return cls(
+            crop=tuple(d["crop"]),
+            resize=resize,
+            crop_mode=d["crop_mode"],
+            interpolation=d["interpolation"],
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+        )
+
+
+def from_timm(model: nn.Module) -> DataConfig:
+    """The eval preprocessing timm's ``create_transform`` builds for ``model``."""
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    _, h, w = cfg["input_size"]
+    crop_pct = cfg.get("crop_pct") or 0.875
+    mode = cfg.get("crop_mode") or "center"
+    # Same arithmetic as timm.data.transforms_imagenet_eval.
+    sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)
+    if mode == "squash":
+        resize: int | tuple[int, int] = (sh, sw)
+    elif mode == "center" and sh == sw:
+        resize = sh
+    else:
+        # 'border' pads, and non-square 'center' keeps the ratio to a box: no classic CNN does.
+        raise UsageError(
+            f"preprocessing crop_mode={mode!r} at {h}x{w} of this timm model is not supported; "
+            "pick a model with a square input (most CNNs)"
+        )
+    return DataConfig(
+        crop=(h, w),
+        resize=resize,
+        crop_mode=mode,
+        interpolation=str(cfg["interpolation"]),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+    )
+
+
+def from_torchvision(spec: ModelSpec) -> DataConfig:
+    """The eval preprocessing of the model's default torchvision weights."""
+    import torchvision.models
+
+    t = torchvision.models.get_model_weights(spec.arch).DEFAULT.transforms()
+    crop = t.crop_size[0]
+    return DataConfig(
+        crop=(crop, crop),
+        resize=int(t.resize_size[0]),
+        crop_mode="center",
+        interpolation=t.interpolation.value,
+        mean=tuple(float(v) for v in t.mean),
+        std=tuple(float(v) for v in t.std),
+    )
