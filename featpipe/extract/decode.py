@@ -1,0 +1,72 @@
+"""Decode one image file to an RGB picture, or say in a few words why not.
+
+Everything a folder of real-world images holds is handled: EXIF orientation,
+grayscale, RGBA, CMYK, palette and 16-bit images (converted to 8-bit RGB, alpha
+dropped as torchvision's loader does), the first frame of a GIF. A file that
+cannot be used raises :class:`BadImage` with a short reason; the caller keeps
+the row and records the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own default: above this many pixels a file is treated as a
+# decompression bomb rather than decoded.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class BadImage(Exception):
+    """An image that cannot be used; ``str()`` is the reason stored in /errors."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # Pillow's convert() clips 16-bit values to 255; scale the range instead.
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode != "F" and a.max(initial=0) > 255 else 255.0
+        if im.mode == "F":
+            top = max(1.0, float(a.max(initial=1.0)))
+        a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette transparency needs RGBA first to keep colours right
+    return im.convert("RGB")
+
+
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open, check and decode ``path`` as an 8-bit RGB image, EXIF-rotated.
+
+    Raises:
+        BadImage: with the reason the file cannot be used.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadImage(f"decompression bomb: {w}x{h} pixels exceeds the limit of {max_pixels}")
+            im.seek(0)  # first frame of animations
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text:
+            raise BadImage(f"truncated file: {text}") from None
+        raise BadImage(f"cannot decode: {text}") from None

@@ -1,0 +1,79 @@
+"""Distribute: run partitions on Dask, locally or on an existing cluster.
+
+Locally the default is an in-process Dask cluster with one worker: one network
+per device, with two task slots so the next partition decodes while the current
+one runs the forward pass (the extractor's lock keeps forwards one at a time).
+With a scheduler address the same tasks run on that cluster; each worker loads
+the model once and returns features, and the client stays the single writer.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterator, Sequence
+
+from ..errors import UsageError
+from .runner import ExtractorSpec, PartitionResult, PartitionTask, run_partition
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None) -> Iterator["distributed.Client"]:  # noqa: F821
+    """A client of the given scheduler, or of a fresh local in-process cluster."""
+    import distributed
+
+    if scheduler:
+        try:
+            client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); start one with "
+                "`dask scheduler` and workers with `dask worker ADDRESS`, or leave out --scheduler"
+            ) from None
+        with client:
+            yield client
+        return
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=None,
+        silence_logs=logging.WARNING,
+    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def run_partitions(
+    client,
+    spec: ExtractorSpec,
+    tasks: Sequence[PartitionTask],
+    batch_size: int,
+    decode_threads: int,
+    max_pixels: int,
+    key_prefix: str,
+) -> Iterator[PartitionResult]:
+    """Yield each partition's result as soon as it is done (in any order)."""
+    import distributed
+
+    futures = [
+        client.submit(
+            run_partition, spec, task, batch_size, decode_threads, max_pixels,
+            key=f"{key_prefix}-part-{task.index}", pure=False,
+        )
+        for task in tasks
+    ]
+    pending = {f.key: f for f in futures}
+    done = distributed.as_completed(futures, loop=client.loop)
+    del futures
+    try:
+        for future in done:
+            result = future.result()
+            # Drop every reference, so the cluster frees the result right away.
+            del pending[future.key]
+            future.release()
+            yield result
+    finally:
+        # On an error (or a caller that stops early) cancel what has not run.
+        if pending:
+            client.cancel(list(pending.values()))

@@ -1,0 +1,338 @@
+"""Extract: the whole run, from a folder of images to one feature file.
+
+Plans partitions, takes the output's lock, resumes what a previous run of the
+same configuration finished, dispatches the rest to Dask, writes each result as
+a shard, and merges the shards into the final file. See DESIGN.md, "Crash safety".
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import timm
+import torch
+
+from .. import __version__, models
+from ..errors import RunConflictError, TooManyFailuresError, UsageError
+from ..store import FORMAT, FORMAT_VERSION
+from . import distributor, writer
+from .decode import MAX_PIXELS
+from .merge import merge_shards
+from .runner import ExtractorSpec, PartitionTask, get_extractor, resolve_device
+from .sources import SampleList, discover
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16")
+MAX_PARTITION = 1024  # rows lost at most by a crash, per running partition
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Settings of one extraction (the CLI's options, as one typed object)."""
+
+    input: Path
+    output: Path
+    model: str
+    weights: str = "pretrained"
+    layers: tuple[str, ...] = ("pooled",)
+    pool: str = "avg"
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    dtype: str = "float32"
+    seed: int = 0
+    partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
+    decode_threads: int | None = None  # default: half the cores, at least one
+    max_failures: float | None = None  # a count (>= 1), a fraction of all images (< 1), or None: no limit
+    max_pixels: int = MAX_PIXELS
+    scheduler: str | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did, and where its time went (seconds)."""
+
+    output: Path
+    images: int
+    failed: int
+    computed: int  # images processed by this run (the rest came from finished shards)
+    resumed_partitions: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # first few (path, reason)
+    already_complete: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_config(config: ExtractConfig) -> None:
+    if config.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if config.partition_size is not None and config.partition_size < 1:
+        raise UsageError(f"--partition-size must be at least 1, got {config.partition_size}")
+    if config.max_failures is not None and config.max_failures < 0:
+        raise UsageError(f"--max-failures must be a count or a fraction >= 0, got {config.max_failures}")
+    out = config.output
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
+    if out.is_dir():
+        raise UsageError(f"output {str(out)!r} is a folder; give a file name such as features.h5")
+
+
+def _partition_size(config: ExtractConfig, n: int) -> int:
+    if config.partition_size:
+        return config.partition_size
+    # About 50 partitions keep the progress bar moving and a crash cheap;
+    # whole batches keep the forward passes full.
+    bs = config.batch_size
+    size = math.ceil(n / 50 / bs) * bs
+    return max(bs, min(size, max(bs, MAX_PARTITION // bs * bs)))
+
+
+def _max_failures(config: ExtractConfig, n: int) -> int | None:
+    if config.max_failures is None:
+        return None
+    if config.max_failures < 1:
+        return math.floor(config.max_failures * n)
+    return int(config.max_failures)
+
+
+class OutputLock:
+    """An exclusive lock on ``<output>.lock``; the OS drops it if the process dies."""
+
+    def __init__(self, output: Path):
+        self.path = output.with_name(output.name + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunConflictError(
+                f"another featpipe process (pid {holder}) is writing {str(self.path)[:-5]!r}; "
+                "wait for it to finish or choose another -o"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            # Unlink while still holding the lock, so a waiting process cannot
+            # lock a file that is about to vanish and race a third one.
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def _existing_output(config: ExtractConfig, identity: dict) -> bool:
+    """True when the output already holds this very run; raises when it holds another."""
+    if not config.output.exists() or config.overwrite:
+        return False
+    import h5py
+
+    try:
+        with h5py.File(config.output, "r") as f:
+            old = json.loads(f.attrs.get("config", "{}"))
+            old["samples"] = f.attrs.get("samples_digest", "")
+    except OSError:
+        old = {}
+    new = {**identity["config"], "samples": identity["samples"]}
+    if old == new:
+        return True
+    what = _differences(old, new) if old else "it is not a featpipe feature file"
+    raise RunConflictError(
+        f"{str(config.output)!r} exists from another run ({what[:300]}); pass --overwrite to replace it"
+    )
+
+
+def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> dict[int, Path]:
+    """Finished shards to reuse; refuses to mix with a partial run of another configuration."""
+    old = writer.read_manifest(parts_dir) if parts_dir.exists() else None
+    if old is not None and old != manifest:
+        if not config.overwrite:
+            raise RunConflictError(
+                f"{str(parts_dir)!r} holds a partial run with another configuration "
+                f"({_differences(old, manifest)[:300]}); pass --overwrite to discard it"
+            )
+        shutil.rmtree(parts_dir)
+    elif old is None and parts_dir.exists():
+        shutil.rmtree(parts_dir)  # no manifest: nothing in it can be trusted
+    parts_dir.mkdir(exist_ok=True)
+    writer.write_manifest(parts_dir, manifest)
+    return writer.finished_shards(parts_dir)
+
+
+def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None = None) -> ExtractSummary:
+    """Run an extraction; ``progress(done, total)`` is called as partitions finish.
+
+    Raises:
+        UsageError: bad input, model, layer or option.
+        WeightsError: weights not found or not loadable.
+        RunConflictError: another process writes the output, or it holds another run.
+        TooManyFailuresError: more failed images than ``max_failures``; finished work is kept.
+    """
+    t_start = time.perf_counter()
+    config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
+    _check_config(config)
+    samples = discover(config.input)
+    n = len(samples)
+    spec = ExtractorSpec(
+        model=models.resolve(config.model).name,
+        weights=config.weights,
+        seed=config.seed,
+        layers=tuple(config.layers),
+        pool=config.pool,
+        device=resolve_device(config.device),
+        precision=config.precision,
+    )
+    # Built here first: bad layers or weights fail before any work starts, and
+    # the weights' digest pins every worker to the same weights.
+    ex = get_extractor(spec)
+    spec = replace(spec, weights_sha256=ex.weights.sha256)
+    if not config.scheduler:
+        from .runner import _extractors, _extractors_lock
+
+        with _extractors_lock:  # the in-process worker reuses the model just built
+            _extractors[spec] = ex
+    run_config = {
+        "model": spec.model,
+        "weights_source": ex.weights.source,
+        "weights_sha256": ex.weights.sha256,
+        "layers": [[layer.name, layer.node, layer.pool] for layer in ex.layers],
+        "data_config": json.loads(ex.data_config.to_json()),
+        "precision": config.precision,
+        "dtype": config.dtype,
+    }
+    config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
+    identity = {"config": run_config, "samples": samples.digest()}
+    part_size = _partition_size(config, n)
+    tasks = [
+        PartitionTask(i, start, str(samples.root), samples.paths[start:start + part_size])
+        for i, start in enumerate(range(0, n, part_size))
+    ]
+    parts_dir = config.output.with_name(config.output.name + ".parts")
+    limit = _max_failures(config, n)
+
+    with OutputLock(config.output):
+        if _existing_output(config, identity):
+            from ..store import load
+
+            fs = load(config.output)
+            log.info("%s is already complete", config.output)
+            return ExtractSummary(
+                config.output, n, int((~fs.valid).sum()), 0, len(tasks), time.perf_counter() - t_start,
+                errors=list(zip(fs.errors["path"], fs.errors["reason"]))[:10], already_complete=True,
+            )
+        manifest = {
+            "config_hash": config_hash,
+            "config": run_config,
+            "samples": identity["samples"],
+            "n_samples": n,
+            "partition_size": part_size,
+        }
+        done = _prepare_parts(config, parts_dir, manifest)
+        failed = sum(writer.shard_errors(p) for p in done.values())
+        done_rows = sum(len(t.paths) for t in tasks if t.index in done)
+        todo = [t for t in tasks if t.index not in done]
+        if done:
+            log.info("resuming: %d of %d partitions already finished", len(done), len(tasks))
+        if progress:
+            progress(done_rows, n)
+        t_work = time.perf_counter()
+        write_s = 0.0
+        computed = 0
+        if todo:
+            decode_threads = config.decode_threads or max(1, (os.cpu_count() or 2) // 2)
+            with distributor.dask_client(config.scheduler) as client:
+                for result in distributor.run_partitions(
+                    client, spec, todo, config.batch_size, decode_threads, config.max_pixels,
+                    key_prefix=f"featpipe-{config_hash[:10]}",
+                ):
+                    t0 = time.perf_counter()
+                    done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
+                    write_s += time.perf_counter() - t0
+                    failed += len(result.errors)
+                    computed += len(result)
+                    done_rows += len(result)
+                    if progress:
+                        progress(done_rows, n)
+                    if limit is not None and failed > limit:
+                        first = result.errors[0] if result.errors else (0, "?")
+                        raise TooManyFailuresError(
+                            f"{failed} images failed, more than --max-failures allows ({limit}); for example "
+                            f"{samples.paths[first[0]]!r}: {first[1]}. Finished partitions are kept in "
+                            f"{str(parts_dir)!r}: fix the images or raise --max-failures and run again to resume"
+                        )
+        elapsed = time.perf_counter() - t_work
+        t0 = time.perf_counter()
+        attrs = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "featpipe_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": spec.model,
+            "weights_source": ex.weights.describe(),
+            "weights_sha256": ex.weights.sha256,
+            "data_config": ex.data_config.to_json(),
+            "config_hash": config_hash,
+            "config": json.dumps(run_config, sort_keys=True),
+            "samples_digest": identity["samples"],
+            "torch_version": str(torch.__version__),
+            "timm_version": str(timm.__version__),
+            "image_root": str(samples.root),
+            "precision": config.precision,
+            "dtype": config.dtype,
+            "seed": config.seed,
+        }
+        layer_attrs = {layer.name: {"pool": layer.pool, "node": layer.node} for layer in ex.layers}
+        shard_timings = merge_shards(
+            [done[i] for i in sorted(done)], config.output, samples, attrs, layer_attrs, config.dtype
+        )
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        write_s += time.perf_counter() - t0
+
+    from ..store import load
+
+    fs = load(config.output)
+    timings = {k: v for k, v in shard_timings.items()}
+    timings["write"] = write_s
+    return ExtractSummary(
+        output=config.output,
+        images=n,
+        failed=int((~fs.valid).sum()),
+        computed=computed,
+        resumed_partitions=len(tasks) - len(todo),
+        seconds=elapsed,
+        timings=timings,
+        errors=list(zip(fs.errors["path"], fs.errors["reason"]))[:10],
+    )

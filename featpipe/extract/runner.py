@@ -1,0 +1,219 @@
+"""Forward: run one partition of images through the network.
+
+A partition is a contiguous run of rows. Its images are decoded and cropped on
+a small thread pool a couple of batches ahead of the network (Pillow releases
+the GIL), so the forward pass rarely waits. The network itself is built once
+per process and shared by every partition that process runs; a lock keeps one
+forward pass on a device at a time.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import models
+from ..errors import UsageError, WeightsError
+from .decode import MAX_PIXELS, BadImage, load_rgb
+from .preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything a worker needs to build the same network as the client (picklable)."""
+
+    model: str
+    weights: str
+    seed: int
+    layers: tuple[str, ...]
+    pool: str
+    device: str
+    precision: str
+    # Set by the client once it has built the model: every worker checks its
+    # weights against it, so no worker can silently use other weights.
+    weights_sha256: str | None = None
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when there is a GPU, else 'cpu'; checks a requested GPU exists."""
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        index = 0 if device == "cuda" else device.split(":", 1)[1]
+        if not str(index).isdigit():
+            raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device!r} asked for a GPU but CUDA is not available; use --device cpu")
+        if int(index) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+        return f"cuda:{index}"
+    raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+class Extractor:
+    """A network in eval mode with its layer taps and its preprocessing, on one device."""
+
+    def __init__(self, spec: ExtractorSpec):
+        if spec.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
+        self.spec = spec
+        self.model_spec = models.resolve(spec.model)
+        model, self.weights = models.load_model(self.model_spec, spec.weights, spec.seed)
+        if spec.weights_sha256 and self.weights.sha256 != spec.weights_sha256:
+            raise WeightsError(
+                f"weights for {spec.model} on this worker ({self.weights.describe()}, sha256 "
+                f"{self.weights.sha256[:12]}) differ from the client's ({spec.weights_sha256[:12]}); "
+                "give every worker the same weights file"
+            )
+        self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
+        self.data_config = models.data_config(model, self.model_spec)
+        self.preprocess = Preprocessor(self.data_config)
+        self.device = torch.device(spec.device)
+        # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
+        model = model.to(self.device, memory_format=torch.channels_last)
+        self.tapped = models.TappedModel(model, self.model_spec, self.layers)
+        self._autocast_dtype = PRECISIONS[spec.precision]
+        self._lock = threading.Lock()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def forward(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        """uint8 (B, H, W, 3) crops -> ({layer: float32 (B, D)}, seconds on the device)."""
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            x = self.preprocess.batch(x)
+            with self._autocast():
+                out = self.tapped(x)
+            out = {name: t.float().cpu().numpy() for name, t in out.items()}
+            return out, time.perf_counter() - t0
+
+
+_extractors: dict[ExtractorSpec, Extractor] = {}
+_extractors_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def get_extractor(spec: ExtractorSpec) -> Extractor:
+    """The process's extractor for ``spec``, built on first use (each Dask worker loads the model once)."""
+    with _extractors_lock:
+        if spec not in _extractors:
+            _extractors[spec] = Extractor(spec)
+        return _extractors[spec]
+
+
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    with _extractors_lock:
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="featpipe-decode")
+        return _pools[threads]
+
+
+@dataclass
+class PartitionResult:
+    """Features of one partition; rows of failed images hold NaN and valid = False."""
+
+    index: int
+    start: int
+    features: dict[str, np.ndarray]
+    valid: np.ndarray
+    errors: list[tuple[int, str]]  # (row in the whole run, reason)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One unit of Dask work: rows [start, start + len(paths)) of the run."""
+
+    index: int
+    start: int
+    root: str
+    paths: tuple[str, ...]
+
+
+def run_partition(
+    spec: ExtractorSpec, task: PartitionTask, batch_size: int, decode_threads: int, max_pixels: int = MAX_PIXELS
+) -> PartitionResult:
+    """Decode, preprocess and forward every image of ``task``."""
+    ex = get_extractor(spec)
+    pool = _decode_pool(decode_threads)
+    root = Path(task.root)
+    n = len(task.paths)
+
+    def decode(i: int) -> tuple[np.ndarray | None, str | None, float]:
+        t0 = time.perf_counter()
+        try:
+            pixels = ex.preprocess.image(load_rgb(root / task.paths[i], max_pixels))
+            return pixels, None, time.perf_counter() - t0
+        except BadImage as exc:
+            return None, str(exc), time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - a strange file must not stop the run
+            return None, f"cannot decode: {type(exc).__name__}: {exc}", time.perf_counter() - t0
+
+    features: dict[str, np.ndarray] = {}
+    valid = np.zeros(n, dtype=bool)
+    errors: list[tuple[int, str]] = []
+    timings = {"decode": 0.0, "forward": 0.0}
+    rows: list[int] = []
+    crops: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not rows:
+            return
+        out, seconds = ex.forward(np.stack(crops))
+        timings["forward"] += seconds
+        for name, values in out.items():
+            if name not in features:
+                features[name] = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
+            features[name][rows] = values
+        valid[rows] = True
+        rows.clear()
+        crops.clear()
+
+    # Keep two batches of decodes in flight: enough to hide decode behind the
+    # forward pass, bounded so memory does not grow with the partition.
+    pending: collections.deque[tuple[int, Future]] = collections.deque()
+    lookahead = 2 * batch_size
+    submitted = 0
+    while submitted < n or pending:
+        while submitted < n and len(pending) < lookahead:
+            pending.append((submitted, pool.submit(decode, submitted)))
+            submitted += 1
+        i, future = pending.popleft()
+        pixels, reason, seconds = future.result()
+        timings["decode"] += seconds
+        if reason is not None:
+            errors.append((task.start + i, reason))
+            continue
+        rows.append(i)
+        crops.append(pixels)
+        if len(rows) == batch_size:
+            flush()
+    flush()
+    if not features:  # every image failed: shapes come from a dry forward
+        out, _ = ex.forward(np.zeros((1, *ex.data_config.crop, 3), np.uint8))
+        features = {k: np.full((n, v.shape[1]), np.nan, np.float32) for k, v in out.items()}
+    return PartitionResult(task.index, task.start, features, valid, errors, timings)

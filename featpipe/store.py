@@ -1,0 +1,174 @@
+"""The feature file (format version 1): write helpers and the FeatureSet reader.
+
+One HDF5 file per extraction; row i is sample i in every dataset, always. See
+DESIGN.md for the layout. The reader opens the file for each read and closes
+it again, so a notebook never holds a handle that blocks a later run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import FormatError, UsageError
+
+FORMAT = "featpipe-features"
+FORMAT_VERSION = 1
+STR = h5py.string_dtype("utf-8")
+CHUNK_BYTES = 1 << 20  # ~1 MiB row chunks: fast whole reads, cheap row slices
+
+
+def row_chunks(n: int, dim: int, itemsize: int) -> tuple[int, int]:
+    return (max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize))), dim)
+
+
+def write_samples(f: h5py.File, paths, labels: np.ndarray, valid: np.ndarray, classes) -> None:
+    g = f.create_group("samples")
+    g.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=STR)
+    g.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
+    g.create_dataset("valid", data=np.asarray(valid, dtype=bool))
+    f.create_dataset("classes", data=np.asarray(classes, dtype=object), dtype=STR, shape=(len(classes),))
+
+
+def write_errors(f: h5py.File, index, paths, reasons) -> None:
+    g = f.create_group("errors")
+    g.create_dataset("index", data=np.asarray(index, dtype=np.int64))
+    g.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=STR, shape=(len(paths),))
+    g.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=STR, shape=(len(reasons),))
+
+
+def _decode(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+class _LazyRows:
+    """Array-like view of one dataset that opens the file per read (picklable, for Dask)."""
+
+    def __init__(self, path: str, name: str, shape: tuple, dtype: np.dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
+        self.ndim = len(shape)
+
+    def __getitem__(self, key):
+        with h5py.File(self.path, "r") as f:
+            return f[self.name][key]
+
+
+class FeatureSet:
+    """A feature file, read for analysis: ``X(layer)``, ``y``, ``classes``, ``paths``, ``valid``, ``meta``.
+
+    Small columns are read once; feature matrices are read on request, whole
+    (``X``) or lazily (``to_dask``).
+
+    Raises:
+        FormatError: not a featpipe feature file, or a format version this version does not read.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"feature file {str(self.path)!r} does not exist; create it with `featpipe extract`")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise FormatError(f"{str(self.path)!r} is not a readable HDF5 file ({exc}); give a featpipe feature file") from None
+        with f:
+            attrs = dict(f.attrs)
+            if attrs.get("format") != FORMAT:
+                raise FormatError(f"{str(self.path)!r} is not a featpipe feature file (no format={FORMAT!r} attribute)")
+            version = int(attrs.get("format_version", -1))
+            if version != FORMAT_VERSION:
+                raise FormatError(
+                    f"{str(self.path)!r} has format_version {version}; this featpipe reads version "
+                    f"{FORMAT_VERSION}: use the featpipe release that wrote it, or extract again"
+                )
+            self.meta: dict[str, Any] = {
+                k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
+            }
+            for key in ("data_config", "config"):
+                if isinstance(self.meta.get(key), str):
+                    self.meta[key] = json.loads(self.meta[key])
+            self.layers: list[str] = list(f["features"].keys())
+            self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
+            self._shapes = {k: f["features"][k].shape for k in self.layers}
+            self._dtypes = {k: f["features"][k].dtype for k in self.layers}
+            self.paths: list[str] = _decode(f["samples/path"][:])
+            self.y: np.ndarray = f["samples/label"][:]
+            self.valid: np.ndarray = f["samples/valid"][:]
+            self.classes: list[str] = _decode(f["classes"][:])
+            self.errors = {
+                "index": f["errors/index"][:],
+                "path": _decode(f["errors/path"][:]),
+                "reason": _decode(f["errors/reason"][:]),
+            }
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}: {self._shapes[k][1]}" for k in self.layers)
+        return (
+            f"<FeatureSet {self.path.name}: {len(self)} samples ({int(self.valid.sum())} valid), "
+            f"{len(self.classes)} classes, model {self.meta.get('model')}, layers {{{dims}}}>"
+        )
+
+    def _layer(self, layer: str | None) -> str:
+        if layer is None:
+            if "pooled" in self.layers:
+                return "pooled"
+            if len(self.layers) == 1:
+                return self.layers[0]
+            raise UsageError(f"{self.path.name} has layers {self.layers}; name one with layer=")
+        if layer not in self.layers:
+            raise UsageError(f"layer {layer!r} is not in {self.path.name}; it has {', '.join(self.layers)}")
+        return layer
+
+    def dim(self, layer: str | None = None) -> int:
+        return self._shapes[self._layer(layer)][1]
+
+    def layer_info(self, layer: str | None = None) -> dict:
+        return dict(self._layer_attrs[self._layer(layer)])
+
+    def X(self, layer: str | None = None) -> np.ndarray:
+        """The (N, D) features of ``layer`` (default: 'pooled', or the only layer); NaN rows where not valid."""
+        name = self._layer(layer)
+        with h5py.File(self.path, "r") as f:
+            return f["features"][name][:]
+
+    def to_dask(self, layer: str | None = None):
+        """The features of ``layer`` as a lazy dask array, chunked as stored; for files larger than memory."""
+        import dask.array as da
+
+        name = self._layer(layer)
+        with h5py.File(self.path, "r") as f:
+            chunks = f["features"][name].chunks or self._shapes[name]
+        lazy = _LazyRows(str(self.path.resolve()), f"features/{name}", self._shapes[name], self._dtypes[name])
+        return da.from_array(lazy, chunks=chunks, name=f"featpipe-{self.path.name}-{name}", asarray=True)
+
+    def to_pandas(self, layer: str | None = None, features: bool = True):
+        """One row per sample: path, label, class, valid, then ``<layer>_0 ... <layer>_{D-1}``."""
+        import pandas as pd
+
+        names = np.asarray(self.classes + [""], dtype=object)
+        df = pd.DataFrame(
+            {
+                "path": self.paths,
+                "label": self.y,
+                "class": names[self.y],  # label -1 picks the trailing ""
+                "valid": self.valid,
+            }
+        )
+        if features:
+            name = self._layer(layer)
+            X = self.X(name)
+            cols = pd.DataFrame(X, columns=[f"{name}_{j}" for j in range(X.shape[1])])
+            df = pd.concat([df, cols], axis=1)
+        return df
+
+
+def load(path: str | os.PathLike) -> FeatureSet:
+    """Open a feature file written by ``featpipe extract``."""
+    return FeatureSet(path)
