@@ -39,7 +39,7 @@ def dask_client(scheduler: str | None) -> Iterator["distributed.Client"]:  # noq
         threads_per_worker=2,
         processes=False,
         dashboard_address=None,
-        silence_logs=logging.WARNING,
+        silence_logs=logging.ERROR,
     ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield client
 

@@ -215,7 +215,11 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         device=resolve_device(config.device),
         precision=config.precision,
     )
-    # Built here first: bad layers or weights fail before any work starts, and
+    # Layers are checked on a weightless copy first, so a typo costs no weight loading.
+    model_spec = models.resolve(spec.model)
+    with torch.device("meta"):
+        models.resolve_layers(models.create_architecture(model_spec), model_spec, spec.layers, spec.pool)
+    # Built here first: bad weights fail before any work starts, and
     # the weights' digest pins every worker to the same weights.
     ex = get_extractor(spec)
     spec = replace(spec, weights_sha256=ex.weights.sha256)

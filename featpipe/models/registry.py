@@ -91,9 +91,11 @@ def resolve(name: str) -> ModelSpec:
 
 
 def _unknown_message(name: str) -> str:
+    import difflib
+
     stem = name.split(":")[-1].split(".")[0]
-    close = sorted(n for n in _timm_names() | _torchvision_names() if stem[:4] in n)[:5]
-    hint = f" (similar: {', '.join(close)})" if close else ""
+    close = difflib.get_close_matches(stem, sorted(_timm_names() | _torchvision_names()), n=4, cutoff=0.75)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return (
         f"unknown model {name!r}{hint}; run `featpipe models '{stem[:4]}*'` "
         "to list timm and torchvision models"

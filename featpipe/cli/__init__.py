@@ -1,0 +1,63 @@
+"""The command line: one module per command, each a thin layer over the library.
+
+Library code raises :class:`~featpipe.errors.FeatpipeError`; this layer prints
+its one-line message to stderr and exits with its code (2 bad arguments, 1
+failures). Results go to stdout, progress and messages to stderr.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Callable
+
+import typer
+
+from ..errors import FeatpipeError
+
+app = typer.Typer(
+    name="featpipe",
+    help="Cache CNN features of an image folder to HDF5, crash-safe and Dask-parallel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn FeatpipeError into a one-line message and an exit code; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FeatpipeError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+@app.callback()
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # Dask's start-up chatter is noise on a command line. Its loggers are
+        # configured when distributed is imported, from this setting.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+
+
+from . import extract as _extract  # noqa: E402,F401  (registers commands)
+from . import info as _info  # noqa: E402,F401
+from . import models as _models  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,136 @@
+"""`featpipe extract`: options -> ExtractConfig -> featpipe.extract()."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import UsageError
+from ..extract import ExtractConfig, ExtractSummary, extract
+from . import app, user_errors
+
+
+class Pool(str, Enum):
+    avg = "avg"
+    max = "max"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+def parse_max_failures(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise UsageError(
+            f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {text!r}"
+        ) from None
+    if value >= 1 and value != int(value):
+        raise UsageError(f"--max-failures count must be a whole number, got {text!r}")
+    return value
+
+
+def print_summary(s: ExtractSummary, console: Console) -> None:
+    if s.already_complete:
+        console.print(f"{s.output} is already complete ({s.images} images, {s.failed} failed): nothing to do")
+        return
+    console.print(
+        f"[bold]{s.images}[/] images -> {s.output}: {s.computed} extracted"
+        + (f", {s.images - s.computed} resumed from {s.resumed_partitions} finished partitions" if s.resumed_partitions else "")
+        + f", [{'red' if s.failed else 'green'}]{s.failed} failed[/]"
+    )
+    if s.computed:
+        t = s.timings
+        console.print(
+            f"{s.images_per_s:.1f} images/s over {s.seconds:.1f} s; time went to: forward {t.get('forward', 0):.1f} s, "
+            f"decode+resize {t.get('decode', 0):.1f} s (on decode threads, overlapped), write {t.get('write', 0):.1f} s"
+        )
+    for path, reason in s.errors[:5]:
+        console.print(f"  failed: {path}: {reason}")
+    if s.failed > 5:
+        console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
+
+
+@app.command("extract")
+@user_errors
+def extract_command(
+    input: Annotated[Path, typer.Argument(help="Image folder (class subfolders = labels), flat folder, or CSV with path[,label].")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Feature file to write (HDF5).")],
+    model: Annotated[str, typer.Option(help="timm or torchvision model; `featpipe models` lists them.")],
+    weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint (state dict) path.")] = "pretrained",
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="pooled, fc7, logits or a module name (`featpipe layers MODEL`); repeat for several.")] = ["pooled"],  # noqa: B006 - Typer needs a literal default
+    pool: Annotated[Pool, typer.Option(help="How intermediate layers become vectors.")] = Pool.avg,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
+    dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
+    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    max_failures: Annotated[Optional[str], typer.Option(help="Abort past this many bad images: a count, a fraction or a percentage.")] = None,
+    partition_size: Annotated[Optional[int], typer.Option(help="Rows per partition (unit of work and of resume).")] = None,
+    decode_threads: Annotated[Optional[int], typer.Option(help="Threads decoding images per worker.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Extract CNN features of every image into one HDF5 file (resumable)."""
+    config = ExtractConfig(
+        input=input,
+        output=output,
+        model=model,
+        weights=weights,
+        layers=tuple(layer),
+        pool=pool.value,
+        batch_size=batch_size,
+        device=device,
+        precision=precision.value,
+        dtype=dtype.value,
+        seed=seed,
+        max_failures=parse_max_failures(max_failures),
+        partition_size=partition_size,
+        decode_threads=decode_threads,
+        scheduler=scheduler,
+        overwrite=overwrite,
+    )
+    err = Console(stderr=True)
+    if quiet:
+        summary = extract(config)
+    else:
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        # Started on the first report, so errors found while setting up print alone.
+        bar = Progress(*columns, console=err)
+        task = bar.add_task("extract", total=None, rate="")
+
+        def on_progress(done: int, total: int) -> None:
+            if not bar.live.is_started:
+                bar.start()
+            bar.update(task, completed=done, total=total)
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+
+        try:
+            summary = extract(config, progress=on_progress)
+        finally:
+            bar.stop()
+    print_summary(summary, Console())
