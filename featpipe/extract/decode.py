@@ -22,17 +22,22 @@ class BadImage(Exception):
     """An image that cannot be used; ``str()`` is the reason stored in /errors."""
 
 
+def _gray_to_rgb(a: np.ndarray, top: float) -> Image.Image:
+    a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(a, "L").convert("RGB")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # Pillow's convert() clips 16-bit values to 255; scale the range instead.
+    if im.mode.startswith("I;16"):
+        # Pillow's convert() clips 16-bit values at 255; scale the 16-bit range instead.
+        return _gray_to_rgb(np.asarray(im, dtype=np.float64), 65535.0)
+    if im.mode in ("I", "F"):
+        # 32-bit modes carry no range: 16-bit data when any value passes 255, else 8-bit.
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode != "F" and a.max(initial=0) > 255 else 255.0
-        if im.mode == "F":
-            top = max(1.0, float(a.max(initial=1.0)))
-        a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+        top = float(a.max(initial=0.0))
+        return _gray_to_rgb(a, 65535.0 if top > 255 else 255.0)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # palette transparency needs RGBA first to keep colours right
     return im.convert("RGB")

@@ -38,7 +38,7 @@ def dask_client(scheduler: str | None) -> Iterator["distributed.Client"]:  # noq
         n_workers=1,
         threads_per_worker=2,
         processes=False,
-        dashboard_address=None,
+        dashboard_address=":0",  # never collide with a dashboard already on 8787
         silence_logs=logging.ERROR,
     ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield client

@@ -48,8 +48,8 @@ def _walk_images(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f) and not f.startswith(".")]
-    return found
+        found += [Path(dirpath) / f for f in filenames if _is_image(f) and not f.startswith(".")]
+    return sorted(found, key=lambda p: p.as_posix())
 
 
 def _from_folder(root: Path) -> SampleList:
@@ -92,8 +92,8 @@ def _from_csv(csv_path: Path) -> SampleList:
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or not any(cell.strip() for cell in row):
             continue
-        if len(row) <= max(ip, il or 0):
-            raise UsageError(f"CSV {str(csv_path)!r} line {lineno} has too few columns: {row}")
+        if len(row) <= ip:
+            raise UsageError(f"CSV {str(csv_path)!r} line {lineno} has no path: {row}")
         p = Path(row[ip].strip())
         if p.is_absolute():
             try:
@@ -101,7 +101,7 @@ def _from_csv(csv_path: Path) -> SampleList:
             except ValueError:
                 pass  # stays absolute: outside the CSV's folder
         paths.append(p.as_posix())
-        names.append(row[il].strip() if il is not None else "")
+        names.append(row[il].strip() if il is not None and il < len(row) else "")  # no label: -1
     classes = tuple(sorted({n for n in names if n}))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index.get(n, -1) for n in names], np.int64)

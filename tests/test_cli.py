@@ -1,0 +1,65 @@
+"""The command line: thin over the library, one-line errors with exit codes, results on stdout."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from featpipe.cli import app
+
+runner = CliRunner()
+
+
+def test_extract_then_info(tmp_path, image_folder):
+    out = tmp_path / "f.h5"
+    r = runner.invoke(app, ["extract", str(image_folder), "-o", str(out), "--model", "test_resnet",
+                            "--weights", "random", "--layer", "pooled", "--layer", "logits"])
+    assert r.exit_code == 0, r.output
+    assert "12 images" in r.stdout and "0 failed" in r.stdout and "images/s" in r.stdout
+    assert "forward" in r.stdout and "decode" in r.stdout and "write" in r.stdout
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0
+    assert "timm:test_resnet" in r.stdout and "pooled: 96-d" in r.stdout and "logits: 1000-d" in r.stdout
+    assert "class_0 (4)" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["extract", "{missing}", "-o", "{out}", "--model", "test_resnet"], 2, "does not exist"),
+        (["extract", "{images}", "-o", "{out}", "--model", "nope_net"], 2, "featpipe models"),
+        (["extract", "{images}", "-o", "{out}", "--model", "test_resnet", "--layer", "fc8"], 2, "featpipe layers"),
+        (["extract", "{images}", "-o", "/no/such/dir/x.h5", "--model", "test_resnet"], 2, "output folder"),
+        (["extract", "{images}", "-o", "{out}", "--model", "test_resnet", "--max-failures", "lots"], 2, "max-failures"),
+        (["info", "{missing}"], 2, "does not exist"),
+        (["layers", "nope_net"], 2, "unknown model"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, image_folder, args, code, message):
+    fill = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "o.h5"), "images": str(image_folder)}
+    r = runner.invoke(app, [a.format(**fill) for a in args])
+    assert r.exit_code == code, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_models_lists_classic_cnns_and_offline_weights():
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert rows["tv:alexnet"][1] == "4096" and rows["timm:resnet50"][1] == "2048"
+    assert rows["timm:tf_efficientnet_lite0"][-1] == "yes"
+
+
+def test_models_pattern():
+    r = runner.invoke(app, ["models", "tv:squeeze*"])
+    assert r.exit_code == 0 and "tv:squeezenet1_0" in r.stdout and "tv:squeezenet1_1" in r.stdout
+    assert "timm:" not in r.stdout
+
+
+def test_layers_lists_fc7_for_vgg():
+    r = runner.invoke(app, ["layers", "tv:vgg16"])
+    assert r.exit_code == 0
+    rows = {line.split()[0]: line.split()[-1] for line in r.stdout.splitlines()[1:]}
+    assert rows["fc7"] == "4096" and rows["pooled"] == "4096" and rows["logits"] == "1000"
+    assert rows["features.29"] == "512"

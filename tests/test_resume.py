@@ -1,0 +1,114 @@
+"""Crash safety: SIGKILL mid-run and resume, the single-writer lock, configuration changes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import featpipe
+from featpipe import ExtractConfig, extract
+from featpipe.errors import RunConflictError
+
+from .conftest import make_images
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "featpipe", *args]
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
+    images = make_images(tmp_path / "images", classes=3, per_class=40)
+    args = ["extract", str(images), "--model", "resnet18", "--weights", "random",
+            "--partition-size", "6", "--batch-size", "3", "--quiet"]
+    out = tmp_path / "killed.h5"
+    parts = tmp_path / "killed.h5.parts"
+    proc = subprocess.Popen(cli(*args, "-o", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("part-*.h5"))) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(parts.glob("part-*.h5")))
+    assert 3 <= finished < 20, "the kill must land mid-run"
+    assert not out.exists()
+
+    resumed = subprocess.run(cli(*args, "-o", str(out)), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert not parts.exists()
+
+    clean = tmp_path / "clean.h5"
+    done = subprocess.run(cli(*args, "-o", str(clean)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a, b = featpipe.load(out), featpipe.load(clean)
+    assert a.paths == b.paths and len(a) == 120 and len(set(a.paths)) == 120
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.valid, b.valid)
+    np.testing.assert_allclose(a.X(), b.X(), rtol=1e-5, atol=1e-6)
+
+
+def test_second_writer_is_refused(tmp_path):
+    images = make_images(tmp_path / "images", classes=1, per_class=2)
+    out = tmp_path / "features.h5"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from featpipe.extract.run import OutputLock\n"
+         f"with OutputLock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunConflictError, match=f"pid {holder.pid}"):
+            extract(ExtractConfig(images, out, model="test_resnet", weights="random"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # The OS released the lock with the process: the next run proceeds.
+    assert extract(ExtractConfig(images, out, model="test_resnet", weights="random")).images == 2
+
+
+def test_changed_configuration_refuses_to_mix(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    out = tmp_path / "features.h5"
+    first = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=0))
+    again = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=0))
+    assert again.already_complete and again.computed == 0 and first.computed == 6
+    with pytest.raises(RunConflictError, match="weights_sha256.*--overwrite"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=1))
+    with pytest.raises(RunConflictError, match="dtype"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", dtype="float16"))
+    before = featpipe.load(out).X()
+    redo = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=1, overwrite=True))
+    assert redo.computed == 6 and not np.allclose(featpipe.load(out).X(), before)
+
+
+def test_partial_run_of_another_configuration_is_not_mixed(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    (images / "class_1" / "zz.jpg").write_bytes(b"")
+    out = tmp_path / "features.h5"
+    with pytest.raises(featpipe.FeatpipeError):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2, max_failures=0))
+    assert (tmp_path / "features.h5.parts").is_dir()
+    with pytest.raises(RunConflictError, match="partial run"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=5, partition_size=2))
+    done = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=5,
+                                 partition_size=2, overwrite=True))
+    assert done.failed == 1 and done.resumed_partitions == 0
+
+
+def test_input_changed_since_partial_run_is_refused(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    (images / "class_1" / "zz.jpg").write_bytes(b"")
+    out = tmp_path / "features.h5"
+    with pytest.raises(featpipe.FeatpipeError):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2, max_failures=0))
+    make_images(images, classes=3, per_class=3, seed=1)  # adds a class folder
+    with pytest.raises(RunConflictError, match="samples"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2))
