@@ -62,7 +62,7 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 raise BadImage(f"decompression bomb: {w}x{h} pixels exceeds the limit of {max_pixels}")
             im.seek(0)  # first frame of animations
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
             return _to_rgb(im)
     except BadImage:
         raise

@@ -1,26 +1,27 @@
 """Distribute: run partitions on Dask, locally or on an existing cluster.
 
-Locally the default is an in-process Dask cluster with one worker: one network
-per device, with two task slots so the next partition decodes while the current
-one runs the forward pass (the extractor's lock keeps forwards one at a time).
-With a scheduler address the same tasks run on that cluster; each worker loads
-the model once and returns features, and the client stays the single writer.
+Locally the default is an in-process Dask cluster with one worker that shares
+the client's network: on the CPU with one task slot per stream (see runner),
+on a GPU with two slots, so the next partition decodes while the current one
+runs the forward pass. With a scheduler address the same tasks run on that
+cluster; each worker loads the model once and returns features, and the client
+stays the single writer.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from ..errors import UsageError
-from .runner import ExtractorSpec, PartitionResult, PartitionTask, run_partition
+from .runner import ExtractorSpec, PartitionResult, PartitionTask, WorkPlan, run_partition
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None) -> Iterator["distributed.Client"]:  # noqa: F821
-    """A client of the given scheduler, or of a fresh local in-process cluster."""
+def dask_client(scheduler: str | None, slots: int = 2) -> Iterator["distributed.Client"]:  # noqa: F821
+    """A client of the given scheduler, or of a fresh local in-process cluster with ``slots`` threads."""
     import distributed
 
     if scheduler:
@@ -36,7 +37,7 @@ def dask_client(scheduler: str | None) -> Iterator["distributed.Client"]:  # noq
         return
     with distributed.LocalCluster(
         n_workers=1,
-        threads_per_worker=2,
+        threads_per_worker=slots,
         processes=False,
         dashboard_address=":0",  # never collide with a dashboard already on 8787
         silence_logs=logging.ERROR,
@@ -48,9 +49,7 @@ def run_partitions(
     client,
     spec: ExtractorSpec,
     tasks: Sequence[PartitionTask],
-    batch_size: int,
-    decode_threads: int,
-    max_pixels: int,
+    plan: WorkPlan,
     key_prefix: str,
 ) -> Iterator[PartitionResult]:
     """Yield each partition's result as soon as it is done (in any order)."""
@@ -58,7 +57,7 @@ def run_partitions(
 
     futures = [
         client.submit(
-            run_partition, spec, task, batch_size, decode_threads, max_pixels,
+            run_partition, spec, task, plan,
             key=f"{key_prefix}-part-{task.index}", pure=False,
         )
         for task in tasks

@@ -29,7 +29,15 @@ from ..store import FORMAT, FORMAT_VERSION
 from . import distributor, writer
 from .decode import MAX_PIXELS
 from .merge import merge_shards
-from .runner import ExtractorSpec, PartitionTask, get_extractor, resolve_device
+from .runner import (
+    ExtractorSpec,
+    PartitionTask,
+    WorkPlan,
+    cpu_cores,
+    get_extractor,
+    register_extractor,
+    resolve_device,
+)
 from .sources import SampleList, discover
 
 log = logging.getLogger(__name__)
@@ -54,7 +62,8 @@ class ExtractConfig:
     dtype: str = "float32"
     seed: int = 0
     partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
-    decode_threads: int | None = None  # default: half the cores, at least one
+    streams: int | None = None  # CPU: partitions computed at once; default min(cores, 4)
+    decode_threads: int | None = None  # GPU: decode threads feeding the device; default: the cores
     max_failures: float | None = None  # a count (>= 1), a fraction of all images (< 1), or None: no limit
     max_pixels: int = MAX_PIXELS
     scheduler: str | None = None
@@ -85,6 +94,10 @@ def _check_config(config: ExtractConfig) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    for name in ("streams", "decode_threads"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if config.partition_size is not None and config.partition_size < 1:
         raise UsageError(f"--partition-size must be at least 1, got {config.partition_size}")
     if config.max_failures is not None and config.max_failures < 0:
@@ -104,6 +117,18 @@ def _partition_size(config: ExtractConfig, n: int) -> int:
     bs = config.batch_size
     size = math.ceil(n / 50 / bs) * bs
     return max(bs, min(size, max(bs, MAX_PARTITION // bs * bs)))
+
+
+def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
+    """How partitions run, and how many task slots the local Dask worker gets."""
+    cores = cpu_cores()
+    if on_cpu:
+        # A few streams, each with a share of the cores: enough to keep every
+        # core busy while others decode, few enough to bound activation memory.
+        streams = config.streams or min(cores, 4)
+        threads = None if config.scheduler else max(1, cores // streams)
+        return WorkPlan(config.batch_size, config.max_pixels, torch_threads=threads), streams
+    return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads or cores), 2
 
 
 def _max_failures(config: ExtractConfig, n: int) -> int | None:
@@ -224,10 +249,7 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     ex = get_extractor(spec)
     spec = replace(spec, weights_sha256=ex.weights.sha256)
     if not config.scheduler:
-        from .runner import _extractors, _extractors_lock
-
-        with _extractors_lock:  # the in-process worker reuses the model just built
-            _extractors[spec] = ex
+        register_extractor(spec, ex)  # the in-process worker reuses the model just built
     run_config = {
         "model": spec.model,
         "weights_source": ex.weights.source,
@@ -276,27 +298,30 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         write_s = 0.0
         computed = 0
         if todo:
-            decode_threads = config.decode_threads or max(1, (os.cpu_count() or 2) // 2)
-            with distributor.dask_client(config.scheduler) as client:
-                for result in distributor.run_partitions(
-                    client, spec, todo, config.batch_size, decode_threads, config.max_pixels,
-                    key_prefix=f"featpipe-{config_hash[:10]}",
-                ):
-                    t0 = time.perf_counter()
-                    done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
-                    write_s += time.perf_counter() - t0
-                    failed += len(result.errors)
-                    computed += len(result)
-                    done_rows += len(result)
-                    if progress:
-                        progress(done_rows, n)
-                    if limit is not None and failed > limit:
-                        first = result.errors[0] if result.errors else (0, "?")
-                        raise TooManyFailuresError(
-                            f"{failed} images failed, more than --max-failures allows ({limit}); for example "
-                            f"{samples.paths[first[0]]!r}: {first[1]}. Finished partitions are kept in "
-                            f"{str(parts_dir)!r}: fix the images or raise --max-failures and run again to resume"
-                        )
+            plan, slots = _work_plan(config, on_cpu=ex.device.type == "cpu")
+            threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
+            try:
+                with distributor.dask_client(config.scheduler, slots) as client:
+                    for result in distributor.run_partitions(
+                        client, spec, todo, plan, key_prefix=f"featpipe-{config_hash[:10]}"
+                    ):
+                        t0 = time.perf_counter()
+                        done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
+                        write_s += time.perf_counter() - t0
+                        failed += len(result.errors)
+                        computed += len(result)
+                        done_rows += len(result)
+                        if progress:
+                            progress(done_rows, n)
+                        if limit is not None and failed > limit:
+                            first = result.errors[0] if result.errors else (0, "?")
+                            raise TooManyFailuresError(
+                                f"{failed} images failed, more than --max-failures allows ({limit}); for example "
+                                f"{samples.paths[first[0]]!r}: {first[1]}. Finished partitions are kept in "
+                                f"{str(parts_dir)!r}: fix the images or raise --max-failures and run again to resume"
+                            )
+            finally:
+                torch.set_num_threads(threads_before)
         elapsed = time.perf_counter() - t_work
         t0 = time.perf_counter()
         attrs = {

@@ -10,6 +10,7 @@ network cannot change it.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -103,7 +104,8 @@ class TappedModel(nn.Module):
         self.model = model
         self.spec = spec
         self.layers = tuple(layers)
-        self._captured: dict[str, Tensor] = {}
+        # Per thread: several CPU streams may run this network at once.
+        self._local = threading.local()
         self._handles = []
         names = {layer.name for layer in self.layers}
         self._want_logits = "logits" in names
@@ -121,7 +123,7 @@ class TappedModel(nn.Module):
 
     def _store(self, name: str) -> Callable[[Tensor, str], None]:
         def store(t: Tensor, pool: str) -> None:
-            self._captured[name] = reduce_to_vector(t, pool)
+            self._local.captured[name] = reduce_to_vector(t, pool)
 
         return store
 
@@ -142,21 +144,20 @@ class TappedModel(nn.Module):
         self._handles = []
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        self._captured = {}
+        captured = self._local.captured = {}
         if self.spec.source == "timm":
             pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-            self._captured["pooled"] = pooled
+            captured["pooled"] = pooled
             if "fc7" in {layer.name for layer in self.layers}:
-                self._captured["fc7"] = pooled  # timm's VGG: pre-logits is fc7 after its ReLU
+                captured["fc7"] = pooled  # timm's VGG: pre-logits is fc7 after its ReLU
             if self._want_logits:
-                self._captured["logits"] = self.model.get_classifier()(pooled)
+                captured["logits"] = self.model.get_classifier()(pooled)
         else:
             logits = self.model(x)
             if self._want_logits:
-                self._captured["logits"] = logits
-        out = {layer.name: self._captured[layer.name] for layer in self.layers}
-        self._captured = {}
-        return out
+                captured["logits"] = logits
+        self._local.captured = {}
+        return {layer.name: captured[layer.name] for layer in self.layers}
 
 
 def layer_table(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int]) -> list[tuple[str, tuple, int]]:
