@@ -56,8 +56,9 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
     if s.computed:
         t = s.timings
         console.print(
-            f"{s.images_per_s:.1f} images/s over {s.seconds:.1f} s; time went to: forward {t.get('forward', 0):.1f} s, "
-            f"decode+resize {t.get('decode', 0):.1f} s (on decode threads, overlapped), write {t.get('write', 0):.1f} s"
+            f"{s.images_per_s:.1f} images/s over {s.seconds:.1f} s (+{t.get('start', 0):.1f} s to start workers); "
+            f"time went to: forward {t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, "
+            f"write {t.get('write', 0):.1f} s (forward and decode summed over parallel streams, overlapped)"
         )
     for path, reason in s.errors[:5]:
         console.print(f"  failed: {path}: {reason}")

@@ -295,6 +295,7 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         if progress:
             progress(done_rows, n)
         t_work = time.perf_counter()
+        start_s = 0.0
         write_s = 0.0
         computed = 0
         if todo:
@@ -302,6 +303,8 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
                 with distributor.dask_client(config.scheduler, slots) as client:
+                    start_s = time.perf_counter() - t_work
+                    t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
                         client, spec, todo, plan, key_prefix=f"featpipe-{config_hash[:10]}"
                     ):
@@ -355,6 +358,7 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     fs = load(config.output)
     timings = {k: v for k, v in shard_timings.items()}
     timings["write"] = write_s
+    timings["start"] = start_s
     return ExtractSummary(
         output=config.output,
         images=n,
