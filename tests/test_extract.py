@@ -205,3 +205,22 @@ def test_efficientnet_lite0_real_weights_see_a_daisy(tmp_path):
     top1 = int(fs.X("logits")[1].argmax())
     assert "daisy" in ImageNetInfo().index_to_description(top1)
     assert fs.X("pooled").shape == (2, 1280)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_is_close_to_fp32_and_recorded(tmp_path, image_folder, precision):
+    ref = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "fp32.h5")).output)
+    low = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "low.h5", precision=precision)).output)
+    assert low.meta["precision"] == precision and low.meta["config"]["precision"] == precision
+    rel = np.linalg.norm(low.X() - ref.X(), axis=1) / np.linalg.norm(ref.X(), axis=1)
+    assert 0 < rel.max() < 0.05, rel.max()
+
+
+@pytest.mark.gpu
+def test_gpu_features_match_cpu(tmp_path, image_folder):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cpu = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "cpu.h5", device="cpu")).output)
+    gpu = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "gpu.h5", device="cuda")).output)
+    rel = np.linalg.norm(gpu.X() - cpu.X(), axis=1) / np.linalg.norm(cpu.X(), axis=1)
+    assert rel.max() < 1e-3, rel.max()

@@ -1,12 +1,10 @@
 """Crash safety: SIGKILL mid-run and resume, the single-writer lock, configuration changes."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

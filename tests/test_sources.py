@@ -161,7 +161,7 @@ def test_csv_path_label(tmp_path: Path) -> None:
 def test_csv_from_another_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "lists"
     _img(folder / "one.png")
-    csv_path = _text(folder / "list.csv", "path,label\none.png,a\n")
+    _text(folder / "list.csv", "path,label\none.png,a\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

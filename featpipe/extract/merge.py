@@ -6,7 +6,6 @@ or the new one, never a broken one. Memory stays at one shard at a time.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,14 +24,13 @@ def merge_shards(
     attrs: dict,
     layer_attrs: dict[str, dict],
     dtype: str,
-) -> dict[str, float]:
-    """Write ``output`` from ``shards`` (in partition order); returns summed shard timings."""
+) -> None:
+    """Write ``output`` from ``shards`` (in partition order)."""
     n = len(samples)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     valid = np.zeros(n, dtype=bool)
     err_index: list[int] = []
     err_reason: list[str] = []
-    timings: dict[str, float] = {}
     try:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
@@ -54,8 +52,6 @@ def merge_shards(
                     valid[start:start + rows] = s["valid"][:]
                     err_index += s["error_index"][:].tolist()
                     err_reason += [r.decode() if isinstance(r, bytes) else r for r in s["error_reason"][:]]
-                    for k, v in json.loads(s.attrs["timings"]).items():
-                        timings[k] = timings.get(k, 0.0) + v
             store.write_samples(f, samples.paths, samples.labels, valid, samples.classes)
             order = np.argsort(err_index, kind="stable")
             err_index = [err_index[i] for i in order]
@@ -66,4 +62,3 @@ def merge_shards(
     finally:
         if tmp.exists():
             tmp.unlink()
-    return timings

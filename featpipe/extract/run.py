@@ -15,27 +15,28 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+import h5py
 import timm
 import torch
 
 from .. import __version__, models
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
-from ..store import FORMAT, FORMAT_VERSION
+from ..store import FORMAT, FORMAT_VERSION, load
 from . import distributor, writer
 from .decode import MAX_PIXELS
 from .merge import merge_shards
 from .runner import (
+    Extractor,
     ExtractorSpec,
     PartitionTask,
     WorkPlan,
     cpu_cores,
-    get_extractor,
     register_extractor,
+    release_extractor,
     resolve_device,
 )
 from .sources import SampleList, discover
@@ -179,19 +180,17 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
-def _existing_output(config: ExtractConfig, identity: dict) -> bool:
+def _existing_output(config: ExtractConfig, run_config: dict, samples_digest: str) -> bool:
     """True when the output already holds this very run; raises when it holds another."""
     if not config.output.exists() or config.overwrite:
         return False
-    import h5py
-
     try:
         with h5py.File(config.output, "r") as f:
             old = json.loads(f.attrs.get("config", "{}"))
             old["samples"] = f.attrs.get("samples_digest", "")
     except OSError:
         old = {}
-    new = {**identity["config"], "samples": identity["samples"]}
+    new = {**run_config, "samples": samples_digest}
     if old == new:
         return True
     what = _differences(old, new) if old else "it is not a featpipe feature file"
@@ -230,7 +229,6 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
     _check_config(config)
     samples = discover(config.input)
-    n = len(samples)
     spec = ExtractorSpec(
         model=models.resolve(config.model).name,
         weights=config.weights,
@@ -244,13 +242,23 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     model_spec = models.resolve(spec.model)
     with torch.device("meta"):
         models.resolve_layers(models.create_architecture(model_spec), model_spec, spec.layers, spec.pool)
-    # Built here first: bad weights fail before any work starts, and
-    # the weights' digest pins every worker to the same weights.
-    ex = get_extractor(spec)
+    # Built here, fresh (a checkpoint file may have changed since the last run):
+    # bad weights fail before any work starts, and the weights' digest pins
+    # every worker to the same weights.
+    ex = Extractor(spec)
     spec = replace(spec, weights_sha256=ex.weights.sha256)
-    if not config.scheduler:
-        register_extractor(spec, ex)  # the in-process worker reuses the model just built
-    run_config = {
+    if config.scheduler:
+        return _extract(config, samples, spec, ex, progress, t_start)
+    register_extractor(spec, ex)  # the in-process worker reuses the model just built
+    try:
+        return _extract(config, samples, spec, ex, progress, t_start)
+    finally:
+        release_extractor(spec)
+
+
+def _identity(config: ExtractConfig, spec: ExtractorSpec, ex: Extractor) -> dict:
+    """Everything that changes the features; a run only ever resumes or skips its own identity."""
+    return {
         "model": spec.model,
         "weights_source": ex.weights.source,
         "weights_sha256": ex.weights.sha256,
@@ -259,8 +267,41 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         "precision": config.precision,
         "dtype": config.dtype,
     }
+
+
+def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_hash: str, samples: SampleList) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "featpipe_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": run_config["model"],
+        "weights_source": ex.weights.describe(),
+        "weights_sha256": ex.weights.sha256,
+        "data_config": ex.data_config.to_json(),
+        "config_hash": config_hash,
+        "config": json.dumps(run_config, sort_keys=True),
+        "samples_digest": samples.digest(),
+        "torch_version": str(torch.__version__),
+        "timm_version": str(timm.__version__),
+        "image_root": str(samples.root),
+        "precision": config.precision,
+        "dtype": config.dtype,
+        "seed": config.seed,
+    }
+
+
+def _extract(
+    config: ExtractConfig,
+    samples: SampleList,
+    spec: ExtractorSpec,
+    ex: Extractor,
+    progress: Callable[[int, int], None] | None,
+    t_start: float,
+) -> ExtractSummary:
+    n = len(samples)
+    run_config = _identity(config, spec, ex)
     config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
-    identity = {"config": run_config, "samples": samples.digest()}
     part_size = _partition_size(config, n)
     tasks = [
         PartitionTask(i, start, str(samples.root), samples.paths[start:start + part_size])
@@ -268,21 +309,17 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     ]
     parts_dir = config.output.with_name(config.output.name + ".parts")
     limit = _max_failures(config, n)
+    timings = {"start": 0.0, "decode": 0.0, "forward": 0.0, "write": 0.0}
 
     with OutputLock(config.output):
-        if _existing_output(config, identity):
-            from ..store import load
-
-            fs = load(config.output)
+        if _existing_output(config, run_config, samples.digest()):
             log.info("%s is already complete", config.output)
-            return ExtractSummary(
-                config.output, n, int((~fs.valid).sum()), 0, len(tasks), time.perf_counter() - t_start,
-                errors=list(zip(fs.errors["path"], fs.errors["reason"]))[:10], already_complete=True,
-            )
+            return _summary(config.output, computed=0, resumed=len(tasks), seconds=time.perf_counter() - t_start,
+                            timings=timings, already_complete=True)
         manifest = {
             "config_hash": config_hash,
             "config": run_config,
-            "samples": identity["samples"],
+            "samples": samples.digest(),
             "n_samples": n,
             "partition_size": part_size,
         }
@@ -295,22 +332,22 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         if progress:
             progress(done_rows, n)
         t_work = time.perf_counter()
-        start_s = 0.0
-        write_s = 0.0
         computed = 0
         if todo:
             plan, slots = _work_plan(config, on_cpu=ex.device.type == "cpu")
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
                 with distributor.dask_client(config.scheduler, slots) as client:
-                    start_s = time.perf_counter() - t_work
+                    timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
                         client, spec, todo, plan, key_prefix=f"featpipe-{config_hash[:10]}"
                     ):
                         t0 = time.perf_counter()
                         done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
-                        write_s += time.perf_counter() - t0
+                        timings["write"] += time.perf_counter() - t0
+                        for key in ("decode", "forward"):
+                            timings[key] += result.timings[key]
                         failed += len(result.errors)
                         computed += len(result)
                         done_rows += len(result)
@@ -327,45 +364,25 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
                 torch.set_num_threads(threads_before)
         elapsed = time.perf_counter() - t_work
         t0 = time.perf_counter()
-        attrs = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "featpipe_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": spec.model,
-            "weights_source": ex.weights.describe(),
-            "weights_sha256": ex.weights.sha256,
-            "data_config": ex.data_config.to_json(),
-            "config_hash": config_hash,
-            "config": json.dumps(run_config, sort_keys=True),
-            "samples_digest": identity["samples"],
-            "torch_version": str(torch.__version__),
-            "timm_version": str(timm.__version__),
-            "image_root": str(samples.root),
-            "precision": config.precision,
-            "dtype": config.dtype,
-            "seed": config.seed,
-        }
         layer_attrs = {layer.name: {"pool": layer.pool, "node": layer.node} for layer in ex.layers}
-        shard_timings = merge_shards(
-            [done[i] for i in sorted(done)], config.output, samples, attrs, layer_attrs, config.dtype
-        )
+        merge_shards([done[i] for i in sorted(done)], config.output, samples,
+                     _file_attrs(config, ex, run_config, config_hash, samples), layer_attrs, config.dtype)
         shutil.rmtree(parts_dir, ignore_errors=True)
-        write_s += time.perf_counter() - t0
+        timings["write"] += time.perf_counter() - t0
+    return _summary(config.output, computed, len(tasks) - len(todo), elapsed, timings)
 
-    from ..store import load
 
-    fs = load(config.output)
-    timings = {k: v for k, v in shard_timings.items()}
-    timings["write"] = write_s
-    timings["start"] = start_s
+def _summary(output: Path, computed: int, resumed: int, seconds: float, timings: dict,
+             already_complete: bool = False) -> ExtractSummary:
+    fs = load(output)
     return ExtractSummary(
-        output=config.output,
-        images=n,
+        output=output,
+        images=len(fs),
         failed=int((~fs.valid).sum()),
         computed=computed,
-        resumed_partitions=len(tasks) - len(todo),
-        seconds=elapsed,
+        resumed_partitions=resumed,
+        seconds=seconds,
         timings=timings,
         errors=list(zip(fs.errors["path"], fs.errors["reason"]))[:10],
+        already_complete=already_complete,
     )

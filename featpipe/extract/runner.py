@@ -175,6 +175,12 @@ def register_extractor(spec: ExtractorSpec, extractor: Extractor) -> None:
         _extractors[spec] = extractor
 
 
+def release_extractor(spec: ExtractorSpec) -> None:
+    """Forget ``spec``'s extractor, so a notebook running many extractions does not keep every model."""
+    with _extractors_lock:
+        _extractors.pop(spec, None)
+
+
 def _decode_pool(threads: int) -> ThreadPoolExecutor:
     with _extractors_lock:
         if threads not in _pools:

@@ -58,7 +58,6 @@ def write_shard(parts_dir: Path, result: PartitionResult, dtype: str) -> Path:
             "error_reason", data=np.asarray([r for _, r in result.errors], dtype=object), dtype=STR,
             shape=(len(result.errors),),
         )
-        f.attrs["timings"] = json.dumps(result.timings)
     atomic_replace(tmp, final)
     return final
 

@@ -191,7 +191,6 @@ def _load_pretrained(spec: ModelSpec) -> tuple[nn.Module, WeightsInfo]:
             spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
         )
         return model, info
-    import torchvision.models
 
     model = create_architecture(spec)
     _load_exact(model, _read_checkpoint(path), path)
