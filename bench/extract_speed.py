@@ -85,10 +85,10 @@ def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
     import numpy as np
     import torch
 
-    from featpipe.extract.decode import load_rgb
-    from featpipe.extract.run import ExtractConfig, _work_plan
-    from featpipe.extract.runner import Extractor, ExtractorSpec, cpu_cores
-    from featpipe.extract.sources import discover
+    from featpipe.extraction.decode import load_rgb
+    from featpipe.extraction.run import ExtractConfig, _work_plan
+    from featpipe.extraction.runner import Extractor, ExtractorSpec, cpu_cores
+    from featpipe.extraction.sources import discover
 
     bs, n = int(batch_size), int(n)
     plan, streams = _work_plan(ExtractConfig(folder, "unused.h5", model=model, batch_size=bs), on_cpu=True)

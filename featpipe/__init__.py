@@ -6,7 +6,7 @@
 """
 from ._version import __version__
 from .errors import FeatpipeError
-from .extract import ExtractConfig, ExtractSummary, extract
+from .extraction import ExtractConfig, ExtractSummary, extract
 from .store import FeatureSet, load
 
 __all__ = ["ExtractConfig", "ExtractSummary", "FeatpipeError", "FeatureSet", "__version__", "extract", "load"]

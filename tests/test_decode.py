@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featpipe.extract.decode import BadImage, load_rgb
+from featpipe.extraction.decode import BadImage, load_rgb
 
 RED = (220, 30, 40)
 BLUE = (20, 40, 230)

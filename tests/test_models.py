@@ -9,8 +9,8 @@ import torchvision
 from PIL import Image
 
 from featpipe import models
-from featpipe.extract.preprocess import Preprocessor
-from featpipe.extract.runner import Extractor, ExtractorSpec
+from featpipe.extraction.preprocess import Preprocessor
+from featpipe.extraction.runner import Extractor, ExtractorSpec
 
 CLASSIC = {
     # name: (pooled dim, has fc7)

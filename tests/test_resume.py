@@ -57,7 +57,7 @@ def test_second_writer_is_refused(tmp_path):
     out = tmp_path / "features.h5"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from featpipe.extract.run import OutputLock\n"
+         "import sys, time; from pathlib import Path; from featpipe.extraction.run import OutputLock\n"
          f"with OutputLock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from featpipe.errors import UsageError
-from featpipe.extract.sources import SampleList, discover
+from featpipe.extraction.sources import SampleList, discover
 
 
 def _img(path: Path, colour=(120, 60, 30)) -> Path:

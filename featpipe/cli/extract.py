@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import UsageError
-from ..extract import ExtractConfig, ExtractSummary, extract
+from ..extraction import ExtractConfig, ExtractSummary, extract
 from . import app, user_errors
 
 
