@@ -54,7 +54,8 @@ def _setup(
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 
-from . import extract as _extract  # noqa: E402,F401  (registers commands)
+from . import classify as _classify  # noqa: E402,F401  (registers commands)
+from . import extract as _extract  # noqa: E402,F401
 from . import info as _info  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 

@@ -1,0 +1,231 @@
+"""Trainable PyTorch heads as scikit-learn estimators: ``linear`` (the new last layer) and ``mlp``.
+
+Both follow scikit-learn's contract: ``__init__`` only stores arguments,
+``fit`` validates them and sets ``classes_`` and learned attributes, and
+``predict_proba`` / ``predict`` / ``score`` work on NumPy arrays. The learned
+weights are kept as NumPy arrays (``weights_``), so a fitted head saves with
+skops and predicts without pickled torch objects.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+SCHEDULES = ("constant", "step", "cyclic", "sgdr")
+
+
+def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":  # v <- a*v - lr*grad; w <- w + v
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "nesterov":  # the gradient at the look-ahead point w + a*v
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
+              step_epochs: tuple[int, ...], cycle_epochs: int):
+    """A per-step learning-rate schedule (step and sgdr count in epochs, converted to steps)."""
+    if name == "constant":
+        return None
+    if name == "step":  # divide by 10 at each given epoch
+        milestones = [e * steps_per_epoch for e in step_epochs]
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    if name == "cyclic":  # triangular between lr/10 and lr
+        half = max(1, cycle_epochs * steps_per_epoch // 2)
+        return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=lr / 10, max_lr=lr, step_size_up=half,
+                                                 cycle_momentum=False)
+    # sgdr: cosine annealing with warm restarts every cycle_epochs
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, cycle_epochs * steps_per_epoch))
+
+
+class _HeadBase(ClassifierMixin, BaseEstimator):
+    """Shared training loop: mini-batches, optimizer, schedule, early stopping on a validation split."""
+
+    def _build(self, n_features: int, n_classes: int) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_params(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("lr", "max_epochs", "batch_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    def fit(self, X, y):
+        """Train on (X, y); returns self. Seeded by ``random_state``, without touching torch's global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need samples of at least 2 classes to fit, got {len(self.classes_)} class")
+        gen = torch.Generator().manual_seed(int(self.random_state or 0))
+        torch.manual_seed(int(self.random_state or 0))
+        n = len(X)
+        order = torch.randperm(n, generator=gen).numpy()
+        n_val = int(round(self.validation_fraction * n)) if self.early_stopping else 0
+        if n_val and n - n_val < 2:
+            n_val = 0
+        val, train = order[:n_val], order[n_val:]
+        Xt = torch.from_numpy(X)
+        yt = torch.from_numpy(y_idx.astype(np.int64))
+        net = self._build(X.shape[1], len(self.classes_))
+        opt = _optimizer(self.optimizer, net.parameters(), self.lr, self.weight_decay)
+        bs = min(self.batch_size, len(train))
+        steps = math.ceil(len(train) / bs)
+        sched = _schedule(self.schedule, opt, self.lr, self.max_epochs, steps, tuple(self.step_epochs),
+                          self.cycle_epochs)
+        loss_fn = nn.CrossEntropyLoss()
+        self.history_ = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
+        best, best_state, bad_epochs = math.inf, None, 0
+        for _ in range(self.max_epochs):
+            net.train()
+            perm = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
+            total, correct = 0.0, 0
+            for i in range(0, len(perm), bs):
+                idx = perm[i:i + bs]
+                logits = net(Xt[idx])
+                loss = loss_fn(logits, yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                total += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == yt[idx]).sum())
+            self.history_["train_loss"].append(total / len(train))
+            self.history_["train_accuracy"].append(correct / len(train))
+            if n_val:
+                net.eval()
+                with torch.no_grad():
+                    logits = net(Xt[val])
+                    vloss = float(loss_fn(logits, yt[val]))
+                self.history_["val_loss"].append(vloss)
+                self.history_["val_accuracy"].append(float((logits.argmax(1) == yt[val]).float().mean()))
+                if vloss < best - 1e-6:
+                    best, bad_epochs = vloss, 0
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                    if bad_epochs >= self.patience:
+                        break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        self.n_epochs_ = len(self.history_["train_loss"])
+        self.weights_ = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+        return self
+
+    def _net(self) -> nn.Module:
+        net = self._build(self.n_features_in_, len(self.classes_))
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()})
+        return net.eval()
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self, "weights_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        with torch.no_grad():
+            return self._net()(torch.from_numpy(X)).numpy()
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits, (n, n_classes); for two classes the margin of ``classes_[1]``, (n,), as scikit-learn expects."""
+        z = self._logits(X)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+
+    def predict_proba(self, X) -> np.ndarray:
+        z = self._logits(X)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        z = self._logits(X)  # first: it raises NotFittedError before fit
+        return self.classes_[z.argmax(axis=1)]
+
+
+class LinearHead(_HeadBase):
+    """Softmax regression trained with mini-batch SGD variants: a CNN's new last layer.
+
+    Parameters follow the lecture's recipe: ``optimizer`` in sgd, momentum,
+    nesterov, rmsprop (decay 0.99), adam; ``schedule`` in constant, step
+    (divide by 10 at ``step_epochs``), cyclic (triangular, ``cycle_epochs``
+    long), sgdr (cosine with warm restarts every ``cycle_epochs``);
+    ``weight_decay``; early stopping on ``validation_fraction`` of the rows
+    after ``patience`` epochs without improvement; ``random_state``.
+    """
+
+    def __init__(self, lr=0.01, optimizer="adam", schedule="constant", weight_decay=1e-4, max_epochs=100,
+                 batch_size=256, early_stopping=True, validation_fraction=0.1, patience=10,
+                 step_epochs=(30, 60), cycle_epochs=10, random_state=0):
+        self.lr = lr
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.step_epochs = step_epochs
+        self.cycle_epochs = cycle_epochs
+        self.random_state = random_state
+
+    def _build(self, n_features: int, n_classes: int) -> nn.Module:
+        return nn.Linear(n_features, n_classes)
+
+
+class MLPHead(_HeadBase):
+    """One hidden layer with batch normalisation + ReLU (``activation='bn'``) or SELU, and dropout."""
+
+    def __init__(self, hidden=256, activation="bn", dropout=0.5, lr=0.001, optimizer="adam", schedule="constant",
+                 weight_decay=1e-4, max_epochs=100, batch_size=256, early_stopping=True, validation_fraction=0.1,
+                 patience=10, step_epochs=(30, 60), cycle_epochs=10, random_state=0):
+        self.hidden = hidden
+        self.activation = activation
+        self.dropout = dropout
+        self.lr = lr
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.step_epochs = step_epochs
+        self.cycle_epochs = cycle_epochs
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.activation not in ("bn", "selu"):
+            raise ValueError(f"activation must be 'bn' or 'selu', got {self.activation!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def _build(self, n_features: int, n_classes: int) -> nn.Module:
+        if self.activation == "selu":  # self-normalising: SELU with alpha dropout
+            body = [nn.Linear(n_features, self.hidden), nn.SELU(), nn.AlphaDropout(self.dropout)]
+        else:
+            body = [nn.Linear(n_features, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(), nn.Dropout(self.dropout)]
+        return nn.Sequential(*body, nn.Linear(self.hidden, n_classes))

@@ -1,0 +1,107 @@
+"""`featpipe fit`, `featpipe evaluate`, `featpipe predict`: classifiers on cached features."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..classify import CLASSIFIERS, FitConfig, fit, load_model
+from ..classify.fit import FitRow, labelled_rows, write_report
+from ..classify.metrics import evaluate
+from ..store import load
+from . import app, user_errors
+
+
+def _table(rows: list[FitRow], best: str) -> str:
+    lines = [f"{'classifier':12} {'accuracy':>9} {'bal. acc':>9} {'log loss':>9} {'macro F1':>9} {'fit s':>8}"]
+    for r in sorted(rows, key=lambda r: -r.metrics["accuracy"]):
+        m = r.metrics
+        mark = "  <- best, saved" if r.classifier == best else ("  (saved)" if r.path else "")
+        lines.append(f"{r.classifier:12} {m['accuracy']:9.4f} {m['balanced_accuracy']:9.4f} {m['log_loss']:9.4f} "
+                     f"{m['macro_f1']:9.4f} {r.fit_seconds:8.1f}{mark}")
+    return "\n".join(lines)
+
+
+@app.command("fit")
+@user_errors
+def fit_command(
+    features: Annotated[Path, typer.Argument(help="A feature file from `featpipe extract`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.skops).")],
+    classifier: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(CLASSIFIERS)}.")] = "logreg",
+    layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
+    test_size: Annotated[float, typer.Option(help="Fraction of labelled rows held out, stratified.")] = 0.2,
+    test: Annotated[Optional[Path], typer.Option(help="A second feature file as the test set instead of a split.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the classifiers.")] = 0,
+    keep_all: Annotated[bool, typer.Option(help="Save every classifier, not just the best.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and plots.")] = None,
+) -> None:
+    """Train classifiers on cached features, compare them on held-out rows, save the best."""
+    names = tuple(n.strip() for n in classifier.split(",") if n.strip())
+    result = fit(FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report))
+    typer.echo(f"{result.n_train} training rows, {result.n_test} test rows"
+               + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else ""))
+    typer.echo(_table(result.rows, result.best))
+    typer.echo(f"saved {result.best} to {result.output}")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
+    features: Annotated[Path, typer.Argument(help="A labelled feature file of the same extractor.")],
+    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the confusion matrix.")] = None,
+) -> None:
+    """Metrics of a saved model on a labelled feature file."""
+    mf = load_model(model)
+    fs = load(features)
+    mf.check_features(fs)
+    X, y, skipped = labelled_rows(fs, mf.extractor["layer"], "evaluation")
+    metrics = evaluate(mf.pipeline, X, y, fs.classes)
+    typer.echo(f"{mf.classifier} on {fs.path.name}: {len(y)} rows" + (f" ({skipped} skipped)" if skipped else ""))
+    for key in ("accuracy", "balanced_accuracy", "log_loss", "macro_f1"):
+        typer.echo(f"{key:18} {metrics[key]:.4f}")
+    typer.echo(f"{'class':20} {'precision':>9} {'recall':>9} {'support':>8}")
+    for name, m in metrics["per_class"].items():
+        typer.echo(f"{name:20} {m['precision']:9.4f} {m['recall']:9.4f} {m['support']:8d}")
+    if report is not None:
+        write_report(report, [FitRow(mf.classifier, metrics, 0.0)], fs.classes)
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
+    features: Annotated[Path, typer.Argument(help="A feature file of the same extractor (labels not needed).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: stdout).")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes listed per row, most probable first.")] = 3,
+) -> None:
+    """Predict the class of every valid row of a feature file."""
+    mf = load_model(model)
+    fs = load(features)
+    mf.check_features(fs)
+    X = fs.X(mf.extractor["layer"])
+    proba = np.full((len(fs), len(mf.pipeline.classes_)), np.nan)
+    if fs.valid.any():
+        proba[fs.valid] = mf.pipeline.predict_proba(X[fs.valid].astype(np.float32))
+    k = max(1, min(top_k, proba.shape[1]))
+    names = [mf.classes[int(c)] for c in mf.pipeline.classes_]
+    out = open(output, "w", newline="") if output else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["path", "predicted", "probability", "top_k"])
+        for i, path in enumerate(fs.paths):
+            if not fs.valid[i]:
+                w.writerow([path, "", "", "invalid image"])
+                continue
+            order = np.argsort(-proba[i])[:k]
+            w.writerow([path, names[order[0]], f"{proba[i, order[0]]:.4f}",
+                        " ".join(f"{names[j]}:{proba[i, j]:.4f}" for j in order)])
+    finally:
+        if output:
+            out.close()
+    if output:
+        typer.echo(f"wrote {len(fs)} predictions to {output}", err=True)

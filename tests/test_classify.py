@@ -1,0 +1,173 @@
+"""featpipe fit / evaluate / predict: classifiers on cached features, model files, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from typer.testing import CliRunner
+
+import featpipe
+from featpipe.classify import CLASSIFIERS, FitConfig, LinearHead, MLPHead, fit, load_model
+from featpipe.classify.heads import OPTIMIZERS, SCHEDULES
+from featpipe.cli import app
+from featpipe.errors import FormatError, UsageError
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    """A real feature file (random-weight network) of three separable colour classes."""
+    from .conftest import make_images
+
+    tmp = tmp_path_factory.mktemp("classify")
+    images = make_images(tmp / "images", classes=3, per_class=12)
+    (images / "class_2" / "broken.jpg").write_bytes(b"")
+    return featpipe.extract(featpipe.ExtractConfig(images, tmp / "f.h5", model="test_resnet", weights="random",
+                                                   layers=("pooled", "layer2"))).output
+
+
+def test_fit_compares_and_saves_the_best(features, tmp_path):
+    out = tmp_path / "m.skops"
+    result = fit(FitConfig(features, out, ("logreg", "nb", "knn", "linear"), test_size=0.33, keep_all=True,
+                           report=tmp_path / "report"))
+    assert result.n_train + result.n_test == 36 and result.skipped_invalid == 1
+    score = {r.classifier: (r.metrics["accuracy"], -r.metrics["log_loss"]) for r in result.rows}
+    assert result.best == max(score, key=score.get) and score[result.best][0] > 0.8  # ties: lower log loss
+    assert out.exists() and all(r.path and r.path.exists() for r in result.rows)
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(report) == {"logreg", "nb", "knn", "linear"}
+    assert set(report["logreg"]["per_class"]) == {"class_0", "class_1", "class_2"}
+    assert (tmp_path / "report" / "confusion_logreg.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "curves_linear.png").stat().st_size > 1000
+    mf = load_model(out)
+    assert mf.classifier == result.best and mf.extractor["model"] == "timm:test_resnet"
+    assert mf.extractor["layer"] == "pooled" and mf.classes == ["class_0", "class_1", "class_2"]
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_every_classifier_fits_and_round_trips(features, tmp_path, name):
+    out = tmp_path / f"{name}.skops"
+    result = fit(FitConfig(features, out, (name,), test_size=0.33))
+    fs = featpipe.load(features)
+    X = fs.X()[fs.valid]
+    mf = load_model(out)
+    assert mf.pipeline.predict_proba(X).shape == (len(X), 3)
+    np.testing.assert_allclose(mf.pipeline.predict_proba(X).sum(axis=1), 1, rtol=1e-5)
+    assert result.rows[0].metrics["accuracy"] > 0.5
+
+
+def test_model_refuses_features_of_another_layer_or_model(features, tmp_path):
+    out = tmp_path / "m.skops"
+    fit(FitConfig(features, out, ("logreg",), layer="layer2"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", str(out), str(features)])
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other.h5"
+    with h5py.File(features) as src, h5py.File(other, "w") as dst:
+        for key in src:
+            src.copy(src[key], dst, key)
+        dst.attrs.update(dict(src.attrs))
+        dst.attrs["weights_sha256"] = "0" * 64
+    r = runner.invoke(app, ["predict", str(out), str(other)])
+    assert r.exit_code == 2 and "weights_sha256" in r.stderr
+
+
+def test_corrupt_or_tampered_model_files_are_refused(features, tmp_path):
+    out = tmp_path / "m.skops"
+    fit(FitConfig(features, out, ("logreg",)))
+    data = out.read_bytes()
+    (tmp_path / "cut.skops").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError):
+        load_model(tmp_path / "cut.skops")
+    import skops.io as sio
+
+    sio.dump({"format": "featpipe-model", "payload": Path("/etc/passwd")}, tmp_path / "evil.skops")
+    with pytest.raises(FormatError, match="does not trust"):
+        load_model(tmp_path / "evil.skops")
+    with pytest.raises(UsageError, match="does not exist"):
+        load_model(tmp_path / "missing.skops")
+
+
+def _edit(features: Path, tmp_path: Path, name: str, edit) -> Path:
+    path = tmp_path / name
+    path.write_bytes(features.read_bytes())
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda f: f["samples/label"].__setitem__(slice(None), -1), "has no labels"),
+        (lambda f: f["samples/label"].__setitem__(slice(None), 0), "one class only"),
+        (lambda f: f["features/pooled"].__setitem__(0, np.inf), "NaN or infinite"),
+        (lambda f: f["samples/label"].__setitem__(0, 2) or f["samples/label"].__setitem__(
+            np.flatnonzero(f["samples/label"][:] == 2)[1:].tolist(), 1), "single sample"),
+    ],
+)
+def test_bad_feature_files_are_usage_errors(features, tmp_path, edit, match):
+    path = _edit(features, tmp_path, "bad.h5", edit)
+    with pytest.raises(UsageError, match=match):
+        fit(FitConfig(path, tmp_path / "m.skops", ("logreg",)))
+
+
+def test_unknown_classifier_fails_before_training(features, tmp_path):
+    with pytest.raises(UsageError, match="unknown classifier 'xgb'"):
+        fit(FitConfig(features, tmp_path / "m.skops", ("logreg", "xgb")))
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_cli_fit_evaluate_predict(features, tmp_path):
+    runner = CliRunner()
+    model = tmp_path / "m.skops"
+    r = runner.invoke(app, ["fit", str(features), "-o", str(model), "--classifier", "logreg,nb", "--test-size", "0.3"])
+    assert r.exit_code == 0, r.output
+    assert "<- best, saved" in r.stdout and "1 invalid or unlabelled rows skipped" in r.stdout
+    r = runner.invoke(app, ["evaluate", str(model), str(features)])
+    assert r.exit_code == 0 and "accuracy" in r.stdout and "class_2" in r.stdout
+    pred = tmp_path / "p.csv"
+    r = runner.invoke(app, ["predict", str(model), str(features), "-o", str(pred), "--top-k", "2"])
+    assert r.exit_code == 0
+    rows = pred.read_text().splitlines()
+    assert rows[0] == "path,predicted,probability,top_k" and len(rows) == 38
+    broken = [row for row in rows if row.startswith("class_2/broken.jpg")]
+    assert broken == ["class_2/broken.jpg,,,invalid image"]
+    good = rows[1].split(",")
+    assert good[1] in {"class_0", "class_1", "class_2"} and len(good[3].split()) == 2
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_learns(optimizer):
+    X, y = make_classification(n_samples=300, n_features=20, n_informative=10, n_classes=3, random_state=0)
+    lr = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 0.01, "adam": 0.01}[optimizer]
+    head = LinearHead(optimizer=optimizer, lr=lr, max_epochs=60, early_stopping=False, batch_size=32).fit(X, y)
+    assert head.history_["train_loss"][-1] < 0.8 * head.history_["train_loss"][0]
+    assert head.score(X, y) > 0.7
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedules_and_seeding(schedule):
+    X, y = make_classification(n_samples=200, n_features=10, n_classes=2, random_state=1)
+    a = LinearHead(schedule=schedule, max_epochs=20, step_epochs=(10, 15), cycle_epochs=4, batch_size=16,
+                   random_state=3).fit(X, y)
+    b = clone(a).fit(X, y)
+    np.testing.assert_array_equal(a.weights_["weight"], b.weights_["weight"])
+    assert a.n_epochs_ <= 20 and a.score(X, y) > 0.7
+
+
+def test_early_stopping_stops():
+    X, y = make_classification(n_samples=400, n_features=50, n_informative=2, random_state=0)
+    head = LinearHead(max_epochs=500, patience=5, lr=0.05).fit(X, y)
+    assert head.n_epochs_ < 500 and len(head.history_["val_loss"]) == head.n_epochs_
+
+
+@pytest.mark.slow
+@parametrize_with_checks([LinearHead(), MLPHead(hidden=16)])
+def test_heads_keep_the_scikit_learn_contract(estimator, check):
+    check(estimator)
