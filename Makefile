@@ -7,7 +7,7 @@ OUT ?= out
 
 help:
 	@echo "make install   install featpipe with its test extras (skips what is already installed)"
-	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set and summarise them"
+	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set, summarise them, compare classifiers"
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make bench     extraction speed and memory against the hand-written baseline"
@@ -24,6 +24,7 @@ demo: install data/digits
 	mkdir -p $(OUT)
 	$(PYTHON) -m featpipe extract data/digits -o $(OUT)/digits.h5 --model tf_efficientnet_lite0 --layer pooled --layer logits
 	$(PYTHON) -m featpipe info $(OUT)/digits.h5
+	$(PYTHON) -m featpipe fit $(OUT)/digits.h5 -o $(OUT)/digits.skops --classifier logreg,svm,knn,nb,linear --report $(OUT)/report
 
 test: install
 	$(PYTHON) -m pytest -q
