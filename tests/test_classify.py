@@ -171,3 +171,35 @@ def test_early_stopping_stops():
 @parametrize_with_checks([LinearHead(), MLPHead(hidden=16)])
 def test_heads_keep_the_scikit_learn_contract(estimator, check):
     check(estimator)
+
+
+def test_random_search_tries_n_configurations_and_refits_the_best(features, tmp_path):
+    result = fit(FitConfig(features, tmp_path / "m.skops", ("logreg",), search=5, cv=3, report=tmp_path / "r"))
+    row = result.rows[0]
+    assert len(row.tried) == 5
+    assert [t["cv_accuracy"] for t in row.tried] == sorted((t["cv_accuracy"] for t in row.tried), reverse=True)
+    Cs = [t["params"]["C"] for t in row.tried]
+    assert len(set(Cs)) == 5 and all(1e-4 <= c <= 1e2 for c in Cs)
+    best_C = load_model(tmp_path / "m.skops").pipeline.named_steps["clf"].C
+    assert best_C == pytest.approx(row.tried[0]["params"]["C"])
+    assert row.cv == (row.tried[0]["cv_accuracy"], row.tried[0]["cv_std"])
+    assert len(json.loads((tmp_path / "r" / "metrics.json").read_text())["logreg"]["search"]) == 5
+
+
+def test_cv_needs_enough_samples_per_class(features, tmp_path):
+    with pytest.raises(UsageError, match="fewer than the 20 CV folds"):
+        fit(FitConfig(features, tmp_path / "m.skops", ("nb",), cv=20))
+    result = fit(FitConfig(features, tmp_path / "m.skops", ("nb",), cv=3))
+    mean, std = result.rows[0].cv
+    assert 0 <= mean <= 1 and std >= 0
+
+
+def test_sanity_reports_who_cannot_overfit(features, tmp_path):
+    from featpipe.classify.fit import sanity_check
+
+    results = dict((n, a) for n, a, _ in sanity_check(FitConfig(features, tmp_path / "m.skops", ("logreg", "linear"))))
+    assert results == {"logreg": 1.0, "linear": 1.0}
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit", str(features), "-o", str(tmp_path / "m.skops"), "--classifier", "logreg", "--sanity"])
+    assert r.exit_code == 0 and "ok: it can overfit" in r.stdout
+    assert not (tmp_path / "m.skops").exists()  # a check, not a fit

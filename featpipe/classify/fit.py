@@ -15,6 +15,7 @@ from ..store import FeatureSet, load
 from . import modelfile
 from .estimators import make_classifier
 from .metrics import evaluate, plot_confusion
+from .search import check_folds, cross_validate, random_search
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class FitConfig:
     seed: int = 0
     keep_all: bool = False
     report: Path | None = None
+    cv: int | None = None  # stratified K-fold CV accuracy on the training rows
+    search: int | None = None  # random-search trials (with --cv folds, default 5), best refitted on all training rows
 
 
 @dataclass
@@ -40,6 +43,8 @@ class FitRow:
     metrics: dict
     fit_seconds: float
     path: Path | None = None
+    cv: tuple[float, float] | None = None  # mean, std
+    tried: list[dict] | None = None  # random-search trials, best first
 
 
 @dataclass
@@ -112,16 +117,28 @@ def fit(config: FitConfig) -> FitResult:
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
     X_tr, y_tr, X_te, y_te, skipped = _split(config, fs, layer)
+    folds = config.cv or (5 if config.search else None)
+    if folds is not None:
+        if folds < 2:
+            raise UsageError(f"--cv must be at least 2, got {folds}")
+        check_folds(y_tr, folds, fs.classes)
     extractor = modelfile.extractor_config(fs, layer)
     rows: list[FitRow] = []
     fitted = {}
     for name in config.classifiers:
         model = make_classifier(name, seed=config.seed)
         t0 = time.perf_counter()
-        model.fit(X_tr, y_tr)
+        cv = tried = None
+        if config.search:
+            model, tried = random_search(name, model, X_tr, y_tr, config.search, folds, config.seed)
+            cv = (tried[0]["cv_accuracy"], tried[0]["cv_std"])
+        else:
+            if folds:
+                cv = cross_validate(model, X_tr, y_tr, folds, config.seed)
+            model.fit(X_tr, y_tr)
         seconds = time.perf_counter() - t0
         metrics = evaluate(model, X_te, y_te, fs.classes)
-        rows.append(FitRow(name, metrics, seconds))
+        rows.append(FitRow(name, metrics, seconds, cv=cv, tried=tried))
         fitted[name] = model
         log.info("%s: accuracy %.4f in %.1f s", name, metrics["accuracy"], seconds)
     best = max(rows, key=lambda r: (r.metrics["accuracy"], -r.metrics["log_loss"])).classifier
@@ -137,11 +154,43 @@ def fit(config: FitConfig) -> FitResult:
     return FitResult(rows, best, len(y_tr), len(y_te), skipped, config.output)
 
 
+SANITY_SAMPLES = 20
+
+
+def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
+    """The first check of any training recipe: can each classifier overfit a tiny subset?
+
+    Returns (classifier, training accuracy, samples) per classifier; close to
+    1.0 is expected. A model that cannot overfit 20 samples has a bug, bad
+    features or labels, or far too much regularisation.
+    """
+    fs = load(config.features)
+    layer = fs._layer(config.layer)
+    X, y, _ = labelled_rows(fs, layer, "training")
+    rng = np.random.default_rng(config.seed)
+    # A few samples of every class, round robin, up to SANITY_SAMPLES.
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    take = [idx[i] for i in range(SANITY_SAMPLES) for idx in per_class if i < len(idx)][:SANITY_SAMPLES]
+    Xs, ys = X[take], y[take]
+    if len(np.unique(ys)) < 2:
+        raise UsageError(f"{fs.path.name} has one class only; a classifier needs two or more")
+    results = []
+    for name in config.classifiers:
+        model = make_classifier(name, seed=config.seed)
+        if name in ("linear", "mlp"):  # no held-out rows to stop on: this is about fitting
+            model.set_params(clf__early_stopping=False, clf__max_epochs=200, clf__batch_size=SANITY_SAMPLES)
+        if name == "svm":  # calibrating on 2 samples a class is meaningless; the SVM itself is the question
+            model.set_params(clf=model.named_steps["clf"].estimator)
+        results.append((name, float(model.fit(Xs, ys).score(Xs, ys)), len(ys)))
+    return results
+
+
 def write_report(folder: Path, rows: list[FitRow], classes: list[str], fitted: dict | None = None) -> None:
     """metrics.json, a confusion matrix per classifier, and training curves for the PyTorch heads."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(
-        {r.classifier: {**r.metrics, "fit_seconds": r.fit_seconds} for r in rows}, indent=1))
+        {r.classifier: {**r.metrics, "fit_seconds": r.fit_seconds, "cv": r.cv, "search": r.tried} for r in rows},
+        indent=1))
     for r in rows:
         plot_confusion(r.metrics, classes, folder / f"confusion_{r.classifier}.png", r.classifier)
         head = (fitted or {}).get(r.classifier)

@@ -10,19 +10,32 @@ import numpy as np
 import typer
 
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
-from ..classify.fit import FitRow, labelled_rows, write_report
+from ..classify.fit import FitRow, labelled_rows, sanity_check, write_report
 from ..classify.metrics import evaluate
 from ..store import load
 from . import app, user_errors
 
 
 def _table(rows: list[FitRow], best: str) -> str:
-    lines = [f"{'classifier':12} {'accuracy':>9} {'bal. acc':>9} {'log loss':>9} {'macro F1':>9} {'fit s':>8}"]
+    with_cv = any(r.cv for r in rows)
+    cv_head = f" {'CV accuracy':>15}" if with_cv else ""
+    lines = [f"{'classifier':12}{cv_head} {'accuracy':>9} {'bal. acc':>9} {'log loss':>9} {'macro F1':>9} {'fit s':>8}"]
     for r in sorted(rows, key=lambda r: -r.metrics["accuracy"]):
         m = r.metrics
         mark = "  <- best, saved" if r.classifier == best else ("  (saved)" if r.path else "")
-        lines.append(f"{r.classifier:12} {m['accuracy']:9.4f} {m['balanced_accuracy']:9.4f} {m['log_loss']:9.4f} "
+        cv = (f" {r.cv[0]:8.4f} ± {r.cv[1]:.3f}" if r.cv else f" {'':>15}") if with_cv else ""
+        lines.append(f"{r.classifier:12}{cv} {m['accuracy']:9.4f} {m['balanced_accuracy']:9.4f} {m['log_loss']:9.4f} "
                      f"{m['macro_f1']:9.4f} {r.fit_seconds:8.1f}{mark}")
+    return "\n".join(lines)
+
+
+def _search_table(row: FitRow, shown: int = 10) -> str:
+    lines = [f"random search for {row.classifier}: {len(row.tried)} configurations, best first"]
+    for t in row.tried[:shown]:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        lines.append(f"  {t['cv_accuracy']:.4f} ± {t['cv_std']:.3f}  {params}")
+    if len(row.tried) > shown:
+        lines.append(f"  ... {len(row.tried) - shown} more in --report metrics.json")
     return "\n".join(lines)
 
 
@@ -38,12 +51,28 @@ def fit_command(
     seed: Annotated[int, typer.Option(help="Seed of the split and the classifiers.")] = 0,
     keep_all: Annotated[bool, typer.Option(help="Save every classifier, not just the best.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and plots.")] = None,
+    cv: Annotated[Optional[int], typer.Option(help="Stratified K-fold CV on the training rows.")] = None,
+    search: Annotated[Optional[int], typer.Option(help="Random search over N configurations (log-uniform ranges), CV folds from --cv (default 5).")] = None,
+    sanity: Annotated[bool, typer.Option(help="Only check that each classifier can overfit 20 training samples.")] = False,
 ) -> None:
     """Train classifiers on cached features, compare them on held-out rows, save the best."""
     names = tuple(n.strip() for n in classifier.split(",") if n.strip())
-    result = fit(FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report))
+    config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search)
+    if sanity:
+        failed = False
+        for name, acc, n in sanity_check(config):
+            ok = acc >= 0.99
+            failed |= not ok
+            typer.echo(f"sanity {name:8} training accuracy on {n} samples: {acc:.1%}  "
+                       + ("ok: it can overfit" if ok else "CANNOT OVERFIT: check features and labels, "
+                          "lower the regularisation or raise the learning rate"))
+        raise typer.Exit(1 if failed else 0)
+    result = fit(config)
     typer.echo(f"{result.n_train} training rows, {result.n_test} test rows"
                + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else ""))
+    for row in result.rows:
+        if row.tried:
+            typer.echo(_search_table(row))
     typer.echo(_table(result.rows, result.best))
     typer.echo(f"saved {result.best} to {result.output}")
 
