@@ -203,3 +203,22 @@ def test_sanity_reports_who_cannot_overfit(features, tmp_path):
     r = runner.invoke(app, ["fit", str(features), "-o", str(tmp_path / "m.skops"), "--classifier", "logreg", "--sanity"])
     assert r.exit_code == 0 and "ok: it can overfit" in r.stdout
     assert not (tmp_path / "m.skops").exists()  # a check, not a fit
+
+
+def test_predict_on_images_extracts_with_the_recorded_extractor(features, tmp_path):
+    from featpipe.predict import predict
+
+    from .conftest import make_images
+
+    model = tmp_path / "m.skops"
+    fit(FitConfig(features, model, ("logreg",)))
+    new = make_images(tmp_path / "new", classes=3, per_class=2, seed=7)
+    kept = tmp_path / "new.h5"
+    from_images = predict(model, new, features_out=kept)
+    from_features = predict(model, kept)
+    assert from_images.paths == from_features.paths and len(from_images.paths) == 6
+    np.testing.assert_allclose(from_images.proba, from_features.proba)
+    assert featpipe.load(kept).meta["model"] == "timm:test_resnet"
+    r = CliRunner().invoke(app, ["predict", str(model), str(new), "--top-k", "1"])
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,predicted,probability,top_k"
+    assert len(r.stdout.splitlines()) == 7

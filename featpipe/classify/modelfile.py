@@ -44,6 +44,8 @@ def extractor_config(fs: FeatureSet, layer: str) -> dict:
         "precision": fs.meta["precision"],
         "dtype": fs.meta["dtype"],
         "dim": fs.dim(layer),
+        "weights": fs.meta.get("weights", ""),
+        "seed": int(fs.meta.get("seed", 0)),
     }
 
 

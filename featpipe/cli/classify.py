@@ -1,17 +1,16 @@
 """`featpipe fit`, `featpipe evaluate`, `featpipe predict`: classifiers on cached features."""
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
 from ..classify.fit import FitRow, labelled_rows, sanity_check, write_report
 from ..classify.metrics import evaluate
+from ..predict import predict
 from ..store import load
 from . import app, user_errors
 
@@ -104,33 +103,18 @@ def evaluate_command(
 @user_errors
 def predict_command(
     model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
-    features: Annotated[Path, typer.Argument(help="A feature file of the same extractor (labels not needed).")],
+    input: Annotated[Path, typer.Argument(help="A feature file (.h5) of the same extractor, or images: a folder or a CSV list.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: stdout).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes listed per row, most probable first.")] = 3,
+    device: Annotated[str, typer.Option(help="For images: auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="For images: images per forward pass.")] = 32,
+    features: Annotated[Optional[Path], typer.Option(help="For images: keep the extracted features here.")] = None,
 ) -> None:
-    """Predict the class of every valid row of a feature file."""
-    mf = load_model(model)
-    fs = load(features)
-    mf.check_features(fs)
-    X = fs.X(mf.extractor["layer"])
-    proba = np.full((len(fs), len(mf.pipeline.classes_)), np.nan)
-    if fs.valid.any():
-        proba[fs.valid] = mf.pipeline.predict_proba(X[fs.valid].astype(np.float32))
-    k = max(1, min(top_k, proba.shape[1]))
-    names = [mf.classes[int(c)] for c in mf.pipeline.classes_]
-    out = open(output, "w", newline="") if output else sys.stdout
-    try:
-        w = csv.writer(out)
-        w.writerow(["path", "predicted", "probability", "top_k"])
-        for i, path in enumerate(fs.paths):
-            if not fs.valid[i]:
-                w.writerow([path, "", "", "invalid image"])
-                continue
-            order = np.argsort(-proba[i])[:k]
-            w.writerow([path, names[order[0]], f"{proba[i, order[0]]:.4f}",
-                        " ".join(f"{names[j]}:{proba[i, j]:.4f}" for j in order)])
-    finally:
-        if output:
-            out.close()
-    if output:
-        typer.echo(f"wrote {len(fs)} predictions to {output}", err=True)
+    """Predict the class of every image: from a feature file, or from images (extracted with the model's extractor)."""
+    result = predict(model, input, device=device, batch_size=batch_size, features_out=features)
+    if output is None:
+        result.write_csv(sys.stdout, top_k)
+        return
+    with open(output, "w", newline="") as out:
+        result.write_csv(out, top_k)
+    typer.echo(f"wrote {len(result.paths)} predictions to {output}", err=True)

@@ -1,0 +1,90 @@
+"""Predict: apply a saved classifier to a feature file, or to images (extracting them first).
+
+This sits above extraction and classify, which never import each other: for
+images it extracts with the configuration recorded in the model file, then
+checks the new features against it like any other feature file.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from .classify import load_model
+from .errors import UsageError
+from .extraction import ExtractConfig, extract
+from .store import load
+
+FEATURE_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass
+class Predictions:
+    """Class probabilities per sample; NaN rows where the image was not valid."""
+
+    paths: list[str]
+    valid: np.ndarray
+    proba: np.ndarray  # (N, C)
+    class_names: list[str]
+
+    def predicted(self) -> list[str]:
+        return [self.class_names[int(i)] if v else "" for i, v in zip(np.nan_to_num(self.proba).argmax(1), self.valid)]
+
+    def write_csv(self, out: TextIO, top_k: int = 3) -> None:
+        k = max(1, min(top_k, self.proba.shape[1]))
+        w = csv.writer(out)
+        w.writerow(["path", "predicted", "probability", "top_k"])
+        for i, path in enumerate(self.paths):
+            if not self.valid[i]:
+                w.writerow([path, "", "", "invalid image"])
+                continue
+            order = np.argsort(-self.proba[i])[:k]
+            w.writerow([path, self.class_names[order[0]], f"{self.proba[i, order[0]]:.4f}",
+                        " ".join(f"{self.class_names[j]}:{self.proba[i, j]:.4f}" for j in order)])
+
+
+def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "auto", batch_size: int = 32,
+            features_out: str | os.PathLike | None = None) -> Predictions:
+    """Predict every sample of ``input``: a feature file, or images (a folder or a CSV list).
+
+    Images are extracted first with the model file's recorded extractor (model,
+    weights, layer, preprocessing, precision, dtype), into ``features_out`` or
+    a temporary file.
+
+    Raises:
+        UsageError: features of another extractor, weights that are no longer where they were, bad input.
+        FormatError: a model file that is corrupt or not featpipe's.
+    """
+    mf = load_model(model)
+    source = Path(input)
+    if source.is_file() and source.suffix.lower() in FEATURE_SUFFIXES:
+        return _predict_features(mf, source)
+    ex = mf.extractor
+    if not ex.get("weights"):
+        raise UsageError(f"{Path(model).name} does not record the extractor's weights; extract the images "
+                         "yourself with the same settings and predict on the feature file")
+    with tempfile.TemporaryDirectory(prefix="featpipe-predict-") as tmp:
+        out = Path(features_out) if features_out else Path(tmp) / "features.h5"
+        config = ExtractConfig(
+            input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
+            layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
+            dtype=ex["dtype"], device=device, batch_size=batch_size,
+        )
+        extract(config)
+        return _predict_features(mf, out)
+
+
+def _predict_features(mf, path: Path) -> Predictions:
+    fs = load(path)
+    mf.check_features(fs)
+    X = fs.X(mf.extractor["layer"])
+    classes = mf.pipeline.classes_
+    proba = np.full((len(fs), len(classes)), np.nan)
+    if fs.valid.any():
+        proba[fs.valid] = mf.pipeline.predict_proba(X[fs.valid].astype(np.float32))
+    return Predictions(fs.paths, fs.valid.copy(), proba, [mf.classes[int(c)] for c in classes])
