@@ -17,10 +17,13 @@ help:
 install:
 	$(PIP) install --disable-pip-version-check -q -e '.[dev]'
 
-data/digits:
+# A stamp, so an interrupted build is redone rather than taken as finished.
+data/digits/.complete:
+	rm -rf data/digits
 	$(PYTHON) data/make_digits.py data/digits
+	touch $@
 
-demo: install data/digits
+demo: install data/digits/.complete
 	mkdir -p $(OUT)
 	$(PYTHON) -m featpipe extract data/digits -o $(OUT)/digits.h5 --model tf_efficientnet_lite0 --layer pooled --layer logits
 	$(PYTHON) -m featpipe info $(OUT)/digits.h5

@@ -69,41 +69,51 @@ class FeatureSet:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise UsageError(f"feature file {str(self.path)!r} does not exist; create it with `featpipe extract`")
+        if not self.path.is_file():
+            raise UsageError(f"{str(self.path)!r} is not a file; give a feature file written by `featpipe extract`")
         try:
             f = h5py.File(self.path, "r")
         except OSError as exc:
             raise FormatError(f"{str(self.path)!r} is not a readable HDF5 file ({exc}); give a featpipe feature file") from None
         with f:
-            attrs = dict(f.attrs)
-            if attrs.get("format") != FORMAT:
-                raise FormatError(f"{str(self.path)!r} is not a featpipe feature file (no format={FORMAT!r} attribute)")
-            version = int(attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
+            try:
+                self._read(f)
+            except KeyError as exc:
                 raise FormatError(
-                    f"{str(self.path)!r} has format_version {version}; this featpipe reads version "
-                    f"{FORMAT_VERSION}: use the featpipe release that wrote it, or extract again"
-                )
-            self.meta: dict[str, Any] = {
-                k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
-            }
-            for key in ("data_config", "config"):
-                if isinstance(self.meta.get(key), str):
-                    self.meta[key] = json.loads(self.meta[key])
-            self.layers: list[str] = list(f["features"].keys())
-            self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
-            self._shapes = {k: f["features"][k].shape for k in self.layers}
-            self._dtypes = {k: f["features"][k].dtype for k in self.layers}
-            self.paths: list[str] = _decode(f["samples/path"][:])
-            self.y: np.ndarray = f["samples/label"][:]
-            self.valid: np.ndarray = f["samples/valid"][:]
-            self.classes: list[str] = _decode(f["classes"][:])
-            self.errors = {
-                "index": f["errors/index"][:],
-                "path": _decode(f["errors/path"][:]),
-                "reason": _decode(f["errors/reason"][:]),
-            }
+                    f"{str(self.path)!r} is an incomplete featpipe feature file ({exc}); extract it again"
+                ) from None
+
+    def _read(self, f: h5py.File) -> None:
+        attrs = dict(f.attrs)
+        if attrs.get("format") != FORMAT:
+            raise FormatError(f"{str(self.path)!r} is not a featpipe feature file (no format={FORMAT!r} attribute)")
+        version = int(attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise FormatError(
+                f"{str(self.path)!r} has format_version {version}; this featpipe reads version "
+                f"{FORMAT_VERSION}: use the featpipe release that wrote it, or extract again"
+            )
+        self.meta: dict[str, Any] = {
+            k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
+        }
+        for key in ("data_config", "config"):
+            if isinstance(self.meta.get(key), str):
+                self.meta[key] = json.loads(self.meta[key])
+        self.layers: list[str] = list(f["features"].keys())
+        self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
+        self._shapes = {k: f["features"][k].shape for k in self.layers}
+        self._dtypes = {k: f["features"][k].dtype for k in self.layers}
+        self.paths: list[str] = _decode(f["samples/path"][:])
+        self.y: np.ndarray = f["samples/label"][:]
+        self.valid: np.ndarray = f["samples/valid"][:]
+        self.classes: list[str] = _decode(f["classes"][:])
+        self.errors = {
+            "index": f["errors/index"][:],
+            "path": _decode(f["errors/path"][:]),
+            "reason": _decode(f["errors/reason"][:]),
+        }
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -142,11 +152,17 @@ class FeatureSet:
         """The features of ``layer`` as a lazy dask array, chunked as stored; for files larger than memory."""
         import dask.array as da
 
+        from dask.base import tokenize
+
         name = self._layer(layer)
         with h5py.File(self.path, "r") as f:
             chunks = f["features"][name].chunks or self._shapes[name]
-        lazy = _LazyRows(str(self.path.resolve()), f"features/{name}", self._shapes[name], self._dtypes[name])
-        return da.from_array(lazy, chunks=chunks, name=f"featpipe-{self.path.name}-{name}", asarray=True)
+        path = str(self.path.resolve())
+        stat = os.stat(path)
+        lazy = _LazyRows(path, f"features/{name}", self._shapes[name], self._dtypes[name])
+        # The name identifies the data: two files (or one file rewritten) never share cached chunks.
+        token = tokenize(path, stat.st_mtime_ns, stat.st_size, name)
+        return da.from_array(lazy, chunks=chunks, name=f"featpipe-{name}-{token}", asarray=True)
 
     def to_pandas(self, layer: str | None = None, features: bool = True):
         """One row per sample: path, label, class, valid, then ``<layer>_0 ... <layer>_{D-1}``."""

@@ -63,3 +63,29 @@ def test_layers_lists_fc7_for_vgg():
     rows = {line.split()[0]: line.split()[-1] for line in r.stdout.splitlines()[1:]}
     assert rows["fc7"] == "4096" and rows["pooled"] == "4096" and rows["logits"] == "1000"
     assert rows["features.29"] == "512"
+
+
+@pytest.mark.parametrize("text, expected", [("10", 10), ("0.05", 0.05), ("5%", 0.05), ("100%", 1.0), ("1.0", 1.0)])
+def test_max_failures_counts_and_fractions(text, expected):
+    from featpipe.cli.extract import parse_max_failures
+
+    value = parse_max_failures(text)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "150%", "lots", "1.5"])
+def test_max_failures_rejects_nonsense(text):
+    from featpipe.cli.extract import parse_max_failures
+    from featpipe.errors import UsageError
+
+    with pytest.raises(UsageError, match="max-failures"):
+        parse_max_failures(text)
+
+
+def test_parser_errors_are_one_line_too(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "featpipe", "extract", str(tmp_path), "-o", "x.h5", "--model",
+                        "test_resnet", "--precision", "fp64"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: Invalid value for '--precision'")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -65,3 +66,28 @@ def test_unreachable_scheduler_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="cannot reach the Dask scheduler"):
         extract(ExtractConfig(images, tmp_path / "x.h5", model="test_resnet", weights="random",
                               scheduler="tcp://127.0.0.1:9"))
+
+
+def test_concurrent_runs_on_one_cluster_keep_their_own_results(tmp_path, dask_cluster):
+    import threading
+
+    a = make_images(tmp_path / "a", classes=2, per_class=4, seed=1)
+    b = make_images(tmp_path / "b", classes=2, per_class=4, seed=2)
+    outs = {}
+
+    def run(name, images):
+        try:
+            outs[name] = extract(ExtractConfig(images, tmp_path / f"{name}.h5", model="test_resnet", weights="random",
+                                               partition_size=2, scheduler=dask_cluster)).output
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outs[name] = exc
+
+    threads = [threading.Thread(target=run, args=(n, i)) for n, i in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(v, Path) for v in outs.values()), outs
+    local = extract(ExtractConfig(b, tmp_path / "b_local.h5", model="test_resnet", weights="random")).output
+    np.testing.assert_allclose(featpipe.load(outs["b"]).X(), featpipe.load(local).X(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(featpipe.load(outs["a"]).X(), featpipe.load(outs["b"]).X())

@@ -224,3 +224,31 @@ def test_gpu_features_match_cpu(tmp_path, image_folder):
     gpu = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "gpu.h5", device="cuda")).output)
     rel = np.linalg.norm(gpu.X() - cpu.X(), axis=1) / np.linalg.norm(cpu.X(), axis=1)
     assert rel.max() < 1e-3, rel.max()
+
+
+def test_a_timm_head_module_as_layer_runs_the_head(tmp_path, image_folder):
+    fs = featpipe.load(extract(config(tmp_path, image_folder, layers=("fc", "logits"))).output)
+    np.testing.assert_allclose(fs.X("fc"), fs.X("logits"), rtol=1e-5, atol=1e-6)
+
+
+def test_csv_numeric_labels_sort_as_numbers(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for label in (2, 10, 1):
+        Image.new("RGB", (20, 20), (label * 20, 0, 0)).save(tmp_path / f"{label}.png")
+        rows.append(f"{label}.png,{label}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    fs = featpipe.load(extract(config(tmp_path, tmp_path / "list.csv")).output)
+    assert fs.classes == ["1", "2", "10"]
+    assert [fs.classes[k] for k in fs.y] == ["2", "10", "1"]
+
+
+def test_undecodable_file_name_is_a_usage_error(tmp_path, image_folder):
+    import os
+
+    bad = os.fsencode(str(image_folder / "class_0")) + b"/bad\xff.png"
+    with open(bad, "wb") as f:
+        f.write((image_folder / "class_0" / "img_001.png").read_bytes())
+    with pytest.raises(UsageError, match="not valid UTF-8"):
+        extract(config(tmp_path, image_folder))

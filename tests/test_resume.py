@@ -1,6 +1,8 @@
 """Crash safety: SIGKILL mid-run and resume, the single-writer lock, configuration changes."""
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,3 +112,59 @@ def test_input_changed_since_partial_run_is_refused(tmp_path):
     make_images(images, classes=3, per_class=3, seed=1)  # adds a class folder
     with pytest.raises(RunConflictError, match="samples"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2))
+
+
+def test_max_failures_holds_on_resume_and_fixed_images_are_retried(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    bad = images / "class_1" / "zz.jpg"  # sorts last: the abort comes with the last partition
+    bad.write_bytes(b"")
+    out = tmp_path / "features.h5"
+    cfg = ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2, max_failures=0)
+    for _ in range(2):  # the rerun has nothing left to compute and must still refuse
+        with pytest.raises(featpipe.FeatpipeError, match="max-failures"):
+            extract(cfg)
+    assert not out.exists()
+    shutil.copy(images / "class_0" / "img_000.jpg", bad)  # the user fixes the image
+    done = extract(cfg)
+    assert done.failed == 0 and featpipe.load(out).valid.all()
+
+
+def test_leftovers_of_a_killed_merge_are_cleaned(tmp_path):
+    images = make_images(tmp_path / "images", classes=1, per_class=2)
+    out = tmp_path / "features.h5"
+    stale = tmp_path / ".features.h5.tmp-99999"
+    stale.write_bytes(b"half a file")
+    extract(ExtractConfig(images, out, model="test_resnet", weights="random"))
+    assert not stale.exists()
+    (tmp_path / "features.h5.parts").mkdir()  # killed between the rename and the clean-up
+    assert extract(ExtractConfig(images, out, model="test_resnet", weights="random")).already_complete
+    assert not (tmp_path / "features.h5.parts").exists()
+
+
+def test_resume_with_another_batch_size(tmp_path):
+    images = make_images(tmp_path / "images", classes=2, per_class=4)
+    (images / "class_1" / "zz.jpg").write_bytes(b"")
+    out = tmp_path / "features.h5"
+    with pytest.raises(featpipe.FeatpipeError):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", batch_size=2, max_failures=0))
+    done = extract(ExtractConfig(images, out, model="test_resnet", weights="random", batch_size=4))
+    assert done.resumed_partitions >= 1 and done.failed == 1
+
+
+def test_lock_taken_after_the_holder_let_go_is_real(tmp_path):
+    """A process that opened the lock file just before its holder unlinked it must not be let in."""
+    from featpipe.extraction.run import OutputLock
+
+    out = tmp_path / "features.h5"
+    first = OutputLock(out).__enter__()
+    early = os.open(first.path, os.O_RDWR)  # a second process's open(), before the holder lets go
+    first.__exit__(None, None, None)
+    second = OutputLock(out).__enter__()  # a third process takes the lock on a fresh file
+    import fcntl
+
+    fcntl.flock(early, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: the stale file is unlocked...
+    assert os.fstat(early).st_ino != os.stat(second.path).st_ino  # ...which is why OutputLock compares inodes
+    os.close(early)
+    with pytest.raises(RunConflictError):
+        OutputLock(out).__enter__()
+    second.__exit__(None, None, None)

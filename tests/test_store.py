@@ -66,3 +66,21 @@ def test_other_files_are_refused(tmp_path):
         featpipe.load(tmp_path / "text.h5")
     with pytest.raises(UsageError, match="does not exist"):
         featpipe.load(tmp_path / "missing.h5")
+
+
+def test_to_dask_of_two_files_with_one_name_are_not_confused(tmp_path, image_folder):
+    files = []
+    for seed in (1, 2):
+        (tmp_path / f"d{seed}").mkdir()
+        files.append(extract(ExtractConfig(image_folder, tmp_path / f"d{seed}" / "f.h5", model="test_resnet",
+                                           weights="random", seed=seed)).output)
+    a, b = (featpipe.load(f).to_dask() for f in files)
+    expected = np.abs(featpipe.load(files[0]).X() - featpipe.load(files[1]).X()).max()
+    assert expected > 0 and float(abs(a - b).max().compute()) == pytest.approx(expected)
+
+
+def test_incomplete_file_is_a_format_error(feature_file):
+    with h5py.File(feature_file, "a") as f:
+        del f["errors"]
+    with pytest.raises(FormatError, match="incomplete"):
+        featpipe.load(feature_file)

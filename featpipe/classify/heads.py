@@ -9,6 +9,7 @@ skops and predicts without pickled torch objects.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+_SEEDED_FIT = threading.Lock()
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
 SCHEDULES = ("constant", "step", "cyclic", "sgdr")
 
@@ -70,7 +72,8 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Train on (X, y); returns self. Seeded by ``random_state``, without touching torch's global RNG."""
-        with torch.random.fork_rng(devices=[]):
+        # Initialisation and dropout draw from torch's global RNG: one seeded fit at a time.
+        with _SEEDED_FIT, torch.random.fork_rng(devices=[]):
             return self._fit(X, y)
 
     def _fit(self, X, y):

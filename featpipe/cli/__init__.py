@@ -54,11 +54,32 @@ def _setup(
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 
-from . import classify as _classify  # noqa: E402,F401  (registers commands)
-from . import extract as _extract  # noqa: E402,F401
+# Registers the commands, in the order --help lists them: the flow.
+from . import extract as _extract  # noqa: E402,F401,I001
 from . import info as _info  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
+from . import classify as _classify  # noqa: E402,F401
 
 
 def main() -> None:
-    app()
+    """Entry point: the command-line parser's own errors get featpipe's one-line form too."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except typer.exceptions.TyperException as exc:  # bad option values, missing options, unknown commands
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if not message:  # no arguments at all: the help was shown
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        command = _command()
+        typer.secho(f"error: {message.rstrip('.')}; see `featpipe {command + ' ' if command else ''}--help`",
+                    fg=typer.colors.RED, err=True)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _command() -> str:
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    names = {c.name or c.callback.__name__ for c in app.registered_commands}
+    return args[0] if args and args[0] in names else ""

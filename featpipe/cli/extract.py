@@ -1,6 +1,7 @@
 """`featpipe extract`: options -> ExtractConfig -> featpipe.extract()."""
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,17 +31,24 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
-def parse_max_failures(text: Optional[str]) -> Optional[float]:
+def parse_max_failures(text: Optional[str]) -> int | float | None:
+    """'10' -> 10 images; '0.05' or '5%' -> a fraction of all images."""
     if text is None:
         return None
+    hint = f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {text!r}"
     try:
-        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+        if text.endswith("%"):
+            value: int | float = float(text[:-1]) / 100
+        elif "." in text:
+            value = float(text)
+        else:
+            value = int(text)
     except ValueError:
-        raise UsageError(
-            f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {text!r}"
-        ) from None
-    if value >= 1 and value != int(value):
-        raise UsageError(f"--max-failures count must be a whole number, got {text!r}")
+        raise UsageError(hint) from None
+    if isinstance(value, float) and not (math.isfinite(value) and 0 <= value <= 1):
+        raise UsageError(hint)
+    if isinstance(value, int) and value < 0:
+        raise UsageError(hint)
     return value
 
 
@@ -61,7 +69,7 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
             f"write {t.get('write', 0):.1f} s (forward and decode summed over parallel streams, overlapped)"
         )
     for path, reason in s.errors[:5]:
-        console.print(f"  failed: {path}: {reason}")
+        console.print(f"  failed: {path}: {reason}", markup=False, highlight=False)
     if s.failed > 5:
         console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
 
@@ -135,5 +143,6 @@ def extract_command(
         try:
             summary = extract(config, progress=on_progress)
         finally:
-            bar.stop()
-    print_summary(summary, Console())
+            if bar.live.is_started:
+                bar.stop()
+    print_summary(summary, Console(soft_wrap=True))

@@ -19,7 +19,8 @@ def models_command(
     """List models with their feature dimension and whether pretrained weights are on disk."""
     specs = models.list_models(pattern)
     if not specs:
-        raise UsageError(f"no model matches {pattern!r}; try a wildcard such as '{pattern}*'")
+        hint = f"'*{pattern.strip('*')}*'" if pattern.strip("*") else "'resnet*'"
+        raise UsageError(f"no model matches {pattern!r}; try a wider wildcard such as {hint}")
     typer.echo(f"{'model':40} {'pooled dim':>10}  {'input':>8}  pretrained offline")
     for spec in specs:
         try:

@@ -8,6 +8,7 @@ the row and records the reason.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own default: above this many pixels a file is treated as a
 # decompression bomb rather than decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# load_rgb checks the size itself and records a bomb as a failed image;
+# Pillow's warning on top of that would only be noise on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(Exception):
@@ -34,9 +38,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         # Pillow's convert() clips 16-bit values at 255; scale the 16-bit range instead.
         return _gray_to_rgb(np.asarray(im, dtype=np.float64), 65535.0)
     if im.mode in ("I", "F"):
-        # 32-bit modes carry no range: 16-bit data when any value passes 255, else 8-bit.
+        # 32-bit modes carry no range: guess it from the largest value (float
+        # images are usually [0, 1]; integer ones 8- or 16-bit).
         a = np.asarray(im, dtype=np.float64)
         top = float(a.max(initial=0.0))
+        if im.mode == "F" and top <= 1.0:
+            return _gray_to_rgb(a, 1.0)
         return _gray_to_rgb(a, 65535.0 if top > 255 else 255.0)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # palette transparency needs RGBA first to keep colours right
@@ -72,6 +79,6 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise BadImage("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc) or type(exc).__name__
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise BadImage(f"truncated file: {text}") from None
         raise BadImage(f"cannot decode: {text}") from None

@@ -27,7 +27,7 @@ def dask_client(scheduler: str | None, slots: int = 2) -> Iterator["distributed.
     if scheduler:
         try:
             client = distributed.Client(scheduler, timeout="10s", set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise UsageError(
                 f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); start one with "
                 "`dask scheduler` and workers with `dask worker ADDRESS`, or leave out --scheduler"

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -65,7 +66,8 @@ class ExtractConfig:
     partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
     streams: int | None = None  # CPU: partitions computed at once; default min(cores, 4)
     decode_threads: int | None = None  # GPU: decode threads feeding the device; default: the cores
-    max_failures: float | None = None  # a count (>= 1), a fraction of all images (< 1), or None: no limit
+    # An int is a count of images, a float a fraction of all images (0.05 = 5%); None: no limit.
+    max_failures: int | float | None = None
     max_pixels: int = MAX_PIXELS
     scheduler: str | None = None
     overwrite: bool = False
@@ -101,13 +103,20 @@ def _check_config(config: ExtractConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if config.partition_size is not None and config.partition_size < 1:
         raise UsageError(f"--partition-size must be at least 1, got {config.partition_size}")
-    if config.max_failures is not None and config.max_failures < 0:
-        raise UsageError(f"--max-failures must be a count or a fraction >= 0, got {config.max_failures}")
+    mf = config.max_failures
+    if mf is not None and not (
+        (isinstance(mf, int) and mf >= 0) or (isinstance(mf, float) and math.isfinite(mf) and 0 <= mf <= 1)
+    ):
+        raise UsageError(
+            f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {mf!r}"
+        )
     out = config.output
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
     if out.is_dir():
         raise UsageError(f"output {str(out)!r} is a folder; give a file name such as features.h5")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"output folder {str(out.parent)!r} is not writable; choose another -o")
 
 
 def _partition_size(config: ExtractConfig, n: int) -> int:
@@ -122,22 +131,22 @@ def _partition_size(config: ExtractConfig, n: int) -> int:
 
 def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
     """How partitions run, and how many task slots the local Dask worker gets."""
+    if config.scheduler:  # each worker sizes itself from its own cores and threads
+        return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads), 0
     cores = cpu_cores()
     if on_cpu:
         # A few streams, each with a share of the cores: enough to keep every
         # core busy while others decode, few enough to bound activation memory.
         streams = config.streams or min(cores, 4)
-        threads = None if config.scheduler else max(1, cores // streams)
-        return WorkPlan(config.batch_size, config.max_pixels, torch_threads=threads), streams
+        return WorkPlan(config.batch_size, config.max_pixels, torch_threads=max(1, cores // streams)), streams
     return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads or cores), 2
 
 
 def _max_failures(config: ExtractConfig, n: int) -> int | None:
-    if config.max_failures is None:
+    mf = config.max_failures
+    if mf is None:
         return None
-    if config.max_failures < 1:
-        return math.floor(config.max_failures * n)
-    return int(config.max_failures)
+    return math.floor(mf * n) if isinstance(mf, float) else mf
 
 
 class OutputLock:
@@ -148,16 +157,26 @@ class OutputLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "OutputLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunConflictError(
+                    f"another featpipe process (pid {holder}) is writing {str(self.path)[:-5]!r}; "
+                    "wait for it to finish or choose another -o"
+                ) from None
+            # The holder unlinks the file as it lets go: a lock on a file that is
+            # no longer at the path locks nothing, so take the new one instead.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise RunConflictError(
-                f"another featpipe process (pid {holder}) is writing {str(self.path)[:-5]!r}; "
-                "wait for it to finish or choose another -o"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -200,7 +219,11 @@ def _existing_output(config: ExtractConfig, run_config: dict, samples_digest: st
 
 
 def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> dict[int, Path]:
-    """Finished shards to reuse; refuses to mix with a partial run of another configuration."""
+    """Finished shards to reuse; refuses to mix with a partial run of another configuration.
+
+    Shards holding failed images are computed again, so that images fixed
+    since the last run (after a --max-failures abort, say) are picked up.
+    """
     old = writer.read_manifest(parts_dir) if parts_dir.exists() else None
     if old is not None and old != manifest:
         if not config.overwrite:
@@ -213,7 +236,18 @@ def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> di
         shutil.rmtree(parts_dir)  # no manifest: nothing in it can be trusted
     parts_dir.mkdir(exist_ok=True)
     writer.write_manifest(parts_dir, manifest)
-    return writer.finished_shards(parts_dir)
+    done = writer.finished_shards(parts_dir)
+    for index, path in list(done.items()):
+        if writer.shard_errors(path):
+            path.unlink()
+            del done[index]
+    return done
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Temporary files of a merge that was killed: we hold the lock, so nobody is writing them."""
+    for stale in output.parent.glob(f".{output.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None = None) -> ExtractSummary:
@@ -235,17 +269,23 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         seed=config.seed,
         layers=tuple(config.layers),
         pool=config.pool,
-        device=resolve_device(config.device),
+        # On a cluster each worker resolves the device itself; locally, now.
+        device=config.device if config.scheduler else resolve_device(config.device),
         precision=config.precision,
     )
-    # Layers are checked on a weightless copy first, so a typo costs no weight loading.
+    # Layers are checked on a weightless copy first (a forward on the meta device
+    # computes nothing), so a typo costs no weight loading.
     model_spec = models.resolve(spec.model)
     with torch.device("meta"):
-        models.resolve_layers(models.create_architecture(model_spec), model_spec, spec.layers, spec.pool)
+        net = models.create_architecture(model_spec).eval()
+        cfg = models.data_config(net, model_spec)
+        tapped = models.TappedModel(net, model_spec, models.resolve_layers(net, model_spec, spec.layers, spec.pool))
+        with torch.inference_mode():
+            tapped(torch.zeros(1, 3, *cfg.crop))
     # Built here, fresh (a checkpoint file may have changed since the last run):
     # bad weights fail before any work starts, and the weights' digest pins
     # every worker to the same weights.
-    ex = Extractor(spec)
+    ex = Extractor(replace(spec, device="cpu") if config.scheduler else spec)
     spec = replace(spec, weights_sha256=ex.weights.sha256)
     if config.scheduler:
         return _extract(config, samples, spec, ex, progress, t_start)
@@ -304,18 +344,25 @@ def _extract(
     n = len(samples)
     run_config = _identity(config, spec, ex)
     config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
+    parts_dir = config.output.with_name(config.output.name + ".parts")
     part_size = _partition_size(config, n)
+    previous = writer.read_manifest(parts_dir) if parts_dir.exists() else None
+    if previous and config.partition_size is None and previous.get("partition_size"):
+        # The default size follows --batch-size, which does not change features:
+        # a resume with another batch size keeps the partitions it started with.
+        part_size = int(previous["partition_size"])
     tasks = [
         PartitionTask(i, start, str(samples.root), samples.paths[start:start + part_size])
         for i, start in enumerate(range(0, n, part_size))
     ]
-    parts_dir = config.output.with_name(config.output.name + ".parts")
     limit = _max_failures(config, n)
     timings = {"start": 0.0, "decode": 0.0, "forward": 0.0, "write": 0.0}
 
     with OutputLock(config.output):
+        _remove_leftovers(config.output)
         if _existing_output(config, run_config, samples.digest()):
             log.info("%s is already complete", config.output)
+            shutil.rmtree(parts_dir, ignore_errors=True)  # left if a run died between rename and clean-up
             return _summary(config.output, computed=0, resumed=len(tasks), seconds=time.perf_counter() - t_start,
                             timings=timings, already_complete=True)
         manifest = {
@@ -336,14 +383,14 @@ def _extract(
         t_work = time.perf_counter()
         computed = 0
         if todo:
-            plan, slots = _work_plan(config, on_cpu=ex.device.type == "cpu")
+            plan, slots = _work_plan(config, on_cpu=spec.device == "cpu")
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
                 with distributor.dask_client(config.scheduler, slots) as client:
                     timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
-                        client, spec, todo, plan, key_prefix=f"featpipe-{config_hash[:10]}"
+                        client, spec, todo, plan, key_prefix=f"featpipe-{uuid.uuid4().hex}"
                     ):
                         t0 = time.perf_counter()
                         done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
@@ -356,15 +403,12 @@ def _extract(
                         if progress:
                             progress(done_rows, n)
                         if limit is not None and failed > limit:
-                            first = result.errors[0] if result.errors else (0, "?")
-                            raise TooManyFailuresError(
-                                f"{failed} images failed, more than --max-failures allows ({limit}); for example "
-                                f"{samples.paths[first[0]]!r}: {first[1]}. Finished partitions are kept in "
-                                f"{str(parts_dir)!r}: fix the images or raise --max-failures and run again to resume"
-                            )
+                            _too_many_failures(failed, limit, result.errors, samples, parts_dir)
             finally:
                 torch.set_num_threads(threads_before)
         elapsed = time.perf_counter() - t_work
+        if limit is not None and failed > limit:  # also when every partition was already done
+            _too_many_failures(failed, limit, [], samples, parts_dir)
         t0 = time.perf_counter()
         layer_attrs = {layer.name: {"pool": layer.pool, "node": layer.node} for layer in ex.layers}
         merge_shards([done[i] for i in sorted(done)], config.output, samples,
@@ -372,6 +416,14 @@ def _extract(
         shutil.rmtree(parts_dir, ignore_errors=True)
         timings["write"] += time.perf_counter() - t0
     return _summary(config.output, computed, len(tasks) - len(todo), elapsed, timings)
+
+
+def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleList, parts_dir: Path) -> None:
+    example = f"; for example {samples.paths[errors[0][0]]!r}: {errors[0][1]}" if errors else ""
+    raise TooManyFailuresError(
+        f"{failed} images failed, more than --max-failures allows ({limit}){example}. Finished partitions are "
+        f"kept in {str(parts_dir)!r}: fix or remove the images, or raise --max-failures, and run again to resume"
+    )
 
 
 def _summary(output: Path, computed: int, resumed: int, seconds: float, timings: dict,

@@ -96,7 +96,7 @@ class Extractor:
         self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
         self.data_config = models.data_config(model, self.model_spec)
         self.preprocess = Preprocessor(self.data_config)
-        self.device = torch.device(spec.device)
+        self.device = torch.device(resolve_device(spec.device))
         # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
         model = model.to(self.device, memory_format=torch.channels_last)
         self.tapped = models.TappedModel(model, self.model_spec, self.layers)
@@ -106,8 +106,6 @@ class Extractor:
         self._lock: contextlib.AbstractContextManager = (
             threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
         )
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
         self.network: torch.nn.Module = self.tapped
         self.optimized = False
         if spec.optimize and self.device.type == "cpu" and self._autocast_dtype is None:
@@ -144,9 +142,25 @@ class Extractor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
+    @contextlib.contextmanager
+    def _cuda_flags(self):
+        """On a GPU: cuDNN picks its fastest kernels for the fixed input size, and fp32 means fp32
+        (no TF32). Set around each forward pass and restored, so a notebook's own settings survive."""
+        if self.device.type != "cuda":
+            yield
+            return
+        saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32) = saved
+
     def forward(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         """uint8 (B, H, W, 3) crops -> ({layer: float32 (B, D)}, seconds on the device)."""
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._cuda_flags():
             t0 = time.perf_counter()
             x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
             x = self.preprocess.batch(x)
@@ -209,16 +223,23 @@ class WorkPlan:
 
     batch_size: int
     max_pixels: int = MAX_PIXELS
-    decode_threads: int = 1  # GPU: threads decoding ahead of the forward pass
+    decode_threads: int | None = None  # GPU: threads decoding ahead of the forward pass; None: the cores
     torch_threads: int | None = None  # CPU: intra-op threads per stream; None: worker cores / worker threads
 
 
 def cpu_cores() -> int:
-    """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _set_torch_threads(plan: WorkPlan) -> None:
@@ -287,7 +308,8 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     if on_cpu:
         decoded = (decode(i) for i in range(n))  # this stream decodes, the others compute
     else:
-        decoded = _decode_ahead(decode, n, _decode_pool(plan.decode_threads), lookahead=2 * batch_size)
+        pool = _decode_pool(plan.decode_threads or cpu_cores())
+        decoded = _decode_ahead(decode, n, pool, lookahead=2 * batch_size)
     for i, (pixels, reason, seconds) in enumerate(decoded):
         timings["decode"] += seconds
         if reason is not None:

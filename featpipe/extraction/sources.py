@@ -102,10 +102,30 @@ def _from_csv(csv_path: Path) -> SampleList:
                 pass  # stays absolute: outside the CSV's folder
         paths.append(p.as_posix())
         names.append(row[il].strip() if il is not None and il < len(row) else "")  # no label: -1
-    classes = tuple(sorted({n for n in names if n}))
+    classes = tuple(_label_order({n for n in names if n}))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index.get(n, -1) for n in names], np.int64)
     return SampleList(root, tuple(paths), labels, classes)
+
+
+def _check_names(samples: SampleList) -> SampleList:
+    for path in samples.paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise UsageError(
+                f"file name {shown!r} is not valid UTF-8 and cannot be stored in the feature file; rename it"
+            ) from None
+    return samples
+
+
+def _label_order(names: set[str]) -> list[str]:
+    """Class names sorted; numerically when all are integers (so '10' follows '9')."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
 
 
 def discover(source: str | os.PathLike) -> SampleList:
@@ -125,6 +145,7 @@ def discover(source: str | os.PathLike) -> SampleList:
         raise UsageError(
             f"input {str(path)!r} is neither a folder nor a .csv file; give an image folder or a CSV list"
         )
+    _check_names(samples)
     if not len(samples):
         raise UsageError(
             f"input {str(path)!r} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"

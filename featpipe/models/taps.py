@@ -108,7 +108,13 @@ class TappedModel(nn.Module):
         self._local = threading.local()
         self._handles = []
         names = {layer.name for layer in self.layers}
-        self._want_logits = "logits" in names
+        head = classifier_name(model, spec)
+        # timm's pooled features stop before the classifier: run it when logits or
+        # one of its own modules are asked for.
+        self._want_logits = "logits" in names or any(
+            head and layer.node and (layer.node == head or layer.node.startswith(head + "."))
+            for layer in self.layers
+        )
         for layer in self.layers:
             if layer.node and not (spec.source == "timm" and layer.name == "fc7"):
                 self._hook_output(layer.node, layer.name, layer.pool)
@@ -157,6 +163,12 @@ class TappedModel(nn.Module):
             if self._want_logits:
                 captured["logits"] = logits
         self._local.captured = {}
+        missing = [layer.name for layer in self.layers if layer.name not in captured]
+        if missing:
+            raise UsageError(
+                f"layer {missing[0]!r} of {self.spec} does not run when features are extracted; "
+                f"pick another from `featpipe layers {self.spec}`"
+            )
         return {layer.name: captured[layer.name] for layer in self.layers}
 
 

