@@ -89,3 +89,12 @@ def test_parser_errors_are_one_line_too(tmp_path):
     r = subprocess.run([sys.executable, "-m", "featpipe", "extract", str(tmp_path), "-o", "x.h5", "--model",
                         "test_resnet", "--precision", "fp64"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: Invalid value for '--precision'")
+
+
+def test_progress_bar_unless_quiet(tmp_path, image_folder):
+    base = ["extract", str(image_folder), "--model", "test_resnet", "--weights", "random"]
+    loud = runner.invoke(app, base + ["-o", str(tmp_path / "a.h5")])
+    quiet = runner.invoke(app, base + ["-o", str(tmp_path / "b.h5"), "--quiet"])
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "12/12" in loud.stderr and "ETA" in loud.stderr
+    assert quiet.stderr.strip() == "" and "12 images" in quiet.stdout

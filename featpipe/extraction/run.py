@@ -328,6 +328,8 @@ def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_h
         "precision": config.precision,
         "dtype": config.dtype,
         "seed": config.seed,
+        # The client's network: traced and frozen (CPU fp32), or eager; they agree to ~1e-6.
+        "graph": "traced" if ex.optimized else "eager",
         # What --weights said, resolved: enough to extract the same way again (featpipe predict on images).
         "weights": config.weights if config.weights in ("pretrained", "random") else str(Path(config.weights).resolve()),
     }
