@@ -222,3 +222,23 @@ def test_predict_on_images_extracts_with_the_recorded_extractor(features, tmp_pa
     r = CliRunner().invoke(app, ["predict", str(model), str(new), "--top-k", "1"])
     assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,predicted,probability,top_k"
     assert len(r.stdout.splitlines()) == 7
+
+
+def test_lr_find_rises_exponentially_and_suggests_a_rate(tmp_path):
+    from featpipe.classify.lr_find import lr_find
+
+    X, y = make_classification(n_samples=600, n_features=30, n_informative=10, n_classes=4, random_state=0)
+    f = lr_find(X, y, steps=200, batch_size=32)
+    ratios = np.asarray(f.lrs[1:]) / np.asarray(f.lrs[:-1])
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # exponential
+    assert f.lrs[0] == pytest.approx(1e-8)
+    assert min(f.losses) < 0.8 * f.losses[0]  # it learned somewhere in the range
+    assert 1e-5 < f.suggestion < 1 and f.steepest <= f.lrs[int(np.argmin(f.losses))]
+    with pytest.raises(UsageError, match="linear or mlp"):
+        lr_find(X, y, head="rf")
+
+
+def test_lr_find_cli_writes_the_plot(features, tmp_path):
+    r = CliRunner().invoke(app, ["lr-find", str(features), "-o", str(tmp_path / "lr.png"), "--steps", "60"])
+    assert r.exit_code == 0, r.output
+    assert "suggested learning rate" in r.stdout and (tmp_path / "lr.png").stat().st_size > 5000

@@ -118,3 +118,28 @@ def predict_command(
     with open(output, "w", newline="") as out:
         result.write_csv(out, top_k)
     typer.echo(f"wrote {len(result.paths)} predictions to {output}", err=True)
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find_command(
+    features: Annotated[Path, typer.Argument(help="A labelled feature file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Plot of loss versus learning rate (PNG).")] = Path("lr_find.png"),
+    classifier: Annotated[str, typer.Option(help="The head to test: linear or mlp.")] = "linear",
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, nesterov, rmsprop or adam.")] = "adam",
+    layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
+    steps: Annotated[int, typer.Option(help="Mini-batches over which the rate grows from 1e-8 to 1.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Rows per mini-batch.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """The learning-rate range test for a head: plot the loss as the rate grows, suggest a rate."""
+    from ..classify.lr_find import lr_find, plot_lr_find
+
+    fs = load(features)
+    name = fs._layer(layer)
+    X, y, _ = labelled_rows(fs, name, "lr-find")
+    finding = lr_find(X, y, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
+    plot_lr_find(finding, output, f"{classifier} head, {optimizer}, on {fs.path.name} ({name})")
+    stop = " (stopped when the loss diverged)" if finding.stopped_early else ""
+    typer.echo(f"{len(finding.lrs)} steps{stop}; plot in {output}")
+    typer.echo(f"suggested learning rate: {finding.suggestion:.2g} (steepest descent at {finding.steepest:.2g})")
