@@ -80,7 +80,8 @@ def lr_find(X: np.ndarray, y: np.ndarray, head: str = "linear", optimizer: str =
             losses.append(smoothed)
     lowest = int(np.argmin(losses))
     slope = np.gradient(np.asarray(losses), np.log10(lrs))
-    steepest = float(lrs[int(np.argmin(slope[: lowest + 1]))])
+    skip = min(len(lrs) // 10, lowest)  # the moving average is still settling at first
+    steepest = float(lrs[skip + int(np.argmin(slope[skip: lowest + 1]))])
     return LRFinding(lrs, losses, suggestion=float(lrs[lowest] / 10), steepest=steepest, stopped_early=stopped)
 
 
