@@ -1,7 +1,6 @@
 # featpipe: set-up, demo, tests and benchmarks. `make help` lists the targets.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-OUT ?= out
 
 .PHONY: help install demo test test-all bench
 
@@ -23,11 +22,12 @@ data/digits/.complete:
 	$(PYTHON) data/make_digits.py data/digits
 	touch $@
 
+# The digits pipeline (pipelines/digits.toml): extract, then fit several classifiers and
+# compare them on held-out rows; then summarise the feature file. Finished stages are skipped.
 demo: install data/digits/.complete
-	mkdir -p $(OUT)
-	$(PYTHON) -m featpipe extract data/digits -o $(OUT)/digits.h5 --model tf_efficientnet_lite0 --layer pooled --layer logits
-	$(PYTHON) -m featpipe info $(OUT)/digits.h5
-	$(PYTHON) -m featpipe fit $(OUT)/digits.h5 -o $(OUT)/digits.skops --classifier logreg,svm,knn,nb,linear --report $(OUT)/report
+	mkdir -p out
+	$(PYTHON) -m featpipe run pipelines/digits.toml
+	$(PYTHON) -m featpipe info out/digits.h5
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -104,7 +104,7 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str):
     return X_tr, y_tr, X_te, y_te, skipped
 
 
-def fit(config: FitConfig) -> FitResult:
+def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
     """Fit every classifier of ``config`` on the training rows, evaluate on the test rows, save the best.
 
     Raises:
@@ -148,7 +148,8 @@ def fit(config: FitConfig) -> FitResult:
         elif config.keep_all:
             row.path = config.output.with_name(f"{config.output.stem}.{row.classifier}{config.output.suffix}")
         if row.path is not None:
-            modelfile.save(row.path, fitted[row.classifier], fs.classes, extractor, row.classifier, row.metrics)
+            modelfile.save(row.path, fitted[row.classifier], fs.classes, extractor, row.classifier, row.metrics,
+                           fingerprint)
     if config.report is not None:
         write_report(config.report, rows, fs.classes, fitted)
     return FitResult(rows, best, len(y_tr), len(y_te), skipped, config.output)

@@ -58,6 +58,7 @@ class ModelFile:
     extractor: dict
     classifier: str
     metrics: dict
+    fit_fingerprint: str = ""  # set by pipelines: which settings and features made this model
 
     def check_features(self, fs: FeatureSet) -> None:
         """Raise if ``fs`` was not made by the extractor this model was trained on."""
@@ -77,7 +78,8 @@ class ModelFile:
                 )
 
 
-def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier: str, metrics: dict) -> None:
+def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier: str, metrics: dict,
+         fit_fingerprint: str = "") -> None:
     import skops.io as sio
 
     path = Path(path)
@@ -89,6 +91,7 @@ def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier
         "extractor": extractor,
         "classifier": classifier,
         "metrics": metrics,
+        "fit_fingerprint": fit_fingerprint,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sio.dump(payload, tmp)
@@ -129,4 +132,4 @@ def load(path: str | os.PathLike) -> ModelFile:
             f"{MODEL_FORMAT_VERSION}"
         )
     return ModelFile(payload["pipeline"], list(payload["classes"]), dict(payload["extractor"]),
-                     str(payload["classifier"]), dict(payload["metrics"]))
+                     str(payload["classifier"]), dict(payload["metrics"]), str(payload.get("fit_fingerprint", "")))

@@ -59,6 +59,7 @@ from . import extract as _extract  # noqa: E402,F401,I001
 from . import info as _info  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import classify as _classify  # noqa: E402,F401
+from . import run as _run  # noqa: E402,F401
 
 
 def main() -> None:

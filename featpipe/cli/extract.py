@@ -74,6 +74,37 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
         console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
 
 
+def with_progress(job, quiet: bool):
+    """Run ``job(progress)`` with a progress bar on stderr (images/s, ETA), or none when ``quiet``."""
+    if quiet:
+        return job(None)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    # Started on the first report, so errors found while setting up print alone.
+    bar = Progress(*columns, console=Console(stderr=True))
+    task = bar.add_task("extract", total=None, rate="")
+
+    def on_progress(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+        speed = bar.tasks[task].speed
+        bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+
+    try:
+        return job(on_progress)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
 @app.command("extract")
 @user_errors
 def extract_command(
@@ -116,33 +147,5 @@ def extract_command(
         scheduler=scheduler,
         overwrite=overwrite,
     )
-    err = Console(stderr=True)
-    if quiet:
-        summary = extract(config)
-    else:
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        # Started on the first report, so errors found while setting up print alone.
-        bar = Progress(*columns, console=err)
-        task = bar.add_task("extract", total=None, rate="")
-
-        def on_progress(done: int, total: int) -> None:
-            if not bar.live.is_started:
-                bar.start()
-            bar.update(task, completed=done, total=total)
-            speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
-
-        try:
-            summary = extract(config, progress=on_progress)
-        finally:
-            if bar.live.is_started:
-                bar.stop()
+    summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
     print_summary(summary, Console(soft_wrap=True))

@@ -1,0 +1,158 @@
+"""Pipelines: a whole job (extract, then fit) from one TOML file.
+
+    [extract]                      # the settings of `featpipe extract`
+    input = "../data/digits"       # paths are relative to the TOML file
+    output = "../out/digits.h5"
+    model = "tf_efficientnet_lite0"
+
+    [fit]                          # the settings of `featpipe fit` (optional)
+    output = "../out/digits.skops"
+    classifiers = ["logreg", "svm"]
+
+A stage whose output is already complete is skipped: extraction by its own
+resume logic, fitting when the model file was trained on these very features
+with these very settings. A bad key or value is reported with its line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .classify import FitConfig, FitResult, fit, load_model
+from .errors import FeatpipeError, UsageError
+from .extraction import ExtractConfig, ExtractSummary, extract
+from .store import load
+
+# key: (accepted types, is a path)
+_EXTRACT_KEYS = {
+    "input": (str, True), "output": (str, True), "model": (str, False), "weights": (str, False),
+    "layers": (list, False), "pool": (str, False), "batch_size": (int, False), "device": (str, False),
+    "precision": (str, False), "dtype": (str, False), "seed": (int, False), "max_failures": ((int, float), False),
+    "partition_size": (int, False), "streams": (int, False), "decode_threads": (int, False),
+    "scheduler": (str, False), "overwrite": (bool, False),
+}
+_FIT_KEYS = {
+    "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
+    "test": (str, True), "seed": (int, False), "keep_all": (bool, False), "report": (str, True),
+    "cv": (int, False), "search": (int, False),
+}
+_REQUIRED = {"extract": ("input", "output", "model"), "fit": ("output",)}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    path: Path
+    extract: ExtractConfig
+    fit: FitConfig | None
+
+
+def _line_of(text: str, section: str, key: str | None) -> int:
+    """The line of ``key`` in ``[section]`` (or of the section header), for error messages."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[{re.escape(section)}\]", line)), None)
+    if start is None or key is None:
+        return (start or 0) + 1
+    for i in range(start + 1, len(lines)):
+        if re.match(r"\s*\[", lines[i]):
+            break
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _section(doc: dict, text: str, where: Path, name: str, schema: dict) -> dict:
+    table = doc.get(name)
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}:{_line_of(text, name, None)}: [{name}] must be a table of settings")
+    out = {}
+    for key, value in table.items():
+        line = _line_of(text, name, key)
+        if key not in schema:
+            raise UsageError(f"{where}:{line}: unknown key {key!r} in [{name}]; known: {', '.join(schema)}")
+        types, is_path = schema[key]
+        if isinstance(value, bool) and types is not bool:
+            ok = False
+        else:
+            ok = isinstance(value, types) or (types is float and isinstance(value, int))
+        if not ok:
+            want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+            raise UsageError(f"{where}:{line}: {name}.{key} must be a {want}, got {value!r}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{where}:{line}: {name}.{key} must be a list of strings, got {value!r}")
+        out[key] = (where.parent / value) if is_path else value
+    missing = [k for k in _REQUIRED[name] if k not in out]
+    if missing:
+        raise UsageError(f"{where}:{_line_of(text, name, None)}: [{name}] needs {', '.join(missing)}")
+    return out
+
+
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
+    """Read and check a pipeline file.
+
+    Raises:
+        UsageError: a missing file, invalid TOML, or a bad key or value (with its line).
+    """
+    where = Path(path)
+    if not where.is_file():
+        raise UsageError(f"pipeline {str(where)!r} does not exist; see pipelines/ for ready-made ones")
+    text = where.read_text()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML: {exc}") from None
+    unknown = [k for k in doc if k not in ("extract", "fit")]
+    if unknown:
+        raise UsageError(f"{where}:{_line_of(text, unknown[0], None)}: unknown section [{unknown[0]}]; "
+                         "use [extract] and [fit]")
+    ex = _section(doc, text, where, "extract", _EXTRACT_KEYS)
+    if "layers" in ex:
+        ex["layers"] = tuple(ex["layers"])
+    extract_config = ExtractConfig(**ex)
+    fit_config = None
+    if "fit" in doc:
+        ft = _section(doc, text, where, "fit", _FIT_KEYS)
+        if "classifiers" in ft:
+            ft["classifiers"] = tuple(ft["classifiers"])
+        fit_config = FitConfig(features=extract_config.output, **ft)
+    return Pipeline(where, extract_config, fit_config)
+
+
+def fit_fingerprint(config: FitConfig, features: Path) -> str:
+    """Identifies a fit: its settings and the features it learns from."""
+    settings = {k: str(v) for k, v in vars(config).items() if k not in ("features", "output", "report")}
+    feature_hash = str(load(features).meta.get("config_hash", ""))
+    return hashlib.sha256(json.dumps([settings, feature_hash], sort_keys=True).encode()).hexdigest()
+
+
+def _fit_is_current(config: FitConfig) -> bool:
+    if not config.output.exists():
+        return False
+    try:
+        mf = load_model(config.output)
+    except FeatpipeError:
+        return False
+    return mf.fit_fingerprint == fit_fingerprint(config, config.features)
+
+
+@dataclass
+class PipelineResult:
+    extract: ExtractSummary
+    fit: FitResult | None
+    fit_skipped: bool
+
+
+def run_pipeline(pipeline: Pipeline, progress: Callable[[int, int], None] | None = None) -> PipelineResult:
+    """Run the stages of ``pipeline`` whose outputs are not complete yet."""
+    summary = extract(pipeline.extract, progress=progress)
+    if pipeline.fit is None:
+        return PipelineResult(summary, None, False)
+    if _fit_is_current(pipeline.fit):
+        return PipelineResult(summary, None, True)
+    return PipelineResult(summary, fit(pipeline.fit, fingerprint=fit_fingerprint(pipeline.fit, pipeline.fit.features)),
+                          False)

@@ -1,0 +1,68 @@
+"""featpipe run: pipeline files, their validation, and skipping finished stages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from featpipe.cli import app
+from featpipe.errors import UsageError
+from featpipe.pipeline import load_pipeline, run_pipeline
+
+from .conftest import make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.toml")), ids=lambda p: p.name)
+def test_ready_made_pipelines_are_valid(path):
+    p = load_pipeline(path)
+    assert p.extract.output.suffix == ".h5" and p.fit is not None and p.fit.features == p.extract.output
+    assert p.extract.input.is_relative_to(path.parent)  # paths are relative to the file
+
+
+def test_ready_made_pipelines_cover_the_recipes():
+    names = {p.name for p in (ROOT / "pipelines").glob("*.toml")}
+    assert {"digits.toml", "resnet50_imagefolder.toml", "vgg16_fc7_rf.toml"} <= names
+    vgg = load_pipeline(ROOT / "pipelines" / "vgg16_fc7_rf.toml")
+    assert vgg.extract.layers == ("fc7",) and vgg.extract.model == "tv:vgg16" and "rf" in vgg.fit.classifiers
+    digits = load_pipeline(ROOT / "pipelines" / "digits.toml")
+    assert digits.extract.input == ROOT / "pipelines" / ".." / "data" / "digits"
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nbatchsize = 3\n', r":5: unknown key 'batchsize'"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\n\nmodel = 3\n', r":5: extract.model must be a str"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\ntest_size = "big"\n',
+         r":7: fit.test_size must be a float"),
+        ('[extract]\ninput = "i"\nmodel = "m"\n', r":1: \[extract\] needs output"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[train]\nx = 1\n', r":5: unknown section \[train\]"),
+        ('[extract\n', "invalid TOML"),
+    ],
+)
+def test_bad_pipelines_name_the_line(tmp_path, body, match):
+    path = tmp_path / "p.toml"
+    path.write_text(body)
+    with pytest.raises(UsageError, match=match):
+        load_pipeline(path)
+
+
+def test_run_skips_finished_stages(tmp_path):
+    make_images(tmp_path / "images", classes=2, per_class=6)
+    path = tmp_path / "job.toml"
+    path.write_text(
+        '[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
+        '[fit]\noutput = "m.skops"\nclassifiers = ["logreg", "nb"]\ntest_size = 0.25\n'
+    )
+    first = run_pipeline(load_pipeline(path))
+    assert first.extract.computed == 12 and not first.fit_skipped and (tmp_path / "m.skops").exists()
+    again = run_pipeline(load_pipeline(path))
+    assert again.extract.already_complete and again.fit_skipped
+    path.write_text(path.read_text().replace("test_size = 0.25", "test_size = 0.5"))
+    changed = run_pipeline(load_pipeline(path))
+    assert changed.extract.already_complete and not changed.fit_skipped and changed.fit.n_test == 6
+    r = CliRunner().invoke(app, ["run", str(path), "--quiet"])
+    assert r.exit_code == 0 and "up to date" in r.stdout and "already complete" in r.stdout
