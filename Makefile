@@ -37,3 +37,4 @@ test-all: install
 
 bench: install
 	$(PYTHON) bench/extract_speed.py
+	$(PYTHON) bench/fit_speed.py

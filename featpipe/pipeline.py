@@ -85,7 +85,7 @@ def _section(doc: dict, text: str, where: Path, name: str, schema: dict) -> dict
             raise UsageError(f"{where}:{line}: {name}.{key} must be a {want}, got {value!r}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise UsageError(f"{where}:{line}: {name}.{key} must be a list of strings, got {value!r}")
-        out[key] = (where.parent / value) if is_path else value
+        out[key] = Path(os.path.normpath(where.parent / value)) if is_path else value
     missing = [k for k in _REQUIRED[name] if k not in out]
     if missing:
         raise UsageError(f"{where}:{_line_of(text, name, None)}: [{name}] needs {', '.join(missing)}")
