@@ -3,10 +3,28 @@
     >>> import featpipe
     >>> fs = featpipe.load("features.h5")
     >>> X, y = fs.X("pooled")[fs.valid], fs.y[fs.valid]
+    >>> result = featpipe.fit(featpipe.FitConfig("features.h5", "model.skops", ("logreg", "linear")))
+    >>> model = featpipe.load_model("model.skops")
 """
 from ._version import __version__
+from .classify import FitConfig, FitResult, fit, load_model
 from .errors import FeatpipeError
 from .extraction import ExtractConfig, ExtractSummary, extract
+from .predict import Predictions, predict
 from .store import FeatureSet, load
 
-__all__ = ["ExtractConfig", "ExtractSummary", "FeatpipeError", "FeatureSet", "__version__", "extract", "load"]
+__all__ = [
+    "ExtractConfig",
+    "ExtractSummary",
+    "FeatpipeError",
+    "FeatureSet",
+    "FitConfig",
+    "FitResult",
+    "Predictions",
+    "__version__",
+    "extract",
+    "fit",
+    "load",
+    "load_model",
+    "predict",
+]

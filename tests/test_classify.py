@@ -243,3 +243,11 @@ def test_lr_find_cli_writes_the_plot(features, tmp_path):
     r = CliRunner().invoke(app, ["lr-find", str(features), "-o", str(tmp_path / "lr.png"), "--steps", "60"])
     assert r.exit_code == 0, r.output
     assert "suggested learning rate" in r.stdout and (tmp_path / "lr.png").stat().st_size > 5000
+
+
+def test_the_python_api_takes_strings(features, tmp_path):
+    result = featpipe.fit(featpipe.FitConfig(str(features), str(tmp_path / "m.skops"), ("nb",)))
+    model = featpipe.load_model(str(result.output))
+    pred = featpipe.predict(str(result.output), str(features))
+    assert model.classifier == "nb" and len(pred.paths) == 37
+    assert pred.predicted()[pred.paths.index("class_2/broken.jpg")] == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +104,19 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str):
     return X_tr, y_tr, X_te, y_te, skipped
 
 
+def _with_paths(config: FitConfig) -> FitConfig:
+    """Strings are fine from a notebook: make every path a Path."""
+    as_path = {k: Path(v) for k in ("features", "output", "test", "report") if (v := getattr(config, k)) is not None}
+    return replace(config, **as_path)
+
+
 def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
     """Fit every classifier of ``config`` on the training rows, evaluate on the test rows, save the best.
 
     Raises:
         UsageError: missing labels, one class, NaN features, a class too small to split, unknown classifier.
     """
+    config = _with_paths(config)
     fs = load(config.features)
     layer = fs._layer(config.layer)
     for name in config.classifiers:
@@ -165,6 +172,7 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     1.0 is expected. A model that cannot overfit 20 samples has a bug, bad
     features or labels, or far too much regularisation.
     """
+    config = _with_paths(config)
     fs = load(config.features)
     layer = fs._layer(config.layer)
     X, y, _ = labelled_rows(fs, layer, "training")
