@@ -125,7 +125,8 @@ class FeatureSet:
             f"{len(self.classes)} classes, model {self.meta.get('model')}, layers {{{dims}}}>"
         )
 
-    def _layer(self, layer: str | None) -> str:
+    def resolve_layer(self, layer: str | None) -> str:
+        """``layer``, checked; None means 'pooled', or the only layer of the file."""
         if layer is None:
             if "pooled" in self.layers:
                 return "pooled"
@@ -137,14 +138,14 @@ class FeatureSet:
         return layer
 
     def dim(self, layer: str | None = None) -> int:
-        return self._shapes[self._layer(layer)][1]
+        return self._shapes[self.resolve_layer(layer)][1]
 
     def layer_info(self, layer: str | None = None) -> dict:
-        return dict(self._layer_attrs[self._layer(layer)])
+        return dict(self._layer_attrs[self.resolve_layer(layer)])
 
     def X(self, layer: str | None = None) -> np.ndarray:
         """The (N, D) features of ``layer`` (default: 'pooled', or the only layer); NaN rows where not valid."""
-        name = self._layer(layer)
+        name = self.resolve_layer(layer)
         with h5py.File(self.path, "r") as f:
             return f["features"][name][:]
 
@@ -154,7 +155,7 @@ class FeatureSet:
 
         from dask.base import tokenize
 
-        name = self._layer(layer)
+        name = self.resolve_layer(layer)
         with h5py.File(self.path, "r") as f:
             chunks = f["features"][name].chunks or self._shapes[name]
         path = str(self.path.resolve())
@@ -178,7 +179,7 @@ class FeatureSet:
             }
         )
         if features:
-            name = self._layer(layer)
+            name = self.resolve_layer(layer)
             X = self.X(name)
             cols = pd.DataFrame(X, columns=[f"{name}_{j}" for j in range(X.shape[1])])
             df = pd.concat([df, cols], axis=1)

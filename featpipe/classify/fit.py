@@ -118,7 +118,7 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
     """
     config = _with_paths(config)
     fs = load(config.features)
-    layer = fs._layer(config.layer)
+    layer = fs.resolve_layer(config.layer)
     for name in config.classifiers:
         make_classifier(name)  # unknown names fail before any training
     if not config.output.parent.is_dir():
@@ -174,7 +174,7 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     """
     config = _with_paths(config)
     fs = load(config.features)
-    layer = fs._layer(config.layer)
+    layer = fs.resolve_layer(config.layer)
     X, y, _ = labelled_rows(fs, layer, "training")
     rng = np.random.default_rng(config.seed)
     # A few samples of every class, round robin, up to SANITY_SAMPLES.

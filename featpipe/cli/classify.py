@@ -136,7 +136,7 @@ def lr_find_command(
     from ..classify.lr_find import lr_find, plot_lr_find
 
     fs = load(features)
-    name = fs._layer(layer)
+    name = fs.resolve_layer(layer)
     X, y, _ = labelled_rows(fs, name, "lr-find")
     finding = lr_find(X, y, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
     plot_lr_find(finding, output, f"{classifier} head, {optimizer}, on {fs.path.name} ({name})")
