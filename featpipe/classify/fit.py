@@ -82,7 +82,7 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str):
         test_fs = load(config.test)
         if test_fs.classes != fs.classes:
             raise UsageError(f"{test_fs.path.name} has classes {test_fs.classes[:5]}..., not those of {fs.path.name}")
-        modelfile.ModelFile(None, fs.classes, modelfile.extractor_config(fs, layer), "", {}).check_features(test_fs)
+        modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
         X_te, y_te, skipped_te = labelled_rows(test_fs, layer, "test")
         unseen = sorted(set(y_te.tolist()) - set(y.tolist()))
         if unseen:

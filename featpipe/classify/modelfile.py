@@ -62,20 +62,25 @@ class ModelFile:
 
     def check_features(self, fs: FeatureSet) -> None:
         """Raise if ``fs`` was not made by the extractor this model was trained on."""
-        layer = self.extractor["layer"]
-        if layer not in fs.layers:
+        check_same_extractor(self.extractor, fs)
+
+
+def check_same_extractor(expected: dict, fs: FeatureSet) -> None:
+    """Raise UsageError, naming the field, if ``fs`` was not made by the extractor described by ``expected``."""
+    layer = expected["layer"]
+    if layer not in fs.layers:
+        raise UsageError(
+            f"{fs.path.name} has no layer {layer!r} (it has {', '.join(fs.layers)}); this model was trained "
+            f"on {layer!r}: extract it with --layer {layer}"
+        )
+    got = extractor_config(fs, layer)
+    for field in EXTRACTOR_FIELDS:
+        if got[field] != expected[field]:
             raise UsageError(
-                f"{fs.path.name} has no layer {layer!r} (it has {', '.join(fs.layers)}); this model was trained "
-                f"on {layer!r}: extract it with --layer {layer}"
+                f"{fs.path.name} differs from the features this model was trained on in {field}: "
+                f"{str(got[field])[:80]!r} vs {str(expected[field])[:80]!r}; extract with the "
+                f"model's configuration (featpipe predict on images does it for you)"
             )
-        got = extractor_config(fs, layer)
-        for field in EXTRACTOR_FIELDS:
-            if got[field] != self.extractor[field]:
-                raise UsageError(
-                    f"{fs.path.name} differs from the features this model was trained on in {field}: "
-                    f"{str(got[field])[:80]!r} vs {str(self.extractor[field])[:80]!r}; extract with the "
-                    f"model's configuration (featpipe predict on images does it for you)"
-                )
 
 
 def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier: str, metrics: dict,
