@@ -251,3 +251,11 @@ def test_the_python_api_takes_strings(features, tmp_path):
     pred = featpipe.predict(str(result.output), str(features))
     assert model.classifier == "nb" and len(pred.paths) == 37
     assert pred.predicted()[pred.paths.index("class_2/broken.jpg")] == ""
+
+
+def test_separate_test_file_must_come_from_the_same_extractor(features, tmp_path):
+    result = fit(FitConfig(features, tmp_path / "m.skops", ("nb",), test=features))
+    assert result.n_test == 36 and result.n_train == 36
+    other = _edit(features, tmp_path, "other.h5", lambda f: f.attrs.__setitem__("dtype", "float16"))
+    with pytest.raises(UsageError, match="in dtype"):
+        fit(FitConfig(features, tmp_path / "m2.skops", ("nb",), test=other))
