@@ -74,6 +74,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
             input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
             layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
             dtype=ex["dtype"], device=device, batch_size=batch_size,
+            resampler=ex["data_config"].get("resampler", "pil"),
         )
         extract(config)
         return _predict_features(mf, out)

@@ -168,6 +168,15 @@ def test_random_weights_are_seeded(tmp_path, image_folder):
     assert not np.allclose(a.X(), c.X())
 
 
+def test_resampler_is_recorded_and_close_to_pillow(tmp_path, image_folder):
+    fast = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "a.h5")).output)
+    exact = featpipe.load(extract(config(tmp_path, image_folder, output=tmp_path / "b.h5", resampler="pil")).output)
+    assert fast.meta["data_config"]["resampler"] == "torch" and exact.meta["data_config"]["resampler"] == "pil"
+    # Pixels within 2/255 on a few of them: features within ~1e-4 relative, yet not identical.
+    assert not np.array_equal(fast.X(), exact.X())
+    assert np.linalg.norm(fast.X() - exact.X()) < 1e-3 * np.linalg.norm(exact.X())
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -178,6 +187,7 @@ def test_random_weights_are_seeded(tmp_path, image_folder):
         ({"batch_size": 0}, "batch-size"),
         ({"dtype": "int8"}, "dtype"),
         ({"device": "tpu"}, "device"),
+        ({"resampler": "cv2"}, "resampler"),
     ],
 )
 def test_bad_arguments_are_usage_errors(tmp_path, image_folder, kw, match):

@@ -84,6 +84,8 @@ def test_changed_configuration_refuses_to_mix(tmp_path):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=1))
     with pytest.raises(RunConflictError, match="dtype"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", dtype="float16"))
+    with pytest.raises(RunConflictError, match="data_config"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
     before = featpipe.load(out).X()
     redo = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=1, overwrite=True))
     assert redo.computed == 6 and not np.allclose(featpipe.load(out).X(), before)

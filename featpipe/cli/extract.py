@@ -20,6 +20,12 @@ class Pool(str, Enum):
     max = "max"
 
 
+class Resampler(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    pil = "pil"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -118,6 +124,7 @@ def extract_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
+    resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     max_failures: Annotated[Optional[str], typer.Option(help="Abort past this many bad images: a count, a fraction or a percentage.")] = None,
     partition_size: Annotated[Optional[int], typer.Option(help="Rows per partition (unit of work and of resume).")] = None,
@@ -139,6 +146,7 @@ def extract_command(
         device=device,
         precision=precision.value,
         dtype=dtype.value,
+        resampler=resampler.value,
         seed=seed,
         max_failures=parse_max_failures(max_failures),
         partition_size=partition_size,

@@ -23,7 +23,7 @@ def describe(path: Path, errors: bool = False) -> str:
     ]
     dc = m["data_config"]
     lines.append(
-        f"preproc   resize {dc['resize']} {dc['interpolation']}, crop {dc['crop'][0]}x{dc['crop'][1]} ({dc['crop_mode']}), "
+        f"preproc   resize {dc['resize']} {dc['interpolation']} ({dc.get('resampler', 'pil')}), crop {dc['crop'][0]}x{dc['crop'][1]} ({dc['crop_mode']}), "
         f"mean {tuple(round(v, 3) for v in dc['mean'])}, std {tuple(round(v, 3) for v in dc['std'])}"
     )
     for name in fs.layers:

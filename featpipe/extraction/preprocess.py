@@ -1,8 +1,16 @@
 """Preprocess: the model's own eval transform, split where it is cheapest.
 
-Per image, on decode threads: resize and centre crop (Pillow, exactly as
-torchvision's ``Resize``/``CenterCrop`` on a PIL image) to an 8-bit array. Per
-batch, on the compute device: scale to [0, 1] and normalise, in the same
+Per image, on decode threads: resize and centre crop to an 8-bit array, with
+one of two resamplers:
+
+* ``torch``: torchvision's antialiased uint8 tensor resize (its v2 transforms on
+  a tensor, exactly). About 4x faster than Pillow's, and within 2/255 of it on
+  a few pixels in a thousand. On a small CPU, resizing is a large share of the
+  per-image work besides the forward pass, so this is the default where it can
+  do the model's interpolation (bilinear, bicubic).
+* ``pil``: Pillow, bit for bit what timm's and torchvision's PIL transforms do.
+
+Per batch, on the compute device: scale to [0, 1] and normalise, in the same
 float32 operations as ``ToTensor`` + ``Normalize``. Moving uint8 to the device
 is four times less traffic than float32, and the batch comes out channels-last
 without a copy, the layout convolutions run fastest in.
@@ -12,10 +20,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from ..errors import UsageError
 from ..models import DataConfig
+
+RESAMPLERS = ("auto", "torch", "pil")
+# Interpolations torchvision resizes uint8 tensors with natively (antialiased).
+TORCH_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def resolve_resampler(choice: str, interpolation: str) -> str:
+    """'auto' -> 'torch' where torch can do ``interpolation``, else 'pil'."""
+    if choice not in RESAMPLERS:
+        raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
+    if choice == "auto":
+        return "torch" if interpolation in TORCH_INTERPOLATIONS else "pil"
+    if choice == "torch" and interpolation not in TORCH_INTERPOLATIONS:
+        raise UsageError(
+            f"--resampler torch cannot do this model's {interpolation!r} interpolation; use --resampler pil"
+        )
+    return choice
 
 
 class Preprocessor:
@@ -23,16 +50,26 @@ class Preprocessor:
 
     def __init__(self, config: DataConfig):
         self.config = config
+        resolve_resampler(config.resampler, config.interpolation)  # a config read from a file is checked too
         self._interp = InterpolationMode(config.interpolation)
         resize = config.resize
         self._resize = [resize] if isinstance(resize, int) else list(resize)
+        self._crop = list(config.crop)
         self._mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.image = self._torch_image if config.resampler == "torch" else self._pil_image
 
-    def image(self, img: Image.Image) -> np.ndarray:
+    def _pil_image(self, img: Image.Image) -> np.ndarray:
         img = TF.resize(img, self._resize, interpolation=self._interp)
-        img = TF.center_crop(img, list(self.config.crop))
+        img = TF.center_crop(img, self._crop)
         return np.asarray(img, dtype=np.uint8)
+
+    def _torch_image(self, img: Image.Image) -> np.ndarray:
+        # (H, W, 3) viewed as (3, H, W): channels-last, the layout of the uint8 kernel.
+        chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        out = TF2.resize(chw, self._resize, interpolation=self._interp, antialias=True)
+        out = TF2.center_crop(out, self._crop)
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
 
     def batch(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float().div_(255)

@@ -61,6 +61,7 @@ class ExtractConfig:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"
+    resampler: str = "auto"  # auto, torch or pil: see extraction/preprocess.py
     dtype: str = "float32"
     seed: int = 0
     partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
@@ -272,6 +273,7 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         # On a cluster each worker resolves the device itself; locally, now.
         device=config.device if config.scheduler else resolve_device(config.device),
         precision=config.precision,
+        resampler=config.resampler,
     )
     # Layers are checked on a weightless copy first (a forward on the meta device
     # computes nothing), so a typo costs no weight loading.

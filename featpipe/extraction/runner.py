@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 from .. import models
 from ..errors import UsageError, WeightsError
 from .decode import MAX_PIXELS, BadImage, load_rgb
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, resolve_resampler
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class ExtractorSpec:
     pool: str
     device: str
     precision: str
+    resampler: str = "auto"
     # Set by the client once it has built the model: every worker checks its
     # weights against it, so no worker can silently use other weights.
     weights_sha256: str | None = None
@@ -94,7 +95,10 @@ class Extractor:
                 "give every worker the same weights file"
             )
         self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
-        self.data_config = models.data_config(model, self.model_spec)
+        data_config = models.data_config(model, self.model_spec)
+        self.data_config = replace(
+            data_config, resampler=resolve_resampler(spec.resampler, data_config.interpolation)
+        )
         self.preprocess = Preprocessor(self.data_config)
         self.device = torch.device(resolve_device(spec.device))
         # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
