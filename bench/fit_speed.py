@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -36,18 +35,9 @@ def synthetic(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def feature_file(path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    """A minimal featpipe feature file (format v1) around arrays, as `featpipe extract` would write it."""
     from featpipe import store
 
-    n, dim = X.shape
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"format": store.FORMAT, "format_version": store.FORMAT_VERSION, "featpipe_version": "bench",
-                        "created": "", "model": "synthetic", "weights_source": "none", "weights_sha256": "0",
-                        "data_config": "{}", "config_hash": "bench", "precision": "fp32", "dtype": "float32"})
-        f.create_dataset("features/pooled", data=X, chunks=store.row_chunks(n, dim, 4)).attrs.update(
-            {"dim": dim, "pool": "none", "node": ""})
-        store.write_samples(f, [f"{i}.jpg" for i in range(n)], y, np.ones(n, bool), [str(c) for c in range(y.max() + 1)])
-        store.write_errors(f, [], [], [])
+    store.write_arrays(path, X, y, [str(c) for c in range(y.max() + 1)], model="synthetic")
 
 
 def bench_overhead(n: int, dim: int, classes: int) -> None:

@@ -40,7 +40,7 @@ _EXTRACT_KEYS = {
 _FIT_KEYS = {
     "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
     "test": (str, True), "seed": (int, False), "keep_all": (bool, False), "report": (str, True),
-    "cv": (int, False), "search": (int, False),
+    "cv": (int, False), "search": (int, False), "stream": (bool, False),
 }
 _REQUIRED = {"extract": ("input", "output", "model"), "fit": ("output",)}
 

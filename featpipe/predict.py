@@ -16,6 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from .classify import load_model
+from .classify.rows import FileRows, predict_proba_rows
 from .errors import UsageError
 from .extraction import ExtractConfig, extract
 from .store import load
@@ -83,9 +84,11 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
 def _predict_features(mf, path: Path) -> Predictions:
     fs = load(path)
     mf.check_features(fs)
-    X = fs.X(mf.extractor["layer"])
+    layer = mf.extractor["layer"]
+    valid = np.flatnonzero(fs.valid)
+    # A block at a time: a feature file larger than memory predicts too.
+    rows = FileRows(fs.path, f"features/{layer}", valid, np.zeros(len(valid), np.int64), fs.dim(layer), paths=fs.paths)
     classes = mf.pipeline.classes_
     proba = np.full((len(fs), len(classes)), np.nan)
-    if fs.valid.any():
-        proba[fs.valid] = mf.pipeline.predict_proba(X[fs.valid].astype(np.float32))
+    proba[valid] = predict_proba_rows(mf.pipeline, rows)[0]
     return Predictions(fs.paths, fs.valid.copy(), proba, [mf.classes[int(c)] for c in classes])

@@ -41,6 +41,31 @@ def write_errors(f: h5py.File, index, paths, reasons) -> None:
     g.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=STR, shape=(len(reasons),))
 
 
+def write_arrays(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, classes: list[str],
+                 layer: str = "pooled", model: str = "external", block_rows: int = 65536) -> Path:
+    """A feature file (format v1) around arrays: features made elsewhere, tests and benchmarks.
+
+    ``X`` may be any array-like that slices by rows (an h5py dataset, a memmap): it is
+    copied ``block_rows`` at a time. The extractor fields name ``model`` and no weights,
+    so model files fitted on it refuse features of a real extractor.
+    """
+    path = Path(path)
+    n, dim = X.shape
+    with h5py.File(path, "w") as f:
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "featpipe_version": "arrays", "created": "",
+            "model": model, "weights_source": "none", "weights_sha256": "none", "data_config": "{}",
+            "config_hash": "arrays", "precision": "fp32", "dtype": "float32",
+        })
+        ds = f.create_dataset(f"features/{layer}", shape=(n, dim), dtype=np.float32, chunks=row_chunks(n, dim, 4))
+        ds.attrs.update({"dim": dim, "pool": "none", "node": ""})
+        for i in range(0, n, block_rows):
+            ds[i:i + block_rows] = np.asarray(X[i:i + block_rows], dtype=np.float32)
+        write_samples(f, [f"{i}" for i in range(n)], y, np.ones(n, bool), classes)
+        write_errors(f, [], [], [])
+    return path
+
+
 def _decode(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 

@@ -226,17 +226,19 @@ def test_predict_on_images_extracts_with_the_recorded_extractor(features, tmp_pa
 
 def test_lr_find_rises_exponentially_and_suggests_a_rate(tmp_path):
     from featpipe.classify.lr_find import lr_find
+    from featpipe.classify.rows import ArrayRows
 
     X, y = make_classification(n_samples=600, n_features=30, n_informative=20, n_classes=4, class_sep=2.0,
                                random_state=0)
-    f = lr_find(X, y, steps=200, batch_size=32)
+    rows = ArrayRows(X.astype(np.float32), y)
+    f = lr_find(rows, steps=200, batch_size=32)
     ratios = np.asarray(f.lrs[1:]) / np.asarray(f.lrs[:-1])
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # exponential
     assert f.lrs[0] == pytest.approx(1e-8)
     assert min(f.losses) < 0.8 * f.losses[0]  # it learned somewhere in the range
     assert 1e-5 < f.suggestion < 1 and 1e-6 < f.steepest <= f.lrs[int(np.argmin(f.losses))]
     with pytest.raises(UsageError, match="linear or mlp"):
-        lr_find(X, y, head="rf")
+        lr_find(rows, head="rf")
 
 
 def test_lr_find_cli_writes_the_plot(features, tmp_path):

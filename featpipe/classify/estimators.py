@@ -27,6 +27,9 @@ CLASSIFIERS = {
     "mlp": "PyTorch MLP head: one hidden layer, batch norm or SELU, dropout",
 }
 
+# Classifiers that can train from rows streamed out of the feature file.
+STREAMING = ("linear", "mlp")
+
 
 def make_classifier(name: str, seed: int = 0, **params) -> Pipeline:
     """A fresh, unfitted pipeline for ``name``; ``params`` go to the final estimator.

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 
 from ..errors import UsageError
 from ..store import FeatureSet, load
 from . import modelfile
-from .estimators import make_classifier
-from .metrics import evaluate, plot_confusion
+from .estimators import STREAMING, make_classifier
+from .metrics import evaluate_rows, plot_confusion
+from .rows import ArrayRows, FileRows, labelled_file_rows
 from .search import check_folds, cross_validate, random_search
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ class FitConfig:
     report: Path | None = None
     cv: int | None = None  # stratified K-fold CV accuracy on the training rows
     search: int | None = None  # random-search trials (with --cv folds, default 5), best refitted on all training rows
+    # The PyTorch heads read mini-batches from the file (memory bounded by the
+    # batch size). None: only when the features would not fit in memory.
+    stream: bool | None = None
 
 
 @dataclass
@@ -59,23 +65,19 @@ class FitResult:
 
 
 def labelled_rows(fs: FeatureSet, layer: str, role: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Valid, labelled rows of ``layer`` as (X, y); checks that they can be learned from."""
-    if not fs.classes or (fs.y < 0).all():
-        raise UsageError(f"{fs.path.name} ({role}) has no labels; extract from class folders or a CSV with a label column")
-    keep = fs.valid & (fs.y >= 0)
-    X, y = fs.X(layer)[keep], fs.y[keep]
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        first = fs.paths[int(np.flatnonzero(keep)[np.flatnonzero(bad)[0]])]
-        raise UsageError(
-            f"{int(bad.sum())} valid rows of {fs.path.name} hold NaN or infinite features (first: {first!r}); "
-            "extract again, or use --dtype float32 if float16 overflowed"
-        )
-    return X.astype(np.float32, copy=False), y, int((~keep).sum())
+    """Valid, labelled rows of ``layer`` in memory as (X, y), and how many rows were skipped.
+
+    Raises:
+        UsageError: no labels, or NaN or infinite features.
+    """
+    rows, skipped = labelled_file_rows(fs, layer, role)
+    return rows.read(), rows.labels, skipped
 
 
-def _split(config: FitConfig, fs: FeatureSet, layer: str):
-    X, y, skipped = labelled_rows(fs, layer, "training")
+def _split(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, FileRows, int]:
+    """Training and test rows (features still in the files), and the count of skipped rows."""
+    rows, skipped = labelled_file_rows(fs, layer, "training")
+    y = rows.labels
     if len(np.unique(y)) < 2:
         raise UsageError(f"{fs.path.name} has one class only ({fs.classes[int(y[0])]!r}); a classifier needs two or more")
     if config.test is not None:
@@ -83,14 +85,14 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str):
         if test_fs.classes != fs.classes:
             raise UsageError(f"{test_fs.path.name} has classes {test_fs.classes[:5]}..., not those of {fs.path.name}")
         modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
-        X_te, y_te, skipped_te = labelled_rows(test_fs, layer, "test")
-        unseen = sorted(set(y_te.tolist()) - set(y.tolist()))
+        test, skipped_te = labelled_file_rows(test_fs, layer, "test")
+        unseen = sorted(set(test.labels.tolist()) - set(y.tolist()))
         if unseen:
             raise UsageError(
                 f"test classes {[fs.classes[i] for i in unseen][:5]} never occur in training; "
                 "add training images of them or drop them from the test set"
             )
-        return X, y, X_te, y_te, skipped + skipped_te
+        return rows, test, skipped + skipped_te
     if not 0 < config.test_size < 1:
         raise UsageError(f"--test-size must be between 0 and 1, got {config.test_size}")
     counts = np.bincount(y)
@@ -100,8 +102,58 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str):
             f"class {small[0]!r} has a single sample; a stratified split needs 2 or more per class: "
             "add images or remove the class"
         )
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=config.test_size, stratify=y, random_state=config.seed)
-    return X_tr, y_tr, X_te, y_te, skipped
+    # Split positions, not features: the same stratified partition as splitting X itself.
+    train, test = train_test_split(np.arange(len(rows)), test_size=config.test_size, stratify=y,
+                                   random_state=config.seed)
+    return rows.subset(train), rows.subset(test), skipped
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), or 0 if unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _decide_stream(config: FitConfig, train: FileRows) -> bool:
+    """Whether the PyTorch heads stream from the file: as asked, or when the features would not fit."""
+    needed = len(train) * train.n_features * 4
+    budget = available_memory() // 2
+    stream = config.stream if config.stream is not None else bool(budget and needed > budget)
+    if not stream:
+        return False
+    in_memory = [name for name in config.classifiers if name not in STREAMING]
+    if config.stream is None and in_memory:
+        raise UsageError(
+            f"the training features need {needed / 2**30:.1f} GiB, more than half the available memory, and "
+            f"{', '.join(in_memory)} must hold them in memory; use --classifier linear or mlp, which stream "
+            "from the file, or --in-memory to try anyway"
+        )
+    if config.cv or config.search:
+        raise UsageError("--cv and --search hold the features in memory; drop them to stream, or use --in-memory")
+    return True
+
+
+def fit_streaming(pipeline: Pipeline, rows: FileRows) -> Pipeline:
+    """Fit ``pipeline`` (preprocessing steps, then a head) on rows read from the file block by block.
+
+    Each preprocessing step is fitted with ``partial_fit`` in one pass (a
+    scaler's mean and variance), then applied to every block the head reads.
+    """
+    *steps, (_, head) = pipeline.steps
+    for _, step in steps:
+        for x, _ in rows.blocks():
+            step.partial_fit(x)
+        rows = rows.map(step.transform)
+    head.fit_rows(rows)
+    return pipeline
 
 
 def _with_paths(config: FitConfig) -> FitConfig:
@@ -123,12 +175,18 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
         make_classifier(name)  # unknown names fail before any training
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
-    X_tr, y_tr, X_te, y_te, skipped = _split(config, fs, layer)
+    train, test, skipped = _split(config, fs, layer)
     folds = config.cv or (5 if config.search else None)
     if folds is not None:
         if folds < 2:
             raise UsageError(f"--cv must be at least 2, got {folds}")
-        check_folds(y_tr, folds, fs.classes)
+        check_folds(train.labels, folds, fs.classes)
+    stream = _decide_stream(config, train)
+    y_tr = train.labels
+    if not stream or any(name not in STREAMING for name in config.classifiers):
+        X_tr = train.read()
+    if not stream:
+        test = ArrayRows(test.read(), test.labels)
     extractor = modelfile.extractor_config(fs, layer)
     rows: list[FitRow] = []
     fitted = {}
@@ -139,15 +197,18 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
         if config.search:
             model, tried = random_search(name, model, X_tr, y_tr, config.search, folds, config.seed)
             cv = (tried[0]["cv_accuracy"], tried[0]["cv_std"])
+        elif stream and name in STREAMING:
+            fit_streaming(model, train)
         else:
             if folds:
                 cv = cross_validate(model, X_tr, y_tr, folds, config.seed)
             model.fit(X_tr, y_tr)
         seconds = time.perf_counter() - t0
-        metrics = evaluate(model, X_te, y_te, fs.classes)
+        metrics = evaluate_rows(model, test, fs.classes)
         rows.append(FitRow(name, metrics, seconds, cv=cv, tried=tried))
         fitted[name] = model
-        log.info("%s: accuracy %.4f in %.1f s", name, metrics["accuracy"], seconds)
+        log.info("%s: accuracy %.4f in %.1f s%s", name, metrics["accuracy"], seconds,
+                 " (streamed from the file)" if stream and name in STREAMING else "")
     best = max(rows, key=lambda r: (r.metrics["accuracy"], -r.metrics["log_loss"])).classifier
     for row in rows:
         if row.classifier == best:
@@ -159,7 +220,7 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
                            fingerprint)
     if config.report is not None:
         write_report(config.report, rows, fs.classes, fitted)
-    return FitResult(rows, best, len(y_tr), len(y_te), skipped, config.output)
+    return FitResult(rows, best, len(train), len(test), skipped, config.output, extra={"streamed": stream})
 
 
 SANITY_SAMPLES = 20
@@ -175,12 +236,14 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     config = _with_paths(config)
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
-    X, y, _ = labelled_rows(fs, layer, "training")
+    rows, _ = labelled_file_rows(fs, layer, "training")
+    y = rows.labels
     rng = np.random.default_rng(config.seed)
     # A few samples of every class, round robin, up to SANITY_SAMPLES.
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
     take = [idx[i] for i in range(SANITY_SAMPLES) for idx in per_class if i < len(idx)][:SANITY_SAMPLES]
-    Xs, ys = X[take], y[take]
+    subset = rows.subset(np.asarray(take, dtype=np.int64))  # only these rows are read
+    Xs, ys = subset.read(), subset.labels
     if len(np.unique(ys)) < 2:
         raise UsageError(f"{fs.path.name} has one class only; a classifier needs two or more")
     results = []

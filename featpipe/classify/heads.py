@@ -18,6 +18,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .rows import ArrayRows, Rows
+
 _SEEDED_FIT = threading.Lock()
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
 SCHEDULES = ("constant", "step", "cyclic", "sgdr")
@@ -51,6 +53,26 @@ def _schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int, ste
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, cycle_epochs * steps_per_epoch))
 
 
+def _device(name: str) -> torch.device:
+    """'auto' -> the GPU when there is one; heads are small, so one device is plenty."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _evaluate(net: nn.Module, rows: Rows, loss_fn, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy of ``net`` over ``rows``, a block at a time."""
+    net.eval()
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in rows.blocks():
+            xb, yb = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+            logits = net(xb)
+            total += float(loss_fn(logits, yb))
+            correct += int((logits.argmax(1) == yb).sum())
+    return total / len(rows), correct / len(rows)
+
+
 class _HeadBase(ClassifierMixin, BaseEstimator):
     """Shared training loop: mini-batches, optimizer, schedule, early stopping on a validation split."""
 
@@ -69,63 +91,74 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (self.device in ("auto", "cpu") or str(self.device).startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def fit(self, X, y):
         """Train on (X, y); returns self. Seeded by ``random_state``, without touching torch's global RNG."""
-        # Initialisation and dropout draw from torch's global RNG: one seeded fit at a time.
-        with _SEEDED_FIT, torch.random.fork_rng(devices=[]):
-            return self._fit(X, y)
-
-    def _fit(self, X, y):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        return self._fit_rows(ArrayRows(X, np.asarray(y)))
+
+    def fit_rows(self, rows: Rows):
+        """Train on ``rows`` (for instance :class:`~featpipe.classify.rows.FileRows`, streamed from the
+        feature file: memory bounded by the batch size, not the number of rows); returns self."""
+        self._check_params()
+        check_classification_targets(rows.labels)
+        self.n_features_in_ = rows.n_features
+        return self._fit_rows(rows)
+
+    def _fit_rows(self, rows: Rows):
+        self.classes_, y_idx = np.unique(rows.labels, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"need samples of at least 2 classes to fit, got {len(self.classes_)} class")
+        # Initialisation and dropout draw from torch's global RNG: one seeded fit at a time.
+        with _SEEDED_FIT, torch.random.fork_rng(devices=[]):
+            return self._train(rows.with_labels(y_idx.astype(np.int64)))
+
+    def _train(self, rows: Rows):
+        device = _device(self.device)
         gen = torch.Generator().manual_seed(int(self.random_state or 0))
         torch.manual_seed(int(self.random_state or 0))
-        n = len(X)
+        n = len(rows)
         order = torch.randperm(n, generator=gen).numpy()
         n_val = int(round(self.validation_fraction * n)) if self.early_stopping else 0
         if n_val and n - n_val < 2:
             n_val = 0
-        val, train = order[:n_val], order[n_val:]
-        Xt = torch.from_numpy(X)
-        yt = torch.from_numpy(y_idx.astype(np.int64))
-        net = self._build(X.shape[1], len(self.classes_))
+        val, train = rows.subset(order[:n_val]), rows.subset(order[n_val:])
+        net = self._build(rows.n_features, len(self.classes_)).to(device)
         opt = _optimizer(self.optimizer, net.parameters(), self.lr, self.weight_decay)
         bs = min(self.batch_size, len(train))
         steps = math.ceil(len(train) / bs)
         sched = _schedule(self.schedule, opt, self.lr, self.max_epochs, steps, tuple(self.step_epochs),
                           self.cycle_epochs)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.history_ = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
         best, best_state, bad_epochs = math.inf, None, 0
         for _ in range(self.max_epochs):
             net.train()
-            perm = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
-            total, correct = 0.0, 0
-            for i in range(0, len(perm), bs):
-                idx = perm[i:i + bs]
-                logits = net(Xt[idx])
-                loss = loss_fn(logits, yt[idx])
+            total, correct, seen = 0.0, 0, 0
+            for xb, yb in train.batches(bs, gen):
+                if len(yb) == 1 < len(train):
+                    continue  # a lone trailing row: batch norm cannot train on it, and it is one sample
+                xb, yb = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+                logits = net(xb)
+                loss = loss_fn(logits, yb)
                 opt.zero_grad()
-                loss.backward()
+                (loss / len(yb)).backward()
                 opt.step()
                 if sched is not None:
                     sched.step()
-                total += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == yt[idx]).sum())
-            self.history_["train_loss"].append(total / len(train))
-            self.history_["train_accuracy"].append(correct / len(train))
+                total += float(loss.detach())
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
+            self.history_["train_loss"].append(total / seen)
+            self.history_["train_accuracy"].append(correct / seen)
             if n_val:
-                net.eval()
-                with torch.no_grad():
-                    logits = net(Xt[val])
-                    vloss = float(loss_fn(logits, yt[val]))
+                vloss, vacc = _evaluate(net, val, loss_fn, device)
                 self.history_["val_loss"].append(vloss)
-                self.history_["val_accuracy"].append(float((logits.argmax(1) == yt[val]).float().mean()))
+                self.history_["val_accuracy"].append(vacc)
                 if vloss < best - 1e-6:
                     best, bad_epochs = vloss, 0
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -174,12 +207,14 @@ class LinearHead(_HeadBase):
     (divide by 10 at ``step_epochs``), cyclic (triangular, ``cycle_epochs``
     long), sgdr (cosine with warm restarts every ``cycle_epochs``);
     ``weight_decay``; early stopping on ``validation_fraction`` of the rows
-    after ``patience`` epochs without improvement; ``random_state``.
+    after ``patience`` epochs without improvement; ``random_state``;
+    ``device`` (auto: the GPU when there is one). ``fit_rows`` trains from
+    rows streamed out of a feature file.
     """
 
     def __init__(self, lr=0.01, optimizer="adam", schedule="constant", weight_decay=1e-4, max_epochs=100,
                  batch_size=256, early_stopping=True, validation_fraction=0.1, patience=10,
-                 step_epochs=(30, 60), cycle_epochs=10, random_state=0):
+                 step_epochs=(30, 60), cycle_epochs=10, random_state=0, device="auto"):
         self.lr = lr
         self.optimizer = optimizer
         self.schedule = schedule
@@ -192,6 +227,7 @@ class LinearHead(_HeadBase):
         self.step_epochs = step_epochs
         self.cycle_epochs = cycle_epochs
         self.random_state = random_state
+        self.device = device
 
     def _build(self, n_features: int, n_classes: int) -> nn.Module:
         return nn.Linear(n_features, n_classes)
@@ -202,7 +238,7 @@ class MLPHead(_HeadBase):
 
     def __init__(self, hidden=256, activation="bn", dropout=0.5, lr=0.001, optimizer="adam", schedule="constant",
                  weight_decay=1e-4, max_epochs=100, batch_size=256, early_stopping=True, validation_fraction=0.1,
-                 patience=10, step_epochs=(30, 60), cycle_epochs=10, random_state=0):
+                 patience=10, step_epochs=(30, 60), cycle_epochs=10, random_state=0, device="auto"):
         self.hidden = hidden
         self.activation = activation
         self.dropout = dropout
@@ -218,6 +254,7 @@ class MLPHead(_HeadBase):
         self.step_epochs = step_epochs
         self.cycle_epochs = cycle_epochs
         self.random_state = random_state
+        self.device = device
 
     def _check_params(self) -> None:
         super()._check_params()

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .heads import OPTIMIZERS, LinearHead, MLPHead, _optimizer
+from .rows import Rows
 
 
 @dataclass
@@ -29,9 +30,9 @@ class LRFinding:
     stopped_early: bool
 
 
-def lr_find(X: np.ndarray, y: np.ndarray, head: str = "linear", optimizer: str = "adam", start: float = 1e-8,
-            end: float = 1.0, steps: int = 200, batch_size: int = 64, seed: int = 0) -> LRFinding:
-    """Run the range test on (X, y) for a ``linear`` or ``mlp`` head.
+def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: float = 1e-8, end: float = 1.0,
+            steps: int = 200, batch_size: int = 64, seed: int = 0) -> LRFinding:
+    """Run the range test on ``rows`` (in memory or streamed from the file) for a ``linear`` or ``mlp`` head.
 
     Raises:
         UsageError: bad range, step count, head or optimizer.
@@ -42,31 +43,34 @@ def lr_find(X: np.ndarray, y: np.ndarray, head: str = "linear", optimizer: str =
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if not (0 < start < end) or steps < 10:
         raise UsageError(f"need 0 < start < end and at least 10 steps, got {start}, {end}, {steps}")
-    classes, y_idx = np.unique(y, return_inverse=True)
-    X = StandardScaler().fit_transform(X).astype(np.float32)  # as the fitted pipelines do
+    classes, y_idx = np.unique(rows.labels, return_inverse=True)
+    scaler = StandardScaler()  # standardised, as the fitted pipelines are
+    for x, _ in rows.blocks():
+        scaler.partial_fit(x)
+    rows = rows.with_labels(y_idx.astype(np.int64)).map(scaler.transform)
     template = LinearHead() if head == "linear" else MLPHead()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = template._build(X.shape[1], len(classes))
+        net = template._build(rows.n_features, len(classes))
         gen = torch.Generator().manual_seed(seed)
         opt = _optimizer(optimizer, net.parameters(), start, 0.0)
-        Xt, yt = torch.from_numpy(X), torch.from_numpy(y_idx.astype(np.int64))
         loss_fn = nn.CrossEntropyLoss()
-        bs = min(batch_size, len(X))
-        order = torch.randperm(len(X), generator=gen)
+        bs = min(batch_size, len(rows))
+
+        def endless():  # epoch after epoch, as many as the steps need
+            while True:
+                for xb, yb in rows.batches(bs, gen):
+                    if len(yb) > 1 or len(rows) == 1:  # batch norm cannot train on a lone row
+                        yield torch.from_numpy(xb), torch.from_numpy(yb)
+
         lrs, losses = [], []
         avg, best, stopped = 0.0, math.inf, False
         net.train()
-        for i in range(steps):
+        for i, (xb, yb) in zip(range(steps), endless()):
             lr = start * (end / start) ** (i / (steps - 1))
             for group in opt.param_groups:
                 group["lr"] = lr
-            j = (i * bs) % len(X)
-            if j + bs > len(X):
-                order = torch.randperm(len(X), generator=gen)
-                j = 0
-            idx = order[j:j + bs]
-            loss = loss_fn(net(Xt[idx]), yt[idx])
+            loss = loss_fn(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -6,12 +6,24 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from .rows import Rows, predict_proba_rows
+
 
 def evaluate(model, X: np.ndarray, y: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, balanced accuracy, log loss, macro F1 and per-class precision/recall of ``model`` on (X, y)."""
-    proba = model.predict_proba(X)
-    pred = model.classes_[proba.argmax(axis=1)]
-    labels = list(model.classes_)
+    return evaluate_proba(model.predict_proba(X), y, model.classes_, class_names)
+
+
+def evaluate_rows(model, rows: Rows, class_names: list[str]) -> dict:
+    """:func:`evaluate` over ``rows`` (in memory or in the file), a block at a time."""
+    proba, y = predict_proba_rows(model, rows)
+    return evaluate_proba(proba, y, model.classes_, class_names)
+
+
+def evaluate_proba(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, class_names: list[str]) -> dict:
+    """The metrics of predicted probabilities ``proba`` (columns: ``classes``) against labels ``y``."""
+    pred = np.asarray(classes)[proba.argmax(axis=1)]
+    labels = list(classes)
     p, r, _, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
         "n": int(len(y)),

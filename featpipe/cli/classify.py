@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
-from ..classify.fit import FitRow, labelled_rows, sanity_check, write_report
-from ..classify.metrics import evaluate
+from ..classify.fit import FitRow, sanity_check, write_report
+from ..classify.metrics import evaluate_rows
+from ..classify.rows import labelled_file_rows
 from ..predict import predict
 from ..store import load
 from . import app, user_errors
@@ -53,10 +54,11 @@ def fit_command(
     cv: Annotated[Optional[int], typer.Option(help="Stratified K-fold CV on the training rows.")] = None,
     search: Annotated[Optional[int], typer.Option(help="Random search over N configurations (log-uniform ranges), CV folds from --cv (default 5).")] = None,
     sanity: Annotated[bool, typer.Option(help="Only check that each classifier can overfit 20 training samples.")] = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="Train the linear and mlp heads from mini-batches read from the file, memory bounded by the batch size (default: when the features would not fit in memory).", show_default=False)] = None,
 ) -> None:
     """Train classifiers on cached features, compare them on held-out rows, save the best."""
     names = tuple(n.strip() for n in classifier.split(",") if n.strip())
-    config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search)
+    config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search, stream)
     if sanity:
         failed = False
         for name, acc, n in sanity_check(config):
@@ -68,7 +70,8 @@ def fit_command(
         raise typer.Exit(1 if failed else 0)
     result = fit(config)
     typer.echo(f"{result.n_train} training rows, {result.n_test} test rows"
-               + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else ""))
+               + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else "")
+               + ("; heads streamed from the file" if result.extra.get("streamed") else ""))
     for row in result.rows:
         if row.tried:
             typer.echo(_search_table(row))
@@ -87,9 +90,9 @@ def evaluate_command(
     mf = load_model(model)
     fs = load(features)
     mf.check_features(fs)
-    X, y, skipped = labelled_rows(fs, mf.extractor["layer"], "evaluation")
-    metrics = evaluate(mf.pipeline, X, y, fs.classes)
-    typer.echo(f"{mf.classifier} on {fs.path.name}: {len(y)} rows" + (f" ({skipped} skipped)" if skipped else ""))
+    rows, skipped = labelled_file_rows(fs, mf.extractor["layer"], "evaluation")
+    metrics = evaluate_rows(mf.pipeline, rows, fs.classes)  # a block at a time: any file size
+    typer.echo(f"{mf.classifier} on {fs.path.name}: {len(rows)} rows" + (f" ({skipped} skipped)" if skipped else ""))
     for key in ("accuracy", "balanced_accuracy", "log_loss", "macro_f1"):
         typer.echo(f"{key:18} {metrics[key]:.4f}")
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>9} {'support':>8}")
@@ -137,8 +140,8 @@ def lr_find_command(
 
     fs = load(features)
     name = fs.resolve_layer(layer)
-    X, y, _ = labelled_rows(fs, name, "lr-find")
-    finding = lr_find(X, y, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
+    rows, _ = labelled_file_rows(fs, name, "lr-find")
+    finding = lr_find(rows, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
     plot_lr_find(finding, output, f"{classifier} head, {optimizer}, on {fs.path.name} ({name})")
     stop = " (stopped when the loss diverged)" if finding.stopped_early else ""
     typer.echo(f"{len(finding.lrs)} steps{stop}; plot in {output}")
