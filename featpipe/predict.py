@@ -87,7 +87,7 @@ def _predict_features(mf, path: Path) -> Predictions:
     layer = mf.extractor["layer"]
     valid = np.flatnonzero(fs.valid)
     # A block at a time: a feature file larger than memory predicts too.
-    rows = FileRows(fs.path, f"features/{layer}", valid, np.zeros(len(valid), np.int64), fs.dim(layer), paths=fs.paths)
+    rows = FileRows(fs.path, f"features/{layer}", valid, np.zeros(len(valid), np.int64), fs.dim(layer))
     classes = mf.pipeline.classes_
     proba = np.full((len(fs), len(classes)), np.nan)
     proba[valid] = predict_proba_rows(mf.pipeline, rows)[0]

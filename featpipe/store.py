@@ -6,6 +6,7 @@ it again, so a notebook never holds a handle that blocks a later run.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -130,7 +131,6 @@ class FeatureSet:
         self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
         self._shapes = {k: f["features"][k].shape for k in self.layers}
         self._dtypes = {k: f["features"][k].dtype for k in self.layers}
-        self.paths: list[str] = _decode(f["samples/path"][:])
         self.y: np.ndarray = f["samples/label"][:]
         self.valid: np.ndarray = f["samples/valid"][:]
         self.classes: list[str] = _decode(f["classes"][:])
@@ -140,8 +140,14 @@ class FeatureSet:
             "reason": _decode(f["errors/reason"][:]),
         }
 
+    @functools.cached_property
+    def paths(self) -> list[str]:
+        """Image path of every row (relative to ``meta['image_root']``); read on first use."""
+        with h5py.File(self.path, "r") as f:
+            return _decode(f["samples/path"][:])
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.y)
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{k}: {self._shapes[k][1]}" for k in self.layers)

@@ -261,3 +261,34 @@ def test_separate_test_file_must_come_from_the_same_extractor(features, tmp_path
     other = _edit(features, tmp_path, "other.h5", lambda f: f.attrs.__setitem__("dtype", "float16"))
     with pytest.raises(UsageError, match="in dtype"):
         fit(FitConfig(features, tmp_path / "m2.skops", ("nb",), test=other))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_metrics_equal_scikit_learns(dtype):
+    from sklearn import metrics as skm
+
+    from featpipe.classify.metrics import evaluate_proba
+
+    rng = np.random.default_rng(0)
+    classes = np.array([0, 2, 3, 5])  # class 5 never occurs in y; class 3 is never predicted
+    y = rng.choice([0, 2, 3], size=500)
+    logits = rng.normal(size=(500, 4)) + 2.0 * (classes[None, :] == y[:, None])
+    logits[:, 2] -= 100
+    proba = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(dtype)
+    proba[0] = 0
+    proba[0, 3] = 1  # a confident miss: log loss clips it
+    m = evaluate_proba(proba, y, classes, ["a", "b", "c", "d", "e", "f"])
+    pred = classes[proba.argmax(axis=1)]
+    labels = list(classes)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    with pytest.warns(UserWarning):  # scikit-learn warns about the class predicted but absent
+        assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=labels), rel=1e-6)
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    p, r, _, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    assert [v["precision"] for v in m["per_class"].values()] == pytest.approx(p)
+    assert [v["recall"] for v in m["per_class"].values()] == pytest.approx(r)
+    assert [v["support"] for v in m["per_class"].values()] == list(s)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
+    with pytest.raises(UsageError, match="never saw class 'b'"):
+        evaluate_proba(proba[:3], np.array([0, 1, 2]), classes, ["a", "b", "c", "d", "e", "f"])

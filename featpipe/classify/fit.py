@@ -17,7 +17,7 @@ from ..store import FeatureSet, load
 from . import modelfile
 from .estimators import STREAMING, make_classifier
 from .metrics import evaluate_rows, plot_confusion
-from .rows import ArrayRows, FileRows, labelled_file_rows
+from .rows import FileRows, Rows, labelled_file_rows
 from .search import check_folds, cross_validate, random_search
 
 log = logging.getLogger(__name__)
@@ -74,27 +74,35 @@ def labelled_rows(fs: FeatureSet, layer: str, role: str) -> tuple[np.ndarray, np
     return rows.read(), rows.labels, skipped
 
 
-def _split(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, FileRows, int]:
-    """Training and test rows (features still in the files), and the count of skipped rows."""
+def _labelled(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, FileRows | None, int]:
+    """The training file's labelled rows, the --test file's (or None), and how many rows were skipped."""
     rows, skipped = labelled_file_rows(fs, layer, "training")
     y = rows.labels
     if len(np.unique(y)) < 2:
         raise UsageError(f"{fs.path.name} has one class only ({fs.classes[int(y[0])]!r}); a classifier needs two or more")
-    if config.test is not None:
-        test_fs = load(config.test)
-        if test_fs.classes != fs.classes:
-            raise UsageError(f"{test_fs.path.name} has classes {test_fs.classes[:5]}..., not those of {fs.path.name}")
-        modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
-        test, skipped_te = labelled_file_rows(test_fs, layer, "test")
-        unseen = sorted(set(test.labels.tolist()) - set(y.tolist()))
-        if unseen:
-            raise UsageError(
-                f"test classes {[fs.classes[i] for i in unseen][:5]} never occur in training; "
-                "add training images of them or drop them from the test set"
-            )
-        return rows, test, skipped + skipped_te
+    if config.test is None:
+        return rows, None, skipped
+    test_fs = load(config.test)
+    if test_fs.classes != fs.classes:
+        raise UsageError(f"{test_fs.path.name} has classes {test_fs.classes[:5]}..., not those of {fs.path.name}")
+    modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
+    test, skipped_te = labelled_file_rows(test_fs, layer, "test")
+    unseen = sorted(set(test.labels.tolist()) - set(y.tolist()))
+    if unseen:
+        raise UsageError(
+            f"test classes {[fs.classes[i] for i in unseen][:5]} never occur in training; "
+            "add training images of them or drop them from the test set"
+        )
+    return rows, test, skipped + skipped_te
+
+
+def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> tuple[Rows, Rows]:
+    """Training and test rows: the --test file's, or a stratified split of ``rows``."""
+    if test is not None:
+        return rows, test
     if not 0 < config.test_size < 1:
         raise UsageError(f"--test-size must be between 0 and 1, got {config.test_size}")
+    y = rows.labels
     counts = np.bincount(y)
     small = [fs.classes[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
     if small:
@@ -105,7 +113,7 @@ def _split(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, Fil
     # Split positions, not features: the same stratified partition as splitting X itself.
     train, test = train_test_split(np.arange(len(rows)), test_size=config.test_size, stratify=y,
                                    random_state=config.seed)
-    return rows.subset(train), rows.subset(test), skipped
+    return rows.subset(train), rows.subset(test)
 
 
 def available_memory() -> int:
@@ -122,9 +130,9 @@ def available_memory() -> int:
         return 0
 
 
-def _decide_stream(config: FitConfig, train: FileRows) -> bool:
+def _decide_stream(config: FitConfig, rows: Rows) -> bool:
     """Whether the PyTorch heads stream from the file: as asked, or when the features would not fit."""
-    needed = len(train) * train.n_features * 4
+    needed = len(rows) * rows.n_features * 4
     budget = available_memory() // 2
     stream = config.stream if config.stream is not None else bool(budget and needed > budget)
     if not stream:
@@ -175,18 +183,19 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
         make_classifier(name)  # unknown names fail before any training
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
-    train, test, skipped = _split(config, fs, layer)
+    labelled, test_file, skipped = _labelled(config, fs, layer)
+    stream = _decide_stream(config, labelled)
+    if not stream:  # one read of each file; the split then indexes memory
+        labelled, test_file = labelled.load(), test_file.load() if test_file is not None else None
+    train, test = _split(config, fs, labelled, test_file)
     folds = config.cv or (5 if config.search else None)
     if folds is not None:
         if folds < 2:
             raise UsageError(f"--cv must be at least 2, got {folds}")
         check_folds(train.labels, folds, fs.classes)
-    stream = _decide_stream(config, train)
     y_tr = train.labels
     if not stream or any(name not in STREAMING for name in config.classifiers):
         X_tr = train.read()
-    if not stream:
-        test = ArrayRows(test.read(), test.labels)
     extractor = modelfile.extractor_config(fs, layer)
     rows: list[FitRow] = []
     fitted = {}

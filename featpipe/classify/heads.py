@@ -113,12 +113,14 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         self.classes_, y_idx = np.unique(rows.labels, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"need samples of at least 2 classes to fit, got {len(self.classes_)} class")
-        # Initialisation and dropout draw from torch's global RNG: one seeded fit at a time.
-        with _SEEDED_FIT, torch.random.fork_rng(devices=[]):
-            return self._train(rows.with_labels(y_idx.astype(np.int64)))
-
-    def _train(self, rows: Rows):
+        # Initialisation and dropout draw from torch's global RNGs (the GPU's too,
+        # when training there): one seeded fit at a time, the caller's state restored.
         device = _device(self.device)
+        gpus = [device.index or 0] if device.type == "cuda" else []
+        with _SEEDED_FIT, torch.random.fork_rng(devices=gpus):
+            return self._train(rows.with_labels(y_idx.astype(np.int64)), device)
+
+    def _train(self, rows: Rows, device: torch.device):
         gen = torch.Generator().manual_seed(int(self.random_state or 0))
         torch.manual_seed(int(self.random_state or 0))
         n = len(rows)

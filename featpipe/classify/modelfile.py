@@ -7,6 +7,7 @@ another model, weights, layer, preprocessing or dtype is refused.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,17 @@ def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier
         "classes": list(classes),
         "extractor": extractor,
         "classifier": classifier,
-        "metrics": metrics,
+        # As JSON text: skops stores nested dicts and lists node by node, slowly.
+        "metrics": json.dumps(metrics),
         "fit_fingerprint": fit_fingerprint,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sio.dump(payload, tmp)
     os.replace(tmp, path)
+
+
+def _metrics(stored) -> dict:
+    return json.loads(stored) if isinstance(stored, str) else dict(stored)
 
 
 def load(path: str | os.PathLike) -> ModelFile:
@@ -137,4 +143,4 @@ def load(path: str | os.PathLike) -> ModelFile:
             f"{MODEL_FORMAT_VERSION}"
         )
     return ModelFile(payload["pipeline"], list(payload["classes"]), dict(payload["extractor"]),
-                     str(payload["classifier"]), dict(payload["metrics"]), str(payload.get("fit_fingerprint", "")))
+                     str(payload["classifier"]), _metrics(payload["metrics"]), str(payload.get("fit_fingerprint", "")))

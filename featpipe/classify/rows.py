@@ -93,7 +93,10 @@ class ArrayRows(Rows):
             yield self.X[index[take]], self.labels[take]
 
     def blocks(self) -> Iterator[Block]:
-        yield (self.X if self.index is None else self.X[self.index]), self.labels
+        yield self.read(), self.labels
+
+    def read(self) -> np.ndarray:
+        return self.X if self.index is None else self.X[self.index]
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,8 +104,8 @@ class FileRows(Rows):
     """File rows ``rows`` (sorted) of dataset ``dataset`` in the HDF5 file ``path``.
 
     ``transform`` is applied to every block read (a fitted scaler, for
-    example); ``paths`` (the file's sample paths) name the first row with NaN
-    or infinite features when one turns up.
+    example). A row with NaN or infinite features is a usage error that names
+    its image.
     """
 
     path: Path
@@ -113,12 +116,18 @@ class FileRows(Rows):
     block_rows: int = 1024
     buffer_batches: int = 8
     transform: Callable[[np.ndarray], np.ndarray] | None = None
-    paths: list[str] | None = None
 
     def subset(self, positions: np.ndarray) -> FileRows:
         order = np.argsort(self.rows[positions], kind="stable")
         take = np.asarray(positions)[order]
         return replace(self, rows=self.rows[take], labels=self.labels[take])
+
+    def load(self) -> ArrayRows:
+        """These rows in memory: one read when they fill most of the span they cover, else block by block."""
+        if len(self.rows) and 2 * len(self.rows) >= self.rows[-1] - self.rows[0] + 1:
+            with h5py.File(self.path, "r") as f:
+                return ArrayRows(self._read(f[self.dataset], 0, len(self.rows)), self.labels)
+        return ArrayRows(self.read(), self.labels)
 
     def map(self, transform: Callable[[np.ndarray], np.ndarray]) -> FileRows:
         """These rows, with ``transform`` applied after any earlier one."""
@@ -134,7 +143,7 @@ class FileRows(Rows):
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             row = int(rows[np.flatnonzero(bad)[0]])
-            where = repr(self.paths[row]) if self.paths is not None else f"row {row}"
+            where = repr(_decode_one(ds.file["samples/path"][row]))
             raise UsageError(
                 f"{int(bad.sum())} valid rows of {self.path.name} hold NaN or infinite features (first: {where}); "
                 "extract again, or use --dtype float32 if float16 overflowed"
@@ -190,6 +199,10 @@ class FileRows(Rows):
             yield buf_x[take], buf_y[take]
 
 
+def _decode_one(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def labelled_file_rows(fs, layer: str, role: str = "training", **kw) -> tuple[FileRows, int]:
     """The valid, labelled rows of ``layer`` in ``fs`` (features left in the file), and how many were skipped.
 
@@ -200,7 +213,7 @@ def labelled_file_rows(fs, layer: str, role: str = "training", **kw) -> tuple[Fi
         raise UsageError(f"{fs.path.name} ({role}) has no labels; extract from class folders or a CSV with a label column")
     keep = fs.valid & (fs.y >= 0)
     rows = np.flatnonzero(keep)
-    return FileRows(fs.path, f"features/{layer}", rows, fs.y[rows], fs.dim(layer), paths=fs.paths, **kw), int((~keep).sum())
+    return FileRows(fs.path, f"features/{layer}", rows, fs.y[rows], fs.dim(layer), **kw), int((~keep).sum())
 
 
 def predict_proba_rows(model, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
