@@ -165,3 +165,13 @@ def test_cli_fit_stream_flag(feature_file, tmp_path):
     r = CliRunner().invoke(app, ["fit", str(path), "-o", str(tmp_path / "m.skops"), "--classifier", "linear",
                                  "--stream", "--cv", "3"])
     assert r.exit_code == 2 and "--cv and --search" in r.stderr
+
+
+def test_batches_from_a_class_sorted_file_mix_classes(tmp_path):
+    """ImageFolder files are sorted by class: streamed batches must still hold many classes."""
+    y = np.repeat(np.arange(20), 200)  # 20 classes of 200 consecutive rows
+    X = np.random.default_rng(0).normal(size=(len(y), 4)).astype(np.float32)
+    rows = file_rows(write_arrays(tmp_path / "sorted.h5", X, y, [str(c) for c in range(20)]))
+    batches = list(rows.batches(64, torch.Generator().manual_seed(0)))
+    distinct = [len(np.unique(b)) for _, b in batches[:-1]]
+    assert np.mean(distinct) > 14, distinct  # of 20; a fully random batch of 64 holds ~19

@@ -119,9 +119,10 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
 def available_memory() -> int:
     """Bytes of memory available to new allocations (Linux: MemAvailable), or 0 if unknown."""
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     try:

@@ -7,10 +7,9 @@ for training) or in blocks (in order, for statistics and predictions).
 * :class:`ArrayRows` holds the features in memory.
 * :class:`FileRows` reads them from the HDF5 file as it goes, so a feature file
   larger than memory trains with memory bounded by the batch size. An epoch
-  visits blocks of ``batch_size`` consecutive file rows in random order and
-  shuffles rows within a buffer of ``buffer_batches`` batches: a shuffle
-  buffer, as tf.data and WebDataset use. Rows from distant parts of the file
-  mix within an epoch because the blocks are drawn in random order.
+  visits small blocks of consecutive file rows in random order and shuffles
+  rows within a buffer of ``buffer_batches`` batches: a shuffle buffer, as
+  tf.data and WebDataset use, fed from many distant parts of the file at once.
 
 Labels are kept in memory (one integer per row); features never are.
 """
@@ -165,25 +164,25 @@ class FileRows(Rows):
                 yield self._read(ds, lo, hi), self.labels[lo:hi]
 
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Block]:
-        # Blocks of batch_size file rows go into one preallocated shuffle buffer;
-        # when it is full, whole batches leave it in random order and the
-        # remainder (fewer than a batch) stays for the next fill.
-        bounds = self._spans(batch_size)
+        # Small blocks of consecutive file rows, drawn in random order, fill one
+        # preallocated shuffle buffer of buffer_batches batches; when it is full,
+        # whole batches leave it in random order and the remainder (less than a
+        # batch) waits for the next fill. Blocks of batch_size / 8 rows put about
+        # 8 * buffer_batches distant parts of the file in every buffer, so even a
+        # file sorted by class (an ImageFolder) gives batches of many classes.
+        bounds = self._spans(max(16, batch_size // 8))
         order = torch.randperm(len(bounds) - 1, generator=gen).numpy()
         capacity = self.buffer_batches * batch_size
-        buf_x = np.empty((0, self.n_features), np.float32)
+        buf_x = np.empty((capacity + batch_size, self.n_features), np.float32)
         buf_y = np.empty(capacity + batch_size, self.labels.dtype)
         held = 0
         with h5py.File(self.path, "r") as f:
             ds = f[self.dataset]
             for b in order:
                 lo, hi = bounds[b], bounds[b + 1]
-                x = self._read(ds, lo, hi)
-                if not len(buf_x):  # allocated at the first block, in the dtype it brings
-                    buf_x = np.empty((capacity + batch_size, self.n_features), x.dtype)
-                buf_x[held:held + len(x)] = x
-                buf_y[held:held + len(x)] = self.labels[lo:hi]
-                held += len(x)
+                buf_x[held:held + hi - lo] = self._read(ds, lo, hi)
+                buf_y[held:held + hi - lo] = self.labels[lo:hi]
+                held += hi - lo
                 if held >= capacity:
                     perm = torch.randperm(held, generator=gen).numpy()
                     cut = held // batch_size * batch_size
