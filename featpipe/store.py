@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from .errors import FormatError, UsageError
+from .models.data_config import upgrade as data_config_upgrade
 
 FORMAT = "featpipe-features"
 FORMAT_VERSION = 1
@@ -56,7 +57,8 @@ def write_arrays(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, classes:
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "featpipe_version": "arrays", "created": "",
             "model": model, "weights_source": "none", "weights_sha256": "none", "data_config": "{}",
-            "config_hash": "arrays", "precision": "fp32", "dtype": "float32",
+            "config_hash": "arrays", "precision": "fp32", "dtype": "float32", "torch_version": "n/a",
+            "timm_version": "n/a", "image_root": "n/a", "config": "{}",
         })
         ds = f.create_dataset(f"features/{layer}", shape=(n, dim), dtype=np.float32, chunks=row_chunks(n, dim, 4))
         ds.attrs.update({"dim": dim, "pool": "none", "node": ""})
@@ -127,6 +129,8 @@ class FeatureSet:
         for key in ("data_config", "config"):
             if isinstance(self.meta.get(key), str):
                 self.meta[key] = json.loads(self.meta[key])
+        if isinstance(self.meta.get("data_config"), dict):  # fields added since the file was written
+            self.meta["data_config"] = data_config_upgrade(self.meta["data_config"])
         self.layers: list[str] = list(f["features"].keys())
         self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
         self._shapes = {k: f["features"][k].shape for k in self.layers}

@@ -127,6 +127,10 @@ def test_torch_resampler_is_within_two_levels_of_pillow():
 def test_resampler_choice():
     assert resolve_resampler("auto", "bicubic") == "torch"
     assert resolve_resampler("auto", "lanczos") == "pil"
+    assert resolve_resampler("auto", "bicubic", "squash") == "pil"  # axes resampled in another order: not close
+    with pytest.raises(UsageError, match="resolved"):
+        Preprocessor(DataConfig(crop=(8, 8), resize=9, crop_mode="center", interpolation="bilinear",
+                                mean=(0, 0, 0), std=(1, 1, 1), resampler="auto"))
     assert resolve_resampler("pil", "bilinear") == "pil"
     with pytest.raises(UsageError, match="--resampler pil"):
         resolve_resampler("torch", "nearest")

@@ -1,6 +1,7 @@
 """Crash safety: SIGKILL mid-run and resume, the single-writer lock, configuration changes."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
@@ -172,3 +174,22 @@ def test_lock_taken_after_the_holder_let_go_is_real(tmp_path):
     with pytest.raises(RunConflictError):
         OutputLock(out).__enter__()
     second.__exit__(None, None, None)
+
+
+def test_files_written_before_the_resampler_existed_still_match(tmp_path):
+    """Older files have no 'resampler' in their data config: they were made with Pillow and are read as such."""
+    images = make_images(tmp_path / "images", classes=2, per_class=3)
+    out = tmp_path / "features.h5"
+    extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
+    with h5py.File(out, "r+") as f:  # what session-1 featpipe wrote
+        dc = json.loads(f.attrs["data_config"])
+        del dc["resampler"]
+        f.attrs["data_config"] = json.dumps(dc)
+        config = json.loads(f.attrs["config"])
+        del config["data_config"]["resampler"]
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+    assert featpipe.load(out).meta["data_config"]["resampler"] == "pil"
+    again = extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
+    assert again.already_complete
+    with pytest.raises(RunConflictError, match="data_config"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random"))  # torch: really different

@@ -175,3 +175,35 @@ def test_batches_from_a_class_sorted_file_mix_classes(tmp_path):
     batches = list(rows.batches(64, torch.Generator().manual_seed(0)))
     distinct = [len(np.unique(b)) for _, b in batches[:-1]]
     assert np.mean(distinct) > 14, distinct  # of 20; a fully random batch of 64 holds ~19
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7, 15])
+def test_small_batches_stream_every_row_once(feature_file, batch_size):
+    path, X, _ = feature_file
+    rows = file_rows(path).subset(np.arange(5, 700, 2))  # sparse: blocks hold fewer rows than their span
+    got = np.concatenate([x for x, _ in rows.batches(batch_size, torch.Generator().manual_seed(1))])
+    want = X[5:700:2]
+    assert len(got) == len(want)
+    np.testing.assert_array_equal(np.sort(got[:, 0]), np.sort(want[:, 0]))
+
+
+def test_info_reads_a_file_made_from_arrays(feature_file):
+    from typer.testing import CliRunner
+
+    from featpipe.cli import app
+
+    r = CliRunner().invoke(app, ["info", str(feature_file[0])])
+    assert r.exit_code == 0, r.output
+    assert "none recorded" in r.stdout and "3000 rows" in r.stdout
+
+
+def test_a_test_file_without_valid_rows_is_a_usage_error(feature_file, tmp_path):
+    import h5py
+
+    path, X, y = feature_file
+    empty = write_arrays(tmp_path / "test.h5", X[:10], y[:10], [f"c{i}" for i in range(4)])
+    with h5py.File(empty, "r+") as f:
+        f["samples/valid"][:] = False
+    for stream in (False, True):
+        with pytest.raises(UsageError, match="no valid, labelled test rows in test.h5"):
+            fit(FitConfig(path, tmp_path / "m.skops", ("linear",), test=empty, stream=stream))

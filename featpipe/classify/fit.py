@@ -117,18 +117,27 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux: MemAvailable), or 0 if unknown."""
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup (container) limit; 0 if unknown."""
+    free = 0
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 0
+    try:  # cgroup v2: "max", or a limit in bytes
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = max(0, int(limit) - used)
+            free = min(free, room) if free else room
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    return free
 
 
 def _decide_stream(config: FitConfig, rows: Rows) -> bool:
@@ -143,10 +152,11 @@ def _decide_stream(config: FitConfig, rows: Rows) -> bool:
         raise UsageError(
             f"the training features need {needed / 2**30:.1f} GiB, more than half the available memory, and "
             f"{', '.join(in_memory)} must hold them in memory; use --classifier linear or mlp, which stream "
-            "from the file, or --in-memory to try anyway"
+            "from the file, or --in-memory (stream = false in a pipeline) to try anyway"
         )
     if config.cv or config.search:
-        raise UsageError("--cv and --search hold the features in memory; drop them to stream, or use --in-memory")
+        raise UsageError("--cv and --search hold the features in memory; drop them to stream, or use --in-memory "
+                         "(stream = false in a pipeline)")
     return True
 
 
@@ -194,8 +204,12 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
         if folds < 2:
             raise UsageError(f"--cv must be at least 2, got {folds}")
         check_folds(train.labels, folds, fs.classes)
+    if not len(test):
+        raise UsageError(f"no valid, labelled test rows in {(config.test or config.features).name}; "
+                         "give a labelled --test file with valid images")
     y_tr = train.labels
-    if not stream or any(name not in STREAMING for name in config.classifiers):
+    loaded = [name for name in config.classifiers if name not in STREAMING] if stream else []
+    if not stream or loaded:
         X_tr = train.read()
     extractor = modelfile.extractor_config(fs, layer)
     rows: list[FitRow] = []
@@ -230,7 +244,7 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
                            fingerprint)
     if config.report is not None:
         write_report(config.report, rows, fs.classes, fitted)
-    return FitResult(rows, best, len(train), len(test), skipped, config.output, extra={"streamed": stream})
+    return FitResult(rows, best, len(train), len(test), skipped, config.output, extra={"streamed": stream, "loaded": loaded})
 
 
 SANITY_SAMPLES = 20

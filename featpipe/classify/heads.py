@@ -9,6 +9,7 @@ skops and predicts without pickled torch objects.
 from __future__ import annotations
 
 import math
+import re
 import threading
 
 import numpy as np
@@ -56,8 +57,16 @@ def _schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int, ste
 def _device(name: str) -> torch.device:
     """'auto' -> the GPU when there is one; heads are small, so one device is plenty."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def lone_rows_train(net: nn.Module) -> bool:
+    """Whether ``net`` can train on a batch of one row (batch norm cannot)."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def _evaluate(net: nn.Module, rows: Rows, loss_fn, device: torch.device) -> tuple[float, float]:
@@ -91,7 +100,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not (self.device in ("auto", "cpu") or str(self.device).startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def fit(self, X, y):
@@ -116,7 +125,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         # Initialisation and dropout draw from torch's global RNGs (the GPU's too,
         # when training there): one seeded fit at a time, the caller's state restored.
         device = _device(self.device)
-        gpus = [device.index or 0] if device.type == "cuda" else []
+        gpus = [device.index] if device.type == "cuda" else []
         with _SEEDED_FIT, torch.random.fork_rng(devices=gpus):
             return self._train(rows.with_labels(y_idx.astype(np.int64)), device)
 
@@ -132,6 +141,9 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         net = self._build(rows.n_features, len(self.classes_)).to(device)
         opt = _optimizer(self.optimizer, net.parameters(), self.lr, self.weight_decay)
         bs = min(self.batch_size, len(train))
+        skip_lone = len(train) > 1 and not lone_rows_train(net)
+        if skip_lone and bs < 2:
+            raise ValueError("batch_size must be at least 2 for batch normalisation (activation='bn')")
         steps = math.ceil(len(train) / bs)
         sched = _schedule(self.schedule, opt, self.lr, self.max_epochs, steps, tuple(self.step_epochs),
                           self.cycle_epochs)
@@ -142,7 +154,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
             net.train()
             total, correct, seen = 0.0, 0, 0
             for xb, yb in train.batches(bs, gen):
-                if len(yb) == 1 < len(train):
+                if skip_lone and len(yb) == 1:
                     continue  # a lone trailing row: batch norm cannot train on it, and it is one sample
                 xb, yb = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
                 logits = net(xb)
@@ -175,8 +187,11 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         return self
 
     def _net(self) -> nn.Module:
-        net = self._build(self.n_features_in_, len(self.classes_))
-        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()})
+        # Built on the meta device: no initialisation (nor draws from torch's RNG) for
+        # weights that load_state_dict replaces at once.
+        with torch.device("meta"):
+            net = self._build(self.n_features_in_, len(self.classes_))
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()}, assign=True)
         return net.eval()
 
     def _logits(self, X) -> np.ndarray:

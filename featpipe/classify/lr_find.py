@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..errors import UsageError
-from .heads import OPTIMIZERS, LinearHead, MLPHead, _optimizer
+from .heads import OPTIMIZERS, LinearHead, MLPHead, _optimizer, lone_rows_train
 from .rows import Rows
 
 
@@ -56,11 +56,14 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
         opt = _optimizer(optimizer, net.parameters(), start, 0.0)
         loss_fn = nn.CrossEntropyLoss()
         bs = min(batch_size, len(rows))
+        skip_lone = len(rows) > 1 and not lone_rows_train(net)
+        if skip_lone and bs < 2:
+            raise UsageError("--batch-size must be at least 2 for the mlp head (batch normalisation)")
 
         def endless():  # epoch after epoch, as many as the steps need
             while True:
                 for xb, yb in rows.batches(bs, gen):
-                    if len(yb) > 1 or len(rows) == 1:  # batch norm cannot train on a lone row
+                    if not (skip_lone and len(yb) == 1):  # batch norm cannot train on a lone row
                         yield torch.from_numpy(xb), torch.from_numpy(yb)
 
         lrs, losses = [], []

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, UsageError
+from ..models.data_config import upgrade as data_config_upgrade
 from ..store import FeatureSet
 
 MODEL_FORMAT = "featpipe-model"
@@ -142,5 +143,8 @@ def load(path: str | os.PathLike) -> ModelFile:
             f"{str(path)!r} has model format_version {payload.get('format_version')}; this featpipe reads "
             f"{MODEL_FORMAT_VERSION}"
         )
-    return ModelFile(payload["pipeline"], list(payload["classes"]), dict(payload["extractor"]),
+    extractor = dict(payload["extractor"])
+    if isinstance(extractor.get("data_config"), dict):  # fields added since the model was saved
+        extractor["data_config"] = data_config_upgrade(extractor["data_config"])
+    return ModelFile(payload["pipeline"], list(payload["classes"]), extractor,
                      str(payload["classifier"]), _metrics(payload["metrics"]), str(payload.get("fit_fingerprint", "")))

@@ -71,7 +71,9 @@ def fit_command(
     result = fit(config)
     typer.echo(f"{result.n_train} training rows, {result.n_test} test rows"
                + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else "")
-               + ("; heads streamed from the file" if result.extra.get("streamed") else ""))
+               + ("; heads streamed from the file" if result.extra.get("streamed") else "")
+               + (f" ({', '.join(result.extra['loaded'])} held the features in memory)"
+                  if result.extra.get("loaded") else ""))
     for row in result.rows:
         if row.tried:
             typer.echo(_search_table(row))

@@ -22,10 +22,13 @@ def describe(path: Path, errors: bool = False) -> str:
         f"images    {len(fs)} rows, {int(fs.valid.sum())} valid, {len(fs.errors['index'])} failed; root {m['image_root']}",
     ]
     dc = m["data_config"]
-    lines.append(
-        f"preproc   resize {dc['resize']} {dc['interpolation']} ({dc.get('resampler', 'pil')}), crop {dc['crop'][0]}x{dc['crop'][1]} ({dc['crop_mode']}), "
-        f"mean {tuple(round(v, 3) for v in dc['mean'])}, std {tuple(round(v, 3) for v in dc['std'])}"
-    )
+    if "crop" in dc:
+        lines.append(
+            f"preproc   resize {dc['resize']} {dc['interpolation']} ({dc['resampler']}), crop {dc['crop'][0]}x{dc['crop'][1]} ({dc['crop_mode']}), "
+            f"mean {tuple(round(v, 3) for v in dc['mean'])}, std {tuple(round(v, 3) for v in dc['std'])}"
+        )
+    else:
+        lines.append("preproc   none recorded (features made outside featpipe extract)")
     for name in fs.layers:
         a = fs.layer_info(name)
         node = f" node {a['node']}" if a.get("node") else ""

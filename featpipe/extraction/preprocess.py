@@ -5,9 +5,10 @@ one of two resamplers:
 
 * ``torch``: torchvision's antialiased uint8 tensor resize (its v2 transforms on
   a tensor, exactly). About 4x faster than Pillow's, and within 2/255 of it on
-  a few pixels in a thousand. On a small CPU, resizing is a large share of the
-  per-image work besides the forward pass, so this is the default where it can
-  do the model's interpolation (bilinear, bicubic).
+  a few pixels in a thousand for aspect-preserving resizes. On a small CPU,
+  resizing is a large share of the per-image work besides the forward pass, so
+  this is the default where it can do the model's interpolation (bilinear,
+  bicubic) and the model keeps the aspect ratio (crop_mode 'center').
 * ``pil``: Pillow, bit for bit what timm's and torchvision's PIL transforms do.
 
 Per batch, on the compute device: scale to [0, 1] and normalise, in the same
@@ -32,12 +33,21 @@ RESAMPLERS = ("auto", "torch", "pil")
 TORCH_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-def resolve_resampler(choice: str, interpolation: str) -> str:
-    """'auto' -> 'torch' where torch can do ``interpolation``, else 'pil'."""
+def check_resampler(choice: str) -> None:
     if choice not in RESAMPLERS:
         raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
+
+
+def resolve_resampler(choice: str, interpolation: str, crop_mode: str = "center") -> str:
+    """'auto' -> 'torch' where torch can do ``interpolation`` and stays within 2/255 of Pillow, else 'pil'.
+
+    That closeness holds for aspect-preserving resizes ('center'); a 'squash'
+    that enlarges one side and shrinks the other differs by up to ~18/255,
+    because Pillow and torch resample the two axes in a different order.
+    """
+    check_resampler(choice)
     if choice == "auto":
-        return "torch" if interpolation in TORCH_INTERPOLATIONS else "pil"
+        return "torch" if interpolation in TORCH_INTERPOLATIONS and crop_mode == "center" else "pil"
     if choice == "torch" and interpolation not in TORCH_INTERPOLATIONS:
         raise UsageError(
             f"--resampler torch cannot do this model's {interpolation!r} interpolation; use --resampler pil"
@@ -49,8 +59,10 @@ class Preprocessor:
     """``image(pil) -> uint8 (H, W, 3)``; ``batch(uint8 (B, H, W, 3)) -> normalised (B, 3, H, W)``."""
 
     def __init__(self, config: DataConfig):
+        if config.resampler not in ("torch", "pil"):
+            raise UsageError(f"a data config's resampler must be resolved to 'torch' or 'pil', got {config.resampler!r}")
+        resolve_resampler(config.resampler, config.interpolation)  # torch must handle the interpolation
         self.config = config
-        resolve_resampler(config.resampler, config.interpolation)  # a config read from a file is checked too
         self._interp = InterpolationMode(config.interpolation)
         resize = config.resize
         self._resize = [resize] if isinstance(resize, int) else list(resize)

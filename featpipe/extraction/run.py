@@ -30,6 +30,7 @@ from ..store import FORMAT, FORMAT_VERSION, load
 from . import distributor, writer
 from .decode import MAX_PIXELS
 from .merge import merge_shards
+from .preprocess import check_resampler
 from .runner import (
     Extractor,
     ExtractorSpec,
@@ -96,6 +97,7 @@ class ExtractSummary:
 def _check_config(config: ExtractConfig) -> None:
     if config.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
+    check_resampler(config.resampler)
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     for name in ("streams", "decode_threads"):
@@ -200,13 +202,24 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
+def _config_hash(run_config: dict) -> str:
+    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
+
+
+def _upgrade(run_config: dict) -> dict:
+    """A run identity read from disk, with data-config fields added since filled in (so older runs still match)."""
+    if isinstance(run_config.get("data_config"), dict):
+        run_config = {**run_config, "data_config": models.data_config_upgrade(run_config["data_config"])}
+    return run_config
+
+
 def _existing_output(config: ExtractConfig, run_config: dict, samples_digest: str) -> bool:
     """True when the output already holds this very run; raises when it holds another."""
     if not config.output.exists() or config.overwrite:
         return False
     try:
         with h5py.File(config.output, "r") as f:
-            old = json.loads(f.attrs.get("config", "{}"))
+            old = _upgrade(json.loads(f.attrs.get("config", "{}")))
             old["samples"] = f.attrs.get("samples_digest", "")
     except OSError:
         old = {}
@@ -226,6 +239,9 @@ def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> di
     since the last run (after a --max-failures abort, say) are picked up.
     """
     old = writer.read_manifest(parts_dir) if parts_dir.exists() else None
+    if old is not None and isinstance(old.get("config"), dict):
+        upgraded = _upgrade(old["config"])
+        old = {**old, "config": upgraded, "config_hash": _config_hash(upgraded)}
     if old is not None and old != manifest:
         if not config.overwrite:
             raise RunConflictError(
@@ -347,7 +363,7 @@ def _extract(
 ) -> ExtractSummary:
     n = len(samples)
     run_config = _identity(config, spec, ex)
-    config_hash = hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
+    config_hash = _config_hash(run_config)
     parts_dir = config.output.with_name(config.output.name + ".parts")
     part_size = _partition_size(config, n)
     previous = writer.read_manifest(parts_dir) if parts_dir.exists() else None

@@ -97,7 +97,8 @@ class Extractor:
         self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
         data_config = models.data_config(model, self.model_spec)
         self.data_config = replace(
-            data_config, resampler=resolve_resampler(spec.resampler, data_config.interpolation)
+            data_config,
+            resampler=resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode),
         )
         self.preprocess = Preprocessor(self.data_config)
         self.device = torch.device(resolve_device(spec.device))

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .data_config import DataConfig, from_timm, from_torchvision
+from .data_config import upgrade as data_config_upgrade
 from .registry import CLASSIC_MODELS, ModelSpec, list_models, resolve
 from .taps import BUILTIN_LAYERS, POOLS, Layer, TappedModel, layer_table, resolve_layers
 from .weights import WeightsInfo, create_architecture, find_pretrained, load_model, pretrained_available
@@ -14,6 +15,7 @@ __all__ = [
     "CLASSIC_MODELS",
     "POOLS",
     "DataConfig",
+    "data_config_upgrade",
     "Layer",
     "ModelSpec",
     "TappedModel",

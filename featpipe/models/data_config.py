@@ -54,6 +54,14 @@ class DataConfig:
         )
 
 
+def upgrade(stored: dict) -> dict:
+    """A data config read from a file, with fields added since it was written filled in
+    as that older featpipe behaved (``resampler``: Pillow), so comparisons see equals."""
+    if "crop" not in stored:  # not one of ours (features made elsewhere): leave it
+        return stored
+    return json.loads(DataConfig.from_json(json.dumps(stored)).to_json())
+
+
 def from_timm(model: nn.Module) -> DataConfig:
     """The eval preprocessing timm's ``create_transform`` builds for ``model``."""
     import timm.data
