@@ -2,13 +2,14 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: help install demo test test-all bench
+.PHONY: help install demo test test-all lint bench
 
 help:
 	@echo "make install   install featpipe with its test extras (skips what is already installed)"
 	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set, summarise them, compare classifiers"
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
+	@echo "make lint      ruff (settings in pyproject.toml)"
 	@echo "make bench     extraction speed and memory against the hand-written baseline"
 
 # pip leaves satisfied requirements alone, so a second install costs seconds,
@@ -34,6 +35,9 @@ test: install
 
 test-all: install
 	$(PYTHON) -m pytest -q -m ''
+
+lint: install
+	$(PYTHON) -m ruff check .
 
 bench: install
 	$(PYTHON) bench/extract_speed.py

@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    for i, (img, label) in enumerate(zip(images, digits.target)):
+    for i, (img, label) in enumerate(zip(images, digits.target, strict=True)):
         folder = args.out / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, "L").resize((64, 64), Image.NEAREST).save(folder / f"digit_{i:04d}.png")

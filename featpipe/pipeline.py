@@ -19,10 +19,11 @@ import hashlib
 import json
 import os
 import re
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+
+import tomllib
 
 from .classify import FitConfig, FitResult, fit, load_model
 from .errors import FeatpipeError, UsageError

@@ -34,7 +34,7 @@ class Predictions:
     class_names: list[str]
 
     def predicted(self) -> list[str]:
-        return [self.class_names[int(i)] if v else "" for i, v in zip(np.nan_to_num(self.proba).argmax(1), self.valid)]
+        return [self.class_names[int(i)] if v else "" for i, v in zip(np.nan_to_num(self.proba).argmax(1), self.valid, strict=True)]
 
     def write_csv(self, out: TextIO, top_k: int = 3) -> None:
         k = max(1, min(top_k, self.proba.shape[1]))

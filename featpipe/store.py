@@ -187,7 +187,6 @@ class FeatureSet:
     def to_dask(self, layer: str | None = None):
         """The features of ``layer`` as a lazy dask array, chunked as stored; for files larger than memory."""
         import dask.array as da
-
         from dask.base import tokenize
 
         name = self.resolve_layer(layer)

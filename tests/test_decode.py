@@ -24,7 +24,7 @@ def _assert_rgb(im: Image.Image, size: tuple[int, int]) -> None:
 
 
 def _close(a, b, tol: int) -> bool:
-    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b))
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=True))
 
 
 # ---------------------------------------------------------------- formats

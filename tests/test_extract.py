@@ -81,7 +81,7 @@ def test_bad_images_keep_their_rows(tmp_path, image_folder):
     summary = extract(config(tmp_path, image_folder, batch_size=3, partition_size=5))
     fs = featpipe.load(summary.output)
     assert len(fs) == 15 and summary.failed == 3
-    bad = {p: r for p, r in zip(fs.errors["path"], fs.errors["reason"])}
+    bad = {p: r for p, r in zip(fs.errors["path"], fs.errors["reason"], strict=True)}
     assert set(bad) == {"class_1/empty.jpg", "class_1/notes.png", "class_2/cut.jpg"}
     assert "empty" in bad["class_1/empty.jpg"] and "not an image" in bad["class_1/notes.png"]
     for i, path in enumerate(fs.paths):

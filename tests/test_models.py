@@ -15,8 +15,8 @@ from torchvision.transforms import InterpolationMode
 from featpipe import models
 from featpipe.errors import UsageError
 from featpipe.extraction.preprocess import Preprocessor, resolve_resampler
-from featpipe.models import DataConfig
 from featpipe.extraction.runner import Extractor, ExtractorSpec
+from featpipe.models import DataConfig
 
 CLASSIC = {
     # name: (pooled dim, has fc7)

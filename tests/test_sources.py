@@ -62,7 +62,7 @@ def test_imagefolder_classes_labels_paths(tree: Path) -> None:
     assert len(s) == 5
     assert s.labels.dtype == np.int64
     assert s.labels.shape == (5,)
-    for path, label in zip(s.paths, s.labels.tolist()):
+    for path, label in zip(s.paths, s.labels.tolist(), strict=True):
         assert s.classes[label] == path.split("/")[0], (path, label)
     # class order, then sorted within a class folder
     assert s.paths[:2] == ("cat/c1.JPEG", "cat/c2.png")

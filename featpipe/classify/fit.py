@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -117,24 +116,16 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
 
 
 def available_memory() -> int:
-    """Bytes this process can still allocate: MemAvailable, capped by a cgroup (container) limit; 0 if unknown."""
-    free = 0
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-    except OSError:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            free = 0
+    """Bytes this process can still allocate: the system's available memory, capped by a cgroup
+    (container) limit."""
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
     try:  # cgroup v2: "max", or a limit in bytes
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":
             used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            room = max(0, int(limit) - used)
-            free = min(free, room) if free else room
+            free = min(free, max(0, int(limit) - used))
     except (OSError, ValueError):
         pass
     return free

@@ -69,7 +69,7 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
         lrs, losses = [], []
         avg, best, stopped = 0.0, math.inf, False
         net.train()
-        for i, (xb, yb) in zip(range(steps), endless()):
+        for i, (xb, yb) in zip(range(steps), endless(), strict=False):
             lr = start * (end / start) ** (i / (steps - 1))
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import UsageError
 from .rows import Rows, predict_proba_rows
 

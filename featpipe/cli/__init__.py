@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 

@@ -35,13 +35,13 @@ def describe(path: Path, errors: bool = False) -> str:
         lines.append(f"layer     {name}: {fs.dim(name)}-d (pool {a.get('pool')}{node})")
     if fs.classes:
         counts = np.bincount(fs.y[fs.y >= 0], minlength=len(fs.classes))
-        shown = ", ".join(f"{c} ({k})" for c, k in zip(fs.classes[:10], counts[:10]))
+        shown = ", ".join(f"{c} ({k})" for c, k in zip(fs.classes[:10], counts[:10], strict=False))
         more = f", ... {len(fs.classes) - 10} more" if len(fs.classes) > 10 else ""
         lines.append(f"classes   {len(fs.classes)}: {shown}{more}")
     else:
         lines.append("classes   none (unlabelled)")
     if errors:
-        for i, p, r in zip(fs.errors["index"], fs.errors["path"], fs.errors["reason"]):
+        for i, p, r in zip(fs.errors["index"], fs.errors["path"], fs.errors["reason"], strict=True):
             lines.append(f"failed    row {i}: {p}: {r}")
     return "\n".join(lines)
 

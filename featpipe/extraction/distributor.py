@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import UsageError
 from .runner import ExtractorSpec, PartitionResult, PartitionTask, WorkPlan, run_partition
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, slots: int = 2) -> Iterator["distributed.Client"]:  # noqa: F821
+def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.Client]:  # noqa: F821
     """A client of the given scheduler, or of a fresh local in-process cluster with ``slots`` threads."""
     import distributed
 

@@ -16,9 +16,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import timm
@@ -159,7 +159,7 @@ class OutputLock:
         self.path = output.with_name(output.name + ".lock")
         self._fd: int | None = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -457,6 +457,6 @@ def _summary(output: Path, computed: int, resumed: int, seconds: float, timings:
         resumed_partitions=resumed,
         seconds=seconds,
         timings=timings,
-        errors=list(zip(fs.errors["path"], fs.errors["reason"]))[:10],
+        errors=list(zip(fs.errors["path"], fs.errors["reason"], strict=True))[:10],
         already_complete=already_complete,
     )

