@@ -229,7 +229,7 @@ class LinearHead(_HeadBase):
     rows streamed out of a feature file.
     """
 
-    def __init__(self, lr=0.01, optimizer="adam", schedule="constant", weight_decay=1e-4, max_epochs=100,
+    def __init__(self, lr=0.01, optimizer="adam", schedule="constant", weight_decay=1e-3, max_epochs=100,
                  batch_size=256, early_stopping=True, validation_fraction=0.1, patience=10,
                  step_epochs=(30, 60), cycle_epochs=10, random_state=0, device="auto"):
         self.lr = lr
