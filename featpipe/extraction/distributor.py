@@ -13,10 +13,23 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 
+import dask
+
 from ..errors import UsageError
 from .runner import ExtractorSpec, PartitionResult, PartitionTask, WorkPlan, run_partition
 
 log = logging.getLogger(__name__)
+
+# The local cluster is only a task queue for this machine's own cores. Its
+# statistical profiler (every thread's stack sampled every 10 ms, under the GIL)
+# and its event-loop tick monitor (every 20 ms) took 5% of the throughput of a
+# 2-core machine (measured: 50.7 -> 53.4 images/s with decoding stubbed out).
+# A cluster of the user's (--scheduler) keeps its own settings.
+QUIET_LOCAL_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 
 @contextlib.contextmanager
@@ -35,13 +48,18 @@ def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.C
         with client:
             yield client
         return
-    with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=slots,
-        processes=False,
-        dashboard_address=":0",  # never collide with a dashboard already on 8787
-        silence_logs=logging.ERROR,
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with contextlib.ExitStack() as stack:
+        with dask.config.set(QUIET_LOCAL_CLUSTER):  # read when the servers are built
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=1,
+                threads_per_worker=slots,
+                processes=False,
+                # No dashboard (the progress bar reports); its HTTP server on any free port, never 8787.
+                dashboard_address=":0",
+                scheduler_kwargs={"dashboard": False},
+                silence_logs=logging.ERROR,
+            ))
+            client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
         yield client
 
 
