@@ -63,16 +63,6 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
-def labelled_rows(fs: FeatureSet, layer: str, role: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Valid, labelled rows of ``layer`` in memory as (X, y), and how many rows were skipped.
-
-    Raises:
-        UsageError: no labels, or NaN or infinite features.
-    """
-    rows, skipped = labelled_file_rows(fs, layer, role)
-    return rows.read(), rows.labels, skipped
-
-
 def _labelled(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, FileRows | None, int]:
     """The training file's labelled rows, the --test file's (or None), and how many rows were skipped."""
     rows, skipped = labelled_file_rows(fs, layer, "training")
