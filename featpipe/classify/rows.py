@@ -81,8 +81,7 @@ class ArrayRows(Rows):
         return ArrayRows(self.X, self.labels[positions], self._index()[positions])
 
     def map(self, transform: Callable[[np.ndarray], np.ndarray]) -> ArrayRows:
-        x, _ = next(self.blocks())
-        return ArrayRows(np.asarray(transform(x), dtype=np.float32), self.labels)
+        return ArrayRows(np.asarray(transform(self.read()), dtype=np.float32), self.labels)
 
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Block]:
         perm = torch.randperm(len(self), generator=gen).numpy()
