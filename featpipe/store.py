@@ -1,7 +1,7 @@
 """The feature file (format version 1): write helpers and the FeatureSet reader.
 
 One HDF5 file per extraction; row i is sample i in every dataset, always. See
-DESIGN.md for the layout. The reader opens the file for each read and closes
+docs/feature-file.md for the layout. The reader opens the file for each read and closes
 it again, so a notebook never holds a handle that blocks a later run.
 """
 from __future__ import annotations

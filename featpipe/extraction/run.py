@@ -2,7 +2,7 @@
 
 Plans partitions, takes the output's lock, resumes what a previous run of the
 same configuration finished, dispatches the rest to Dask, writes each result as
-a shard, and merges the shards into the final file. See DESIGN.md, "Crash safety".
+a shard, and merges the shards into the final file. See ARCHITECTURE.md, "Crash safety".
 """
 from __future__ import annotations
 
