@@ -10,7 +10,7 @@ help:
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make lint      ruff (settings in pyproject.toml)"
-	@echo "make bench     extraction speed and memory against the hand-written baseline"
+	@echo "make bench     extraction and fit speed against the hand-written baseline and plain scikit-learn"
 
 # pip leaves satisfied requirements alone, so a second install costs seconds,
 # not a new 5 GB torch. torch is pinned only where it is installed the first time.
@@ -39,6 +39,11 @@ test-all: install
 lint: install
 	$(PYTHON) -m ruff check .
 
+# Everything the benchmarks need is in bench/ (images, baseline); images are cached in
+# $TMPDIR/featpipe-bench. A short check: make bench EXTRACT_BENCH='--n 64 --rounds 1 --no-memory'
+# FIT_BENCH='--n 5000 --dim 256 --classes 10 --overhead-n 2000'
+EXTRACT_BENCH ?=
+FIT_BENCH ?=
 bench: install
-	$(PYTHON) bench/extract_speed.py
-	$(PYTHON) bench/fit_speed.py
+	$(PYTHON) bench/extract_speed.py $(EXTRACT_BENCH)
+	$(PYTHON) bench/fit_speed.py $(FIT_BENCH)

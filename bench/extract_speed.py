@@ -4,8 +4,8 @@
 Prints three ratios (these machines are shared and noisy; only ratios measured
 side by side mean anything):
 
-1. featpipe images/s / baseline images/s (../shared/bench/baseline_extract.py:
-   the hand-written ImageFolder + DataLoader + h5py loop), same model and batch size;
+1. featpipe images/s / baseline images/s (bench/baseline_extract.py: the
+   hand-written ImageFolder + DataLoader + h5py loop), same model and batch size;
 2. featpipe images/s / pure forward images/s of the same network with the same
    settings (precision, memory format, threads, fused graph) on pre-decoded tensors;
 3. peak memory (RSS) extracting 10x the images / peak memory for 1x.
@@ -13,11 +13,12 @@ side by side mean anything):
     python bench/extract_speed.py [--n 1000] [--model resnet18] [--rounds 2] [--no-memory]
 
 Each measurement runs in its own process. Images are made once by
-../shared/bench/make_images.py and cached in --workdir.
+bench/make_images.py and cached in --workdir (made again when that script changes).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -29,17 +30,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("FEATPIPE_SHARED", HERE.parent.parent / "shared")) / "bench"
 
 
 def images(workdir: Path, n: int) -> Path:
+    """``n`` images from bench/make_images.py, made once; the stamp names the generator's
+    digest, so images cached by an earlier version of the generator are made again."""
     folder = workdir / f"images_{n}"
-    if not (folder / ".complete").exists():
+    stamp = folder / ".complete"
+    generator = HERE / "make_images.py"
+    digest = hashlib.sha256(generator.read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"making {n} images in {folder} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(SHARED / "make_images.py"), str(folder), "--n", str(n),
+        subprocess.run([sys.executable, str(generator), str(folder), "--n", str(n),
                         "--classes", "10", "--seed", "0"], check=True)
-        (folder / ".complete").touch()
+        stamp.write_text(digest)
     return folder
 
 
@@ -52,7 +57,7 @@ def child(*args: str) -> dict:
 
 def baseline(folder: Path, workdir: Path, model: str, batch_size: int) -> float:
     out = subprocess.run(
-        [sys.executable, str(SHARED / "baseline_extract.py"), str(folder), str(workdir / "baseline.h5"),
+        [sys.executable, str(HERE / "baseline_extract.py"), str(folder), str(workdir / "baseline.h5"),
          "--model", model, "--batch-size", str(batch_size), "--workers", "2", "--device", "cpu"],
         capture_output=True, text=True, check=True,
     )
