@@ -50,14 +50,18 @@ def _setup(
     )
     if not verbose:
         # Dask's start-up chatter is noise on a command line. Its loggers are
-        # configured when distributed is imported, from this setting.
+        # configured when distributed is imported (on first use), from dask's
+        # configuration, which dask reads from the environment when it is imported.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        if "dask" in sys.modules:  # imported already, so it read its environment before this line
+            sys.modules["dask"].config.set({"logging.distributed": "error"})
 
 
 # Registers the commands, in the order --help lists them: the flow.
 from . import extract as _extract  # noqa: E402,F401,I001
 from . import info as _info  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
+from . import guide as _guide  # noqa: E402,F401
 from . import classify as _classify  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
 

@@ -80,8 +80,11 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
         console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
 
 
-def with_progress(job, quiet: bool):
-    """Run ``job(progress)`` with a progress bar on stderr (images/s, ETA), or none when ``quiet``."""
+def with_progress(job, quiet: bool, description: str = "extract"):
+    """Run ``job(progress)`` with a progress bar on stderr (images/s, ETA), or none when ``quiet``.
+
+    ``progress(done, total, description=None)``: a new description starts a new count (another model, say).
+    """
     if quiet:
         return job(None)
     columns = (
@@ -95,9 +98,15 @@ def with_progress(job, quiet: bool):
     )
     # Started on the first report, so errors found while setting up print alone.
     bar = Progress(*columns, console=Console(stderr=True))
-    task = bar.add_task("extract", total=None, rate="")
+    task = bar.add_task(description, total=None, rate="")
 
-    def on_progress(done: int, total: int) -> None:
+    def on_progress(done: int, total: int, description: str | None = None) -> None:
+        nonlocal task
+        if description is not None and description != bar.tasks[task].description:
+            if bar.tasks[task].total is None:  # nothing counted yet: rename it
+                bar.update(task, description=description)
+            else:
+                task = bar.add_task(description, total=total, rate="")
         if not bar.live.is_started:
             bar.start()
         bar.update(task, completed=done, total=total)

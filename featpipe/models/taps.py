@@ -3,7 +3,9 @@
 ``pooled`` goes through each library's public contract (timm's
 ``forward_head(pre_logits=True)``; for torchvision the input of the final
 classifier), ``fc7`` is AlexNet's and VGG's second fully connected layer after
-its ReLU, ``logits`` is the classifier output, and any other name is a module
+its ReLU, ``logits`` is the classifier output, ``pixels`` is the network's input
+crop itself downscaled to 32x32 (a raw-pixel baseline: what a classifier gets
+without the network), and any other name is a module
 of the network whose output is reduced to a vector by global average or max
 pooling. Hooks copy what they capture, so in-place operations later in the
 network cannot change it.
@@ -21,8 +23,10 @@ from ..errors import UsageError
 from .registry import ModelSpec
 from .weights import classifier_name
 
-BUILTIN_LAYERS = ("pooled", "fc7", "logits")
+BUILTIN_LAYERS = ("pooled", "fc7", "logits", "pixels")
 POOLS = ("avg", "max")
+# The raw-pixel baseline: the preprocessed crop, area-averaged to this size (3 x 32 x 32 = 3072 values).
+PIXELS_HW = (32, 32)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def resolve_layers(
     modules = dict(model.named_modules())
     layers = []
     for name in names:
-        if name == "pooled" or name == "logits":
+        if name in ("pooled", "logits", "pixels"):
             layers.append(Layer(name, "", "none"))
         elif name == "fc7":
             node = _fc7_node(model, spec)
@@ -115,6 +119,7 @@ class TappedModel(nn.Module):
             head and layer.node and (layer.node == head or layer.node.startswith(head + "."))
             for layer in self.layers
         )
+        self._want_pixels = "pixels" in names
         for layer in self.layers:
             if layer.node and not (spec.source == "timm" and layer.name == "fc7"):
                 self._hook_output(layer.node, layer.name, layer.pool)
@@ -151,6 +156,10 @@ class TappedModel(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         captured = self._local.captured = {}
+        if self._want_pixels:
+            # Normalised pixels: a per-channel affine map of the 8-bit ones, which a
+            # standardised linear classifier cannot tell apart from them.
+            captured["pixels"] = nn.functional.adaptive_avg_pool2d(x.float(), PIXELS_HW).flatten(1)
         if self.spec.source == "timm":
             pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
             captured["pooled"] = pooled
@@ -189,7 +198,7 @@ def layer_table(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int]) ->
         for name, module in model.named_modules()
         if name
     ]
-    names = ["pooled", "logits"] + (["fc7"] if _fc7_node(model, spec) else [])
+    names = ["pooled", "logits", "pixels"] + (["fc7"] if _fc7_node(model, spec) else [])
     tapped = TappedModel(model, spec, resolve_layers(model, spec, names))
     device = next(model.parameters()).device
     try:
@@ -199,7 +208,7 @@ def layer_table(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int]) ->
         tapped.remove_hooks()
         for h in handles:
             h.remove()
-    rows = [(n, tuple(out[n].shape), int(out[n].shape[-1])) for n in ("pooled", "fc7", "logits") if n in out]
+    rows = [(n, tuple(out[n].shape), int(out[n].shape[-1])) for n in ("pooled", "fc7", "logits", "pixels") if n in out]
     for name, shape in shapes.items():
         dim = shape[1] if len(shape) == 4 else shape[-1]
         rows.append((name, shape, int(dim)))

