@@ -7,8 +7,14 @@
 2. The `linear` PyTorch head / logistic regression (lbfgs) on N x D synthetic
    features with C classes: time to reach logreg's test accuracy (target: >= 3x
    faster, accuracy within 0.5 points).
+3. The same head with its defaults (what `fit --classifier linear` trains) against
+   `--classifier logreg` on real data: the digits demo's EfficientNet-Lite0 features
+   (out/digits.h5, from `make demo`) and scikit-learn's breast-cancer measurements;
+   5-fold CV accuracy of each, and how often they predict the same class
+   (target: within 0.5 points, the same regularisation).
+4. The head streamed from the file against the same head from memory.
 
-    python bench/fit_speed.py [--n 100000] [--dim 2048] [--classes 100]
+    python bench/fit_speed.py [--n 100000] [--dim 2048] [--classes 100] [--only real]
 """
 from __future__ import annotations
 
@@ -120,13 +126,47 @@ def bench_linear_head(n: int, dim: int, classes: int) -> None:
     t0 = time.perf_counter()
     # A linear probe on 100k rows needs only a pass or two of Adam; the rate is what
     # `featpipe lr-find` suggests on such features (chosen by a short sweep, see the closing note).
-    head = LinearHead(lr=1e-3, batch_size=512, max_epochs=2, early_stopping=False, weight_decay=1e-4).fit(X_tr, y_tr)
+    head = LinearHead(lr=1e-3, batch_size=512, max_epochs=2, schedule="constant", weight_decay=1e-4).fit(X_tr, y_tr)
     t_head = time.perf_counter() - t0
     acc_head = head.score(X_te, y_te)
     print(f"{n} x {dim}, {classes} classes: logreg (lbfgs) {acc_logreg:.4f} in {t_logreg:.1f} s "
           f"({logreg.n_iter_[0]} iterations); linear head {acc_head:.4f} in {t_head:.1f} s ({head.n_epochs_} epochs)")
     print(f"linear head speed-up {t_logreg / t_head:.2f}x (target >= 3x), accuracy difference "
           f"{100 * (acc_head - acc_logreg):+.2f} points (target within 0.5)")
+
+
+def bench_linear_matches_logreg(demo: Path) -> None:
+    """featpipe's two softmax regressions, default settings, on real features: 5-fold CV accuracy."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import StratifiedKFold
+
+    from featpipe.classify import make_classifier
+    from featpipe.store import load
+
+    sets = {}
+    if demo.exists():
+        fs = load(demo)
+        sets[f"digits demo ({demo.name}, EfficientNet-Lite0 pooled)"] = (fs.X("pooled")[fs.valid], fs.y[fs.valid])
+    else:
+        print(f"{demo} is missing: run `make demo` for the digits comparison")
+    sets["breast cancer (scikit-learn, 30 measurements)"] = load_breast_cancer(return_X_y=True)
+    for title, (X, y) in sets.items():
+        X = np.asarray(X, dtype=np.float32)
+        acc, seconds, agree = {"logreg": [], "linear": []}, {"logreg": 0.0, "linear": 0.0}, []
+        for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y):
+            pred = {}
+            for name in acc:
+                t0 = time.perf_counter()
+                model = make_classifier(name).fit(X[tr], y[tr])
+                seconds[name] += time.perf_counter() - t0
+                pred[name] = model.predict(X[te])
+                acc[name].append(float((pred[name] == y[te]).mean()))
+            agree.append(float((pred["logreg"] == pred["linear"]).mean()))
+        diff = 100 * (np.mean(acc["linear"]) - np.mean(acc["logreg"]))
+        print(f"{title}, {X.shape[0]} x {X.shape[1]}, {len(np.unique(y))} classes, 5-fold CV: logreg "
+              f"{np.mean(acc['logreg']):.4f} ({seconds['logreg']:.1f} s), linear head {np.mean(acc['linear']):.4f} "
+              f"({seconds['linear']:.1f} s): {diff:+.2f} points (target within 0.5), same prediction on "
+              f"{np.mean(agree):.1%} of rows")
 
 
 def bench_streamed_head(n: int, dim: int, classes: int) -> None:
@@ -139,7 +179,7 @@ def bench_streamed_head(n: int, dim: int, classes: int) -> None:
     X, y = synthetic(n, dim, classes, seed=2)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
     del X
-    params = {"lr": 1e-3, "batch_size": 512, "max_epochs": 2, "early_stopping": False}
+    params = {"lr": 1e-3, "batch_size": 512, "max_epochs": 2, "schedule": "constant"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.h5"
         feature_file(path, X_tr, y_tr)
@@ -161,10 +201,17 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--overhead-n", type=int, default=20_000)
+    ap.add_argument("--demo", type=Path, default=Path(__file__).resolve().parents[1] / "out" / "digits.h5")
+    ap.add_argument("--only", choices=["overhead", "synthetic", "real", "stream"], default=None)
     args = ap.parse_args()
-    bench_overhead(args.overhead_n, 512, 10)
-    bench_linear_head(args.n, args.dim, args.classes)
-    bench_streamed_head(args.n, args.dim, args.classes)
+    if args.only in (None, "overhead"):
+        bench_overhead(args.overhead_n, 512, 10)
+    if args.only in (None, "synthetic"):
+        bench_linear_head(args.n, args.dim, args.classes)
+    if args.only in (None, "real"):
+        bench_linear_matches_logreg(args.demo)
+    if args.only in (None, "stream"):
+        bench_streamed_head(args.n, args.dim, args.classes)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import tomllib
 
 from .classify import FitConfig, FitResult, fit, load_model
+from .classify.fit import HeadSettings
 from .errors import FeatpipeError, UsageError
 from .extraction import ExtractConfig, ExtractSummary, extract
 from .store import load
@@ -41,8 +42,12 @@ _EXTRACT_KEYS = {
 _FIT_KEYS = {
     "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
     "test": (str, True), "seed": (int, False), "keep_all": (bool, False), "report": (str, True),
-    "cv": (int, False), "search": (int, False), "stream": (bool, False),
+    "cv": (int, False), "search": (int, False), "stream": (bool, False), "validation_size": (float, False),
+    # the PyTorch heads' training, as `fit --lr --optimizer --schedule --epochs --batch-size --weight-decay`
+    "lr": (float, False), "optimizer": (str, False), "schedule": (str, False), "epochs": (int, False),
+    "batch_size": (int, False), "weight_decay": (float, False),
 }
+_HEAD_KEYS = ("lr", "optimizer", "schedule", "epochs", "batch_size", "weight_decay")
 _REQUIRED = {"extract": ("input", "output", "model"), "fit": ("output",)}
 
 
@@ -120,7 +125,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         ft = _section(doc, text, where, "fit", _FIT_KEYS)
         if "classifiers" in ft:
             ft["classifiers"] = tuple(ft["classifiers"])
-        fit_config = FitConfig(features=extract_config.output, **ft)
+        head = HeadSettings(**{k: ft.pop(k) for k in _HEAD_KEYS if k in ft})
+        try:
+            head.check()
+        except UsageError as exc:  # the option's name as the pipeline spells it, with its line
+            key = next(k for k in _HEAD_KEYS if f"--{k.replace('_', '-')}" in str(exc))
+            message = str(exc).replace(f"--{key.replace('_', '-')}", f"fit.{key}")
+            raise UsageError(f"{where}:{_line_of(text, 'fit', key)}: {message}") from None
+        fit_config = FitConfig(features=extract_config.output, **ft, head=head)
     return Pipeline(where, extract_config, fit_config)
 
 

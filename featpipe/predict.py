@@ -26,12 +26,13 @@ FEATURE_SUFFIXES = (".h5", ".hdf5")
 
 @dataclass
 class Predictions:
-    """Class probabilities per sample; NaN rows where the image was not valid."""
+    """Class probabilities per sample; NaN rows where the image was not valid, with the reason."""
 
     paths: list[str]
     valid: np.ndarray
     proba: np.ndarray  # (N, C)
     class_names: list[str]
+    reasons: list[str] | None = None  # why each invalid image could not be used ("" for valid rows)
 
     def predicted(self) -> list[str]:
         return [self.class_names[int(i)] if v else "" for i, v in zip(np.nan_to_num(self.proba).argmax(1), self.valid, strict=True)]
@@ -39,14 +40,14 @@ class Predictions:
     def write_csv(self, out: TextIO, top_k: int = 3) -> None:
         k = max(1, min(top_k, self.proba.shape[1]))
         w = csv.writer(out)
-        w.writerow(["path", "predicted", "probability", "top_k"])
+        w.writerow(["path", "predicted", "probability", "top_k", "error"])
         for i, path in enumerate(self.paths):
             if not self.valid[i]:
-                w.writerow([path, "", "", "invalid image"])
+                w.writerow([path, "", "", "", (self.reasons[i] if self.reasons else "") or "invalid image"])
                 continue
             order = np.argsort(-self.proba[i])[:k]
             w.writerow([path, self.class_names[order[0]], f"{self.proba[i, order[0]]:.4f}",
-                        " ".join(f"{self.class_names[j]}:{self.proba[i, j]:.4f}" for j in order)])
+                        " ".join(f"{self.class_names[j]}:{self.proba[i, j]:.4f}" for j in order), ""])
 
 
 def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "auto", batch_size: int = 32,
@@ -91,4 +92,8 @@ def _predict_features(mf, path: Path) -> Predictions:
     classes = mf.pipeline.classes_
     proba = np.full((len(fs), len(classes)), np.nan)
     proba[valid] = predict_proba_rows(mf.pipeline, rows)[0]
-    return Predictions(fs.paths, fs.valid.copy(), proba, [mf.classes[int(c)] for c in classes])
+    reasons = [""] * len(fs)
+    for i, reason in zip(fs.errors["index"], fs.errors["reason"], strict=True):
+        reasons[int(i)] = reason
+    # The model's columns are its own labels: indices into the class names it was trained with.
+    return Predictions(fs.paths, fs.valid.copy(), proba, [mf.classes[int(c)] for c in classes], reasons)

@@ -36,12 +36,14 @@ def test_fit_compares_and_saves_the_best(features, tmp_path):
     result = fit(FitConfig(features, out, ("logreg", "nb", "knn", "linear"), test_size=0.33, keep_all=True,
                            report=tmp_path / "report"))
     assert result.n_train + result.n_test == 36 and result.skipped_invalid == 1
-    score = {r.classifier: (r.metrics["accuracy"], -r.metrics["log_loss"]) for r in result.rows}
-    assert result.best == max(score, key=score.get) and score[result.best][0] > 0.8  # ties: lower log loss
+    assert 0 < result.n_validation < result.n_train
+    score = {r.classifier: r.validation["accuracy"] for r in result.rows}  # chosen on validation rows
+    assert score[result.best] == max(score.values()) and result.rows[0].metrics["accuracy"] > 0.8
     assert out.exists() and all(r.path and r.path.exists() for r in result.rows)
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(report) == {"logreg", "nb", "knn", "linear"}
     assert set(report["logreg"]["per_class"]) == {"class_0", "class_1", "class_2"}
+    assert report["logreg"]["validation"]["n"] == result.n_validation and report["logreg"]["test"]["n"] == result.n_test
     assert (tmp_path / "report" / "confusion_logreg.png").stat().st_size > 1000
     assert (tmp_path / "report" / "curves_linear.png").stat().st_size > 1000
     mf = load_model(out)
@@ -128,16 +130,16 @@ def test_cli_fit_evaluate_predict(features, tmp_path):
     model = tmp_path / "m.skops"
     r = runner.invoke(app, ["fit", str(features), "-o", str(model), "--classifier", "logreg,nb", "--test-size", "0.3"])
     assert r.exit_code == 0, r.output
-    assert "<- best, saved" in r.stdout and "1 invalid or unlabelled rows skipped" in r.stdout
+    assert "<- chosen, saved" in r.stdout and "1 invalid or unlabelled rows skipped" in r.stdout
     r = runner.invoke(app, ["evaluate", str(model), str(features)])
     assert r.exit_code == 0 and "accuracy" in r.stdout and "class_2" in r.stdout
     pred = tmp_path / "p.csv"
     r = runner.invoke(app, ["predict", str(model), str(features), "-o", str(pred), "--top-k", "2"])
     assert r.exit_code == 0
     rows = pred.read_text().splitlines()
-    assert rows[0] == "path,predicted,probability,top_k" and len(rows) == 38
+    assert rows[0] == "path,predicted,probability,top_k,error" and len(rows) == 38
     broken = [row for row in rows if row.startswith("class_2/broken.jpg")]
-    assert broken == ["class_2/broken.jpg,,,invalid image"]
+    assert len(broken) == 1 and broken[0].startswith("class_2/broken.jpg,,,,") and "empty" in broken[0]
     good = rows[1].split(",")
     assert good[1] in {"class_0", "class_1", "class_2"} and len(good[3].split()) == 2
 
@@ -163,7 +165,7 @@ def test_schedules_and_seeding(schedule):
 
 def test_early_stopping_stops():
     X, y = make_classification(n_samples=400, n_features=50, n_informative=2, random_state=0)
-    head = LinearHead(max_epochs=500, patience=5, lr=0.05).fit(X, y)
+    head = LinearHead(max_epochs=500, patience=5, lr=0.05, early_stopping=True).fit(X, y)
     assert head.n_epochs_ < 500 and len(head.history_["val_loss"]) == head.n_epochs_
 
 
@@ -220,7 +222,7 @@ def test_predict_on_images_extracts_with_the_recorded_extractor(features, tmp_pa
     np.testing.assert_allclose(from_images.proba, from_features.proba)
     assert featpipe.load(kept).meta["model"] == "timm:test_resnet"
     r = CliRunner().invoke(app, ["predict", str(model), str(new), "--top-k", "1"])
-    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,predicted,probability,top_k"
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "path,predicted,probability,top_k,error"
     assert len(r.stdout.splitlines()) == 7
 
 
@@ -236,7 +238,8 @@ def test_lr_find_rises_exponentially_and_suggests_a_rate(tmp_path):
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # exponential
     assert f.lrs[0] == pytest.approx(1e-8)
     assert min(f.losses) < 0.8 * f.losses[0]  # it learned somewhere in the range
-    assert 1e-5 < f.suggestion < 1 and 1e-6 < f.steepest <= f.lrs[int(np.argmin(f.losses))]
+    assert f.lowest == f.lrs[int(np.argmin(f.losses))] and f.suggestion == pytest.approx(f.lowest / 10)
+    assert 1e-5 < f.suggestion < 1
     with pytest.raises(UsageError, match="linear or mlp"):
         lr_find(rows, head="rf")
 
@@ -284,7 +287,9 @@ def test_metrics_equal_scikit_learns(dtype):
     with pytest.warns(UserWarning):  # scikit-learn warns about the class predicted but absent
         assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
     assert m["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=labels), rel=1e-6)
-    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    # Over the classes that occur or are predicted (scikit-learn's default): class 5 has neither.
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert m["no_rows"] == ["f"]
     p, r, _, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     assert [v["precision"] for v in m["per_class"].values()] == pytest.approx(p)
     assert [v["recall"] for v in m["per_class"].values()] == pytest.approx(r)

@@ -1,25 +1,68 @@
-"""Fit: train one or several classifiers on a feature file, compare them, save the best."""
+"""Fit: train one or several classifiers on a feature file, choose one honestly, save it.
+
+The test rows are touched once, to report. Classifiers are compared on a
+validation split of the training rows (or by cross-validation within them,
+with --cv or --search); the winner is chosen by a stated rule, refitted on all
+training rows, and only then evaluated on the test rows.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from ..errors import UsageError
+from ..errors import FeatpipeError, UsageError
 from ..store import FeatureSet, load
 from . import modelfile
-from .estimators import STREAMING, make_classifier
+from .classes import rows_for_model
+from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
+from .heads import OPTIMIZERS, SCHEDULES
 from .metrics import evaluate_rows, plot_confusion
 from .rows import FileRows, Rows, labelled_file_rows
-from .search import check_folds, cross_validate, random_search
+from .search import SearchProgress, check_folds, cross_validate, random_search
 
 log = logging.getLogger(__name__)
+
+# Two classifiers whose selection accuracies differ by less than this are tied; the simpler one wins.
+TIE = 0.005
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """Training settings of the PyTorch heads (`linear`, `mlp`); None keeps each head's default."""
+
+    lr: float | None = None
+    optimizer: str | None = None  # sgd, momentum, nesterov, rmsprop, adam
+    schedule: str | None = None  # constant, step, cyclic, sgdr
+    epochs: int | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+
+    def params(self) -> dict:
+        """The set values, as head parameters."""
+        names = {"epochs": "max_epochs"}
+        return {names.get(k, k): v for k, v in vars(self).items() if v is not None}
+
+    def check(self) -> None:
+        """Raises UsageError naming the option, its allowed values and the value given."""
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("lr", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be greater than 0, got {value}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -27,7 +70,7 @@ class FitConfig:
     """Settings of `featpipe fit`."""
 
     features: Path
-    output: Path
+    output: Path | None
     classifiers: tuple[str, ...] = ("logreg",)
     layer: str | None = None
     test_size: float = 0.2
@@ -35,21 +78,32 @@ class FitConfig:
     seed: int = 0
     keep_all: bool = False
     report: Path | None = None
-    cv: int | None = None  # stratified K-fold CV accuracy on the training rows
+    cv: int | None = None  # compare by stratified K-fold CV accuracy on the training rows
     search: int | None = None  # random-search trials (with --cv folds, default 5), best refitted on all training rows
-    # The PyTorch heads read mini-batches from the file (memory bounded by the
-    # batch size). None: only when the features would not fit in memory.
+    # The PyTorch heads read mini-batches from the file (memory bounded by the batch size). None:
+    # only when the features would not fit in memory.
     stream: bool | None = None
+    validation_size: float = 0.2  # without --cv: fraction of the training rows the classifiers are compared on
+    head: HeadSettings = HeadSettings()
 
 
 @dataclass
 class FitRow:
     classifier: str
-    metrics: dict
+    metrics: dict | None  # on the test rows; None for a classifier that was compared but not refitted
     fit_seconds: float
     path: Path | None = None
-    cv: tuple[float, float] | None = None  # mean, std
+    cv: tuple[float, float] | None = None  # mean, std of CV accuracy on the training rows
     tried: list[dict] | None = None  # random-search trials, best first
+    validation: dict | None = None  # metrics on the validation rows (no --cv)
+    reason: str | None = None  # why this classifier was skipped
+
+    @property
+    def score(self) -> float | None:
+        """What the classifiers are compared on: CV accuracy, else validation accuracy."""
+        if self.cv is not None:
+            return self.cv[0]
+        return self.validation["accuracy"] if self.validation is not None else None
 
 
 @dataclass
@@ -61,21 +115,30 @@ class FitResult:
     skipped_invalid: int
     output: Path
     extra: dict = field(default_factory=dict)
+    rule: str = ""  # how the best was chosen
+    n_validation: int = 0  # training rows held out for the comparison (0 with --cv, or one classifier)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _no_rows(fs: FeatureSet, skipped: int, role: str) -> UsageError:
+    return UsageError(f"{fs.path.name} has no valid, labelled rows for {role} ({skipped} of {len(fs)} rows are "
+                      f"invalid or unlabelled); see `featpipe info {fs.path} --errors`")
 
 
 def _labelled(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, FileRows | None, int]:
-    """The training file's labelled rows, the --test file's (or None), and how many rows were skipped."""
+    """The training file's labelled rows, the --test file's (labels renumbered by class name into the
+    training file's classes) or None, and how many rows were skipped."""
     rows, skipped = labelled_file_rows(fs, layer, "training")
+    if not len(rows):
+        raise _no_rows(fs, skipped, "training")
     y = rows.labels
     if len(np.unique(y)) < 2:
         raise UsageError(f"{fs.path.name} has one class only ({fs.classes[int(y[0])]!r}); a classifier needs two or more")
     if config.test is None:
         return rows, None, skipped
     test_fs = load(config.test)
-    if test_fs.classes != fs.classes:
-        raise UsageError(f"{test_fs.path.name} has classes {test_fs.classes[:5]}..., not those of {fs.path.name}")
     modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
-    test, skipped_te = labelled_file_rows(test_fs, layer, "test")
+    test, skipped_te = rows_for_model(test_fs, layer, fs.classes, "test", f"the training file {fs.path.name}")
     unseen = sorted(set(test.labels.tolist()) - set(y.tolist()))
     if unseen:
         raise UsageError(
@@ -103,6 +166,47 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
     train, test = train_test_split(np.arange(len(rows)), test_size=config.test_size, stratify=y,
                                    random_state=config.seed)
     return rows.subset(train), rows.subset(test)
+
+
+def validation_split(rows: Rows, size: float, seed: int) -> tuple[Rows, Rows]:
+    """(rows to fit on, rows to compare on): ``size`` of every class held out, at least one row of each
+    class that has two or more, none of a class with a single row (it stays in the fitting part)."""
+    if not 0 < size < 1:
+        raise UsageError(f"--validation-size must be between 0 and 1, got {size}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(rows.labels):
+        idx = rng.permutation(np.flatnonzero(rows.labels == c))
+        held.extend(idx[: min(max(int(round(size * len(idx))), 1), len(idx) - 1)])
+    held = np.sort(np.asarray(held, dtype=np.int64))
+    keep = np.setdiff1d(np.arange(len(rows)), held)
+    return rows.subset(keep), rows.subset(held)
+
+
+def _smallest_class(y: np.ndarray, folds: int | None) -> int:
+    """Rows of the smallest class in every set a classifier is fitted on (a CV fold's training part, when folds)."""
+    n = int(np.bincount(y)[np.unique(y)].min())
+    return n - math.ceil(n / folds) if folds else n
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if isinstance(exc, CannotFit) else f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def choose(rows: list[FitRow], by: str) -> tuple[str, str]:
+    """The classifier to keep, and the rule that chose it, in words.
+
+    Rule: the highest ``by`` accuracy; classifiers within TIE of it are tied,
+    and the simplest of them (SIMPLICITY order) wins.
+    """
+    scores = {r.classifier: r.score for r in rows if r.reason is None and r.score is not None}
+    top = max(scores.values())
+    tied = [name for name, score in scores.items() if score >= top - TIE]
+    best = min(tied, key=lambda n: SIMPLICITY.index(n) if n in SIMPLICITY else len(SIMPLICITY))
+    rule = (f"highest {by} accuracy; within {100 * TIE:.1f} points counts as a tie, won by the simpler model "
+            f"({' < '.join(n for n in SIMPLICITY)})")
+    return best, rule
 
 
 def available_memory() -> int:
@@ -159,20 +263,61 @@ def fit_streaming(pipeline: Pipeline, rows: FileRows) -> Pipeline:
 def _with_paths(config: FitConfig) -> FitConfig:
     """Strings are fine from a notebook: make every path a Path."""
     as_path = {k: Path(v) for k in ("features", "output", "test", "report") if (v := getattr(config, k)) is not None}
+    if isinstance(config.head, dict):  # a notebook may give the heads' settings as a dict
+        as_path["head"] = HeadSettings(**config.head)
     return replace(config, **as_path)
 
 
-def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
-    """Fit every classifier of ``config`` on the training rows, evaluate on the test rows, save the best.
+def _head_params(config: FitConfig) -> dict:
+    """The heads' settings from ``config.head``, checked; refused when no head is fitted."""
+    config.head.check()
+    params = config.head.params()
+    if params and not any(name in STREAMING for name in config.classifiers):
+        raise UsageError(f"{', '.join(params)} set the training of the linear and mlp heads, and --classifier "
+                         f"{','.join(config.classifiers)} has neither; add linear or mlp, or drop those options")
+    return params
+
+
+class _Fitter:
+    """Fits one classifier on some rows: streamed from the file or in memory (each set read once)."""
+
+    def __init__(self, stream: bool):
+        self.stream = stream
+        self._read: dict[int, tuple[Rows, np.ndarray]] = {}
+
+    def X(self, rows: Rows) -> np.ndarray:
+        if id(rows) not in self._read:
+            self._read[id(rows)] = (rows, rows.read())  # the rows too: their id stays theirs
+        return self._read[id(rows)][1]
+
+    def __call__(self, name: str, model: Pipeline, rows: Rows) -> Pipeline:
+        if self.stream and name in STREAMING:
+            return fit_streaming(model, rows)
+        return model.fit(self.X(rows), rows.labels)
+
+
+def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | None = None) -> FitResult:
+    """Fit the classifiers of ``config`` on the training rows, choose one, refit it, report it on the test rows.
+
+    Selection never sees the test rows: classifiers are compared on a
+    validation split of the training rows (``validation_size``), or by CV
+    within them (``cv``, ``search``); see :func:`choose` for the rule. The
+    winner (and with ``keep_all`` every classifier) is refitted on all training
+    rows and evaluated once on the test rows. A classifier that cannot run on
+    these rows is skipped with its reason. ``progress`` follows a random search.
 
     Raises:
-        UsageError: missing labels, one class, NaN features, a class too small to split, unknown classifier.
+        UsageError: missing labels, no valid rows, one class, NaN features, a class too small to split,
+            unknown classifier, bad head settings, no classifier that could run.
     """
     config = _with_paths(config)
+    if config.output is None:
+        raise UsageError("fit needs --output/-o, the model file to write (only --sanity runs without one)")
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
     for name in config.classifiers:
         make_classifier(name)  # unknown names fail before any training
+    head = _head_params(config)
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
     labelled, test_file, skipped = _labelled(config, fs, layer)
@@ -188,44 +333,77 @@ def fit(config: FitConfig, fingerprint: str = "") -> FitResult:
     if not len(test):
         raise UsageError(f"no valid, labelled test rows in {(config.test or config.features).name}; "
                          "give a labelled --test file with valid images")
-    y_tr = train.labels
+    trained = np.unique(train.labels)
+    missing = [fs.classes[int(c)] for c in trained if not np.any(test.labels == c)]
+    warnings = [f"{len(missing)} class(es) have no test rows: {', '.join(map(repr, missing[:5]))}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + "; their precision and recall are not measured, and the macro averages leave them out"] if missing else []
+    for w in warnings:
+        log.info(w)  # the caller shows FitResult.warnings
+    compare = len(config.classifiers) > 1
+    if folds:
+        fit_rows, val = train, None
+        by = f"{folds}-fold CV"
+    elif compare:
+        fit_rows, val = validation_split(train, config.validation_size, config.seed)
+        by = f"validation ({len(val)} of the {len(train)} training rows)"
+    else:  # one classifier: nothing to choose between, so no rows are held out
+        fit_rows, val, by = train, None, ""
+    smallest = _smallest_class(fit_rows.labels, folds)
+    fitter = _Fitter(stream)
     loaded = [name for name in config.classifiers if name not in STREAMING] if stream else []
-    if not stream or loaded:
-        X_tr = train.read()
-    extractor = modelfile.extractor_config(fs, layer)
     rows: list[FitRow] = []
-    fitted = {}
+    chosen: dict[str, Pipeline] = {}  # unfitted: the settings to refit on all training rows
     for name in config.classifiers:
-        model = make_classifier(name, seed=config.seed)
         t0 = time.perf_counter()
-        cv = tried = None
-        if config.search:
-            model, tried = random_search(name, model, X_tr, y_tr, config.search, folds, config.seed)
-            cv = (tried[0]["cv_accuracy"], tried[0]["cv_std"])
-        elif stream and name in STREAMING:
-            fit_streaming(model, train)
-        else:
-            if folds:
-                cv = cross_validate(model, X_tr, y_tr, folds, config.seed)
-            model.fit(X_tr, y_tr)
-        seconds = time.perf_counter() - t0
-        metrics = evaluate_rows(model, test, fs.classes)
-        rows.append(FitRow(name, metrics, seconds, cv=cv, tried=tried))
-        fitted[name] = model
-        log.info("%s: accuracy %.4f in %.1f s%s", name, metrics["accuracy"], seconds,
-                 " (streamed from the file)" if stream and name in STREAMING else "")
-    best = max(rows, key=lambda r: (r.metrics["accuracy"], -r.metrics["log_loss"])).classifier
+        row = FitRow(name, None, 0.0)
+        try:
+            model = make_classifier(name, seed=config.seed, smallest_class=smallest,
+                                    **(head if name in STREAMING else {}))
+            chosen[name] = model
+            if config.search:
+                chosen[name], row.tried = random_search(
+                    name, model, fitter.X(train), train.labels, config.search, folds, config.seed,
+                    fixed=head if name in STREAMING else None, progress=progress, smallest_class=smallest)
+                row.cv = (row.tried[0]["cv_accuracy"], row.tried[0]["cv_std"])
+            elif folds:
+                row.cv = cross_validate(model, fitter.X(train), train.labels, folds, config.seed)
+            elif val is not None:
+                row.validation = evaluate_rows(fitter(name, clone(model), fit_rows), val, fs.classes)
+        except FeatpipeError as exc:
+            if not isinstance(exc, CannotFit):
+                raise
+            row.reason = _reason(exc)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # this model on these rows
+            row.reason = _reason(exc)
+        row.fit_seconds = time.perf_counter() - t0
+        if row.reason:
+            log.info("%s skipped: %s", name, row.reason)  # the table shows it
+        rows.append(row)
+    if all(r.reason for r in rows):
+        raise UsageError("no classifier could run on these rows: "
+                         + "; ".join(f"{r.classifier}: {r.reason}" for r in rows))
+    best, rule = choose(rows, by) if compare or folds else (rows[0].classifier, "the only classifier")
+    extractor = modelfile.extractor_config(fs, layer)
+    fitted = {}
     for row in rows:
-        if row.classifier == best:
-            row.path = config.output
-        elif config.keep_all:
-            row.path = config.output.with_name(f"{config.output.stem}.{row.classifier}{config.output.suffix}")
-        if row.path is not None:
-            modelfile.save(row.path, fitted[row.classifier], fs.classes, extractor, row.classifier, row.metrics,
-                           fingerprint)
+        if row.reason or not (row.classifier == best or config.keep_all):
+            continue
+        t0 = time.perf_counter()
+        model = fitter(row.classifier, chosen[row.classifier], train)
+        row.fit_seconds += time.perf_counter() - t0
+        row.metrics = evaluate_rows(model, test, fs.classes)  # the one look at the test rows
+        fitted[row.classifier] = model
+        row.path = config.output if row.classifier == best else config.output.with_name(
+            f"{config.output.stem}.{row.classifier}{config.output.suffix}")
+        modelfile.save(row.path, model, fs.classes, extractor, row.classifier, row.metrics, fingerprint)
+        log.info("%s: test accuracy %.4f%s", row.classifier, row.metrics["accuracy"],
+                 " (streamed from the file)" if stream and row.classifier in STREAMING else "")
     if config.report is not None:
         write_report(config.report, rows, fs.classes, fitted)
-    return FitResult(rows, best, len(train), len(test), skipped, config.output, extra={"streamed": stream, "loaded": loaded})
+    return FitResult(rows, best, len(train), len(test), skipped, config.output,
+                     extra={"streamed": stream, "loaded": loaded}, rule=rule,
+                     n_validation=len(val) if val is not None else 0, warnings=warnings)
 
 
 SANITY_SAMPLES = 20
@@ -241,7 +419,12 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     config = _with_paths(config)
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
-    rows, _ = labelled_file_rows(fs, layer, "training")
+    for name in config.classifiers:
+        make_classifier(name)
+    head = _head_params(config)
+    rows, skipped = labelled_file_rows(fs, layer, "training")
+    if not len(rows):
+        raise _no_rows(fs, skipped, "the sanity check")
     y = rows.labels
     rng = np.random.default_rng(config.seed)
     # A few samples of every class, round robin, up to SANITY_SAMPLES.
@@ -254,22 +437,29 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     results = []
     for name in config.classifiers:
         model = make_classifier(name, seed=config.seed)
-        if name in ("linear", "mlp"):  # no held-out rows to stop on: this is about fitting
-            model.set_params(clf__early_stopping=False, clf__max_epochs=200, clf__batch_size=SANITY_SAMPLES)
-        if name == "svm":  # calibrating on 2 samples a class is meaningless; the SVM itself is the question
+        if name in STREAMING:  # no held-out rows to stop on: this is about fitting
+            model.set_params(clf__early_stopping=False, clf__max_epochs=200, clf__batch_size=SANITY_SAMPLES,
+                             **{f"clf__{k}": v for k, v in head.items()})
+        if name in ("svm", "nb"):  # calibrating on 2 samples a class is meaningless; the model itself is the question
             model.set_params(clf=model.named_steps["clf"].estimator)
         results.append((name, float(model.fit(Xs, ys).score(Xs, ys)), len(ys)))
     return results
 
 
 def write_report(folder: Path, rows: list[FitRow], classes: list[str], fitted: dict | None = None) -> None:
-    """metrics.json, a confusion matrix per classifier, and training curves for the PyTorch heads."""
+    """metrics.json (validation or CV, test, skips), a confusion matrix per classifier (on the test rows
+    where it was refitted, else on the validation rows), and training curves for the PyTorch heads."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(
-        {r.classifier: {**r.metrics, "fit_seconds": r.fit_seconds, "cv": r.cv, "search": r.tried} for r in rows},
+        {r.classifier: {**(r.metrics or {}), "test": r.metrics, "validation": r.validation, "fit_seconds": r.fit_seconds,
+                        "cv": r.cv, "search": r.tried, "skipped": r.reason} for r in rows},
         indent=1))
     for r in rows:
-        plot_confusion(r.metrics, classes, folder / f"confusion_{r.classifier}.png", r.classifier)
+        if r.metrics is not None:
+            plot_confusion(r.metrics, classes, folder / f"confusion_{r.classifier}.png", f"{r.classifier} (test)")
+        elif r.validation is not None:
+            plot_confusion(r.validation, classes, folder / f"confusion_{r.classifier}.png",
+                           f"{r.classifier} (validation)")
         head = (fitted or {}).get(r.classifier)
         history = getattr(head[-1], "history_", None) if head is not None else None
         if history:

@@ -1,9 +1,11 @@
 """The learning-rate range test: raise the rate exponentially, watch the loss, pick a rate.
 
-Train a head for one short run whose learning rate grows from ``start`` to
-``end`` over ``steps`` mini-batches. The loss first stays flat (rate too
-small), then falls, then explodes (rate too large). A good rate sits where it
-falls fastest, about a tenth of the rate at the lowest loss.
+Train a head for one short run whose learning rate grows exponentially from
+``start``, by a factor of 10 every ``steps / log10(1 / start)`` mini-batches,
+until the loss diverges. The loss first stays flat (rate too small), then
+falls, then explodes (rate too large). The rule: suggest a tenth of the rate
+at the lowest smoothed loss, which sits on the falling slope, safely below
+divergence. That one rate can be passed to `featpipe fit --lr`.
 """
 from __future__ import annotations
 
@@ -20,19 +22,37 @@ from ..errors import UsageError
 from .heads import OPTIMIZERS, LinearHead, MLPHead, _optimizer, lone_rows_train
 from .rows import Rows
 
+RULE = "a tenth of the rate at the lowest smoothed loss"
+DIVERGED = 4.0  # the smoothed loss is this many times its lowest: larger rates only get worse
+MAX_LR = 100.0  # a safety stop: on separable classes Adam's loss may never diverge
+
 
 @dataclass
 class LRFinding:
     lrs: list[float]
     losses: list[float]  # smoothed
-    suggestion: float
-    steepest: float
-    stopped_early: bool
+    suggestion: float  # RULE applied
+    lowest: float  # the rate at the lowest smoothed loss
+    diverged_at: float | None  # the first rate at which the loss diverged; None if it never did up to MAX_LR
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.diverged_at is not None
+
+    def describe(self) -> str:
+        """The suggestion with its rule, in one line."""
+        where = (f"the loss diverged at {self.diverged_at:.2g}" if self.diverged_at is not None
+                 else f"the loss did not diverge up to {self.lrs[-1]:.2g}")
+        return (f"suggested learning rate: {self.suggestion:.2g} ({RULE}, {self.lowest:.2g}; {where}); "
+                f"use it with `featpipe fit --lr {self.suggestion:.2g}`")
 
 
 def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: float = 1e-8, end: float = 1.0,
-            steps: int = 200, batch_size: int = 64, seed: int = 0) -> LRFinding:
+            steps: int = 200, batch_size: int = 64, seed: int = 0, max_lr: float = MAX_LR) -> LRFinding:
     """Run the range test on ``rows`` (in memory or streamed from the file) for a ``linear`` or ``mlp`` head.
+
+    The rate grows from ``start`` at the pace that takes ``steps`` mini-batches to reach ``end``, and
+    keeps growing past ``end`` until the loss diverges (or ``max_lr``).
 
     Raises:
         UsageError: bad range, step count, head or optimizer.
@@ -67,10 +87,12 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
                         yield torch.from_numpy(xb), torch.from_numpy(yb)
 
         lrs, losses = [], []
-        avg, best, stopped = 0.0, math.inf, False
+        avg, best, diverged = 0.0, math.inf, None
+        growth = (end / start) ** (1 / (steps - 1))
+        total = int(math.ceil(math.log(max_lr / start) / math.log(growth))) + 1
         net.train()
-        for i, (xb, yb) in zip(range(steps), endless(), strict=False):
-            lr = start * (end / start) ** (i / (steps - 1))
+        for i, (xb, yb) in zip(range(total), endless(), strict=False):
+            lr = start * growth ** i
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = loss_fn(net(xb), yb)
@@ -79,17 +101,14 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
             opt.step()
             avg = 0.98 * avg + 0.02 * float(loss.detach())
             smoothed = avg / (1 - 0.98 ** (i + 1))  # bias-corrected moving average
-            if not math.isfinite(smoothed) or smoothed > 4 * best:
-                stopped = True  # diverged: larger rates only get worse
+            if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+                diverged = lr
                 break
             best = min(best, smoothed)
             lrs.append(lr)
             losses.append(smoothed)
-    lowest = int(np.argmin(losses))
-    slope = np.gradient(np.asarray(losses), np.log10(lrs))
-    skip = min(len(lrs) // 10, lowest)  # the moving average is still settling at first
-    steepest = float(lrs[skip + int(np.argmin(slope[skip: lowest + 1]))])
-    return LRFinding(lrs, losses, suggestion=float(lrs[lowest] / 10), steepest=steepest, stopped_early=stopped)
+    lowest = float(lrs[int(np.argmin(losses))])
+    return LRFinding(lrs, losses, suggestion=lowest / 10, lowest=lowest, diverged_at=diverged)
 
 
 def plot_lr_find(finding: LRFinding, path: Path, title: str) -> None:
@@ -104,7 +123,7 @@ def plot_lr_find(finding: LRFinding, path: Path, title: str) -> None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (smoothed)")
     ax.axvline(finding.suggestion, color="tab:red", linestyle="--", label=f"suggested {finding.suggestion:.2g}")
-    ax.axvline(finding.steepest, color="tab:green", linestyle=":", label=f"steepest descent {finding.steepest:.2g}")
+    ax.axvline(finding.lowest, color="tab:green", linestyle=":", label=f"lowest loss {finding.lowest:.2g}")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

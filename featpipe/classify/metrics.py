@@ -1,4 +1,4 @@
-"""Metrics on test rows, and the confusion-matrix picture."""
+"""Metrics on held-out rows (accuracy, log loss, calibration), and the confusion-matrix picture."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,12 +47,17 @@ def evaluate_proba(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, class_
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
     eps = np.finfo(proba.dtype).eps
     p_true = np.clip(proba[np.arange(len(y)), true], eps, 1 - eps)
+    # Macro averages over the classes that occur or are predicted (scikit-learn's default):
+    # a class without rows here has no precision or recall to average, only a warning.
+    scored = (support > 0) | (predicted > 0)
     return {
         "n": int(len(y)),
         "accuracy": float(tp.sum() / max(len(y), 1)),
         "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
         "log_loss": float(-np.log(p_true).mean()) if len(y) else 0.0,
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[scored].mean()) if scored.any() else 0.0,
+        "ece": calibration_error(proba, true),
+        "no_rows": [class_names[int(c)] for c in classes[support == 0]],
         "per_class": {
             class_names[int(c)]: {"precision": float(pi), "recall": float(ri), "support": int(si)}
             for c, pi, ri, si in zip(classes, precision, recall, support, strict=True)
@@ -61,23 +66,65 @@ def evaluate_proba(proba: np.ndarray, y: np.ndarray, classes: np.ndarray, class_
     }
 
 
+ECE_BINS = 15
+
+
+def calibration_error(proba: np.ndarray, true: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: how far the top-class probability is from the accuracy it promises.
+
+    Rows are binned by their top probability (``bins`` equal-width bins); ECE is
+    the row-weighted mean of |accuracy - mean confidence| over the bins. 0 is
+    perfectly calibrated; a model that says 1.0 and is right 90% of the time
+    scores 0.1.
+    """
+    if not len(true):
+        return 0.0
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == true
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, correct, minlength=bins) - np.bincount(which, confidence, minlength=bins))
+    return float(gap.sum() / len(true)) if n.any() else 0.0
+
+
+# Past this many classes the plot shows only the most confused ones: a readable picture, not a wall.
+PLOT_CLASSES = 25
+
+
+def most_confused(cm: np.ndarray, keep: int = PLOT_CLASSES) -> np.ndarray:
+    """Indices of the ``keep`` classes with the most errors (rows missed plus rows wrongly given), in
+    their original order; every class when there are no more than ``keep``."""
+    k = len(cm)
+    if k <= keep:
+        return np.arange(k)
+    off = cm - np.diag(np.diag(cm))
+    errors = off.sum(axis=0) + off.sum(axis=1)
+    return np.sort(np.argsort(-errors, kind="stable")[:keep])
+
+
 def plot_confusion(result: dict, class_names: list[str], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = np.asarray(result["confusion_matrix"], dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.45 * len(class_names) + 2)
+    full = np.asarray(result["confusion_matrix"], dtype=float)
+    # Rows are normalised by each class's full support, before any class is left out.
+    norm = full / np.maximum(full.sum(axis=1, keepdims=True), 1)
+    shown = most_confused(full)
+    cm, norm = full[np.ix_(shown, shown)], norm[np.ix_(shown, shown)]
+    everyone = list(result.get("per_class", {})) or class_names  # the matrix's own classes, in order
+    names = [everyone[i] for i in shown]
+    size = max(4.0, 0.45 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}: accuracy {result['accuracy']:.3f}")
-    if len(class_names) <= 20:
+    part = f", the {len(shown)} most confused of {len(full)} classes" if len(shown) < len(full) else ""
+    ax.set_title(f"{title}: accuracy {result['accuracy']:.3f}{part}")
+    if len(names) <= 20:
         for i in range(len(cm)):
             for j in range(len(cm)):
                 if cm[i, j]:

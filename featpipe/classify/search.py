@@ -5,9 +5,12 @@ few of the parameters matter, which is the usual case.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.stats import loguniform, randint, uniform
-from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold, cross_val_score
+from sklearn.base import clone
+from sklearn.model_selection import ParameterSampler, StratifiedKFold, cross_val_score
 
 from ..errors import UsageError
 
@@ -20,7 +23,7 @@ SPACES = {
         "clf__max_features": ["sqrt", "log2", 0.2],
         "clf__min_samples_leaf": randint(1, 5),
     },
-    "nb": {"clf__var_smoothing": loguniform(1e-12, 1e-2)},
+    "nb": {"clf__estimator__var_smoothing": loguniform(1e-12, 1e-2)},
     "svm": {"clf__estimator__C": loguniform(1e-4, 1e1)},
     "knn": {"clf__n_neighbors": randint(1, 51), "clf__weights": ["uniform", "distance"]},
     "linear": {
@@ -51,30 +54,50 @@ def check_folds(y: np.ndarray, folds: int, class_names: list[str]) -> None:
 
 def cross_validate(model, X, y, folds: int, seed: int) -> tuple[float, float]:
     """Mean and standard deviation of accuracy over stratified folds."""
-    scores = cross_val_score(model, X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+    scores = cross_val_score(model, X, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1,
+                             error_score="raise")
     return float(scores.mean()), float(scores.std())
 
 
-def random_search(name: str, model, X, y, trials: int, folds: int, seed: int):
-    """Fit a RandomizedSearchCV over ``SPACES[name]``; returns (best refitted pipeline, tried rows best first)."""
+# progress(classifier, trials done, trials in all, best mean CV accuracy so far)
+SearchProgress = Callable[[str, int, int, float], None]
+
+
+def random_search(name: str, model, X, y, trials: int, folds: int, seed: int, fixed: dict | None = None,
+                  progress: SearchProgress | None = None, smallest_class: int | None = None):
+    """Random search over ``SPACES[name]`` (less the parameters in ``fixed``, which stay as set), each
+    configuration scored by stratified K-fold CV accuracy. knn's k is drawn no larger than
+    ``smallest_class``, the rows of the smallest class in a fold's training part.
+
+    Returns (the best configuration, unfitted, tried rows best first). ``progress`` is called after
+    each trial.
+    """
     if trials < 1:
         raise UsageError(f"--search must be at least 1, got {trials}")
-    search = RandomizedSearchCV(
-        model, SPACES[name], n_iter=trials, scoring="accuracy", refit=True, random_state=seed,
-        cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1, error_score="raise",
-    )
-    search.fit(X, y)
-    res = search.cv_results_
-    order = np.argsort(res["rank_test_score"], kind="stable")
-    tried = [
-        {
-            "params": {k.removeprefix("clf__"): _plain(v) for k, v in res["params"][i].items()},
-            "cv_accuracy": float(res["mean_test_score"][i]),
-            "cv_std": float(res["std_test_score"][i]),
-        }
-        for i in order
-    ]
-    return search.best_estimator_, tried
+    space = {k: v for k, v in SPACES[name].items() if k.removeprefix("clf__") not in (fixed or {})}
+    if name == "knn" and smallest_class is not None:
+        space["clf__n_neighbors"] = randint(1, max(1, min(50, smallest_class)) + 1)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    tried = []
+    best = -np.inf
+    # With every parameter fixed there is nothing to draw: one trial of the model as set.
+    candidates = list(ParameterSampler(space, n_iter=trials, random_state=seed)) if space else [{}]
+    for i, params in enumerate(candidates):
+        scores = cross_val_score(clone(model).set_params(**params), X, y, cv=cv, n_jobs=1, error_score="raise")
+        tried.append({
+            "params": {k.removeprefix("clf__").removeprefix("estimator__"): _plain(v) for k, v in params.items()},
+            "cv_accuracy": float(scores.mean()),
+            "cv_std": float(scores.std()),
+            "_raw": params,
+        })
+        best = max(best, float(scores.mean()))
+        if progress is not None:
+            progress(name, i + 1, len(candidates), best)
+    tried.sort(key=lambda t: -t["cv_accuracy"])  # stable: the earlier trial wins a tie
+    winner = clone(model).set_params(**tried[0]["_raw"])
+    for t in tried:
+        del t["_raw"]
+    return winner, tried
 
 
 def _plain(v):

@@ -2,31 +2,106 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
-from ..classify.fit import FitRow, sanity_check, write_report
+from ..classify.classes import classes_without_rows, rows_for_model
+from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_report
 from ..classify.metrics import evaluate_rows
 from ..classify.rows import labelled_file_rows
+from ..errors import UsageError
 from ..predict import predict
 from ..store import load
 from . import app, user_errors
 
 
-def _table(rows: list[FitRow], best: str) -> str:
+def _table(result: FitResult) -> str:
+    """The comparison: the columns that chose (validation or CV, training rows only) apart from the
+    columns that report (the test rows, for the refitted classifiers only)."""
+    rows, best = result.rows, result.best
     with_cv = any(r.cv for r in rows)
-    cv_head = f" {'CV accuracy':>15}" if with_cv else ""
-    lines = [f"{'classifier':12}{cv_head} {'accuracy':>9} {'bal. acc':>9} {'log loss':>9} {'macro F1':>9} {'fit s':>8}"]
-    for r in sorted(rows, key=lambda r: -r.metrics["accuracy"]):
+    with_val = any(r.validation for r in rows)
+    pick = f" {'CV accuracy':>16}" if with_cv else (f" {'accuracy':>9} {'log loss':>9} {'ECE':>6}" if with_val else "")
+    test = f" {'accuracy':>9} {'bal. acc':>9} {'log loss':>9} {'ECE':>6} {'macro F1':>9}"
+    lines = []
+    if pick:
+        lines.append(f"{'':12}{'  choose: ' + ('CV on training rows' if with_cv else 'validation rows'):<{len(pick)}}"
+                     f"  report: test rows (touched once)")
+    lines.append(f"{'classifier':12}{pick}{test} {'fit s':>8}")
+    order = sorted(rows, key=lambda r: (r.reason is not None, -(r.score or 0), -(r.metrics or {}).get("accuracy", 0)))
+    for r in order:
+        if r.reason:
+            lines.append(f"{r.classifier:12} skipped: {r.reason}")
+            continue
+        if with_cv:
+            chose = f" {r.cv[0]:8.4f} ± {r.cv[1]:.3f}"
+        elif with_val:
+            v = r.validation
+            chose = f" {v['accuracy']:9.4f} {v['log_loss']:9.4f} {v['ece']:6.3f}"
+        else:
+            chose = ""
         m = r.metrics
-        mark = "  <- best, saved" if r.classifier == best else ("  (saved)" if r.path else "")
-        cv = (f" {r.cv[0]:8.4f} ± {r.cv[1]:.3f}" if r.cv else f" {'':>15}") if with_cv else ""
-        lines.append(f"{r.classifier:12}{cv} {m['accuracy']:9.4f} {m['balanced_accuracy']:9.4f} {m['log_loss']:9.4f} "
-                     f"{m['macro_f1']:9.4f} {r.fit_seconds:8.1f}{mark}")
+        tested = (f" {m['accuracy']:9.4f} {m['balanced_accuracy']:9.4f} {m['log_loss']:9.4f} {m['ece']:6.3f} "
+                  f"{m['macro_f1']:9.4f}" if m else f" {'(not refitted: test rows untouched)':>46}")
+        mark = "  <- chosen, saved" if r.classifier == best else ("  (saved)" if r.path else "")
+        lines.append(f"{r.classifier:12}{chose}{tested} {r.fit_seconds:8.1f}{mark}")
+    if pick:
+        lines.append(f"chosen by: {result.rule}")
+    lines.append("ECE: expected calibration error of the top probability (0 = probabilities match the accuracy)")
     return "\n".join(lines)
+
+
+def print_fit(result: FitResult) -> None:
+    """What `fit` and `run` print: rows, warnings, search tables, the comparison, the saved file."""
+    typer.echo(f"{result.n_train} training rows"
+               + (f" ({result.n_validation} of them held out to compare the classifiers)" if result.n_validation else "")
+               + f", {result.n_test} test rows"
+               + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else "")
+               + ("; heads streamed from the file" if result.extra.get("streamed") else "")
+               + (f" ({', '.join(result.extra['loaded'])} held the features in memory)"
+                  if result.extra.get("loaded") else ""))
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    for row in result.rows:
+        if row.tried:
+            typer.echo(_search_table(row))
+    typer.echo(_table(result))
+    typer.echo(f"saved {result.best} to {result.output}")
+
+
+def _search_progress(name: str, done: int, total: int, best: float) -> None:
+    """One line rewritten in place on a terminal; a line per tenth of the trials otherwise (a log file)."""
+    line = f"search {name}: {done}/{total} trials, best CV accuracy so far {best:.4f}"
+    if sys.stderr.isatty():
+        typer.echo(f"\r{line}", err=True, nl=done == total)
+    elif done == total or done % max(1, total // 10) == 0:
+        typer.echo(line, err=True)
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """A one-line usage error, before any work, when ``path`` would go into a folder that does not exist."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it or choose "
+                         f"another {option}")
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    nesterov = "nesterov"
+    rmsprop = "rmsprop"
+    adam = "adam"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    step = "step"
+    cyclic = "cyclic"
+    sgdr = "sgdr"
 
 
 def _search_table(row: FitRow, shown: int = 10) -> str:
@@ -43,22 +118,32 @@ def _search_table(row: FitRow, shown: int = 10) -> str:
 @user_errors
 def fit_command(
     features: Annotated[Path, typer.Argument(help="A feature file from `featpipe extract`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.skops).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file to write (.skops); not needed with --sanity.")] = None,
     classifier: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(CLASSIFIERS)}.")] = "logreg",
     layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
-    test_size: Annotated[float, typer.Option(help="Fraction of labelled rows held out, stratified.")] = 0.2,
+    test_size: Annotated[float, typer.Option(help="Fraction of labelled rows held out as test rows, stratified.")] = 0.2,
     test: Annotated[Optional[Path], typer.Option(help="A second feature file as the test set instead of a split.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the classifiers.")] = 0,
-    keep_all: Annotated[bool, typer.Option(help="Save every classifier, not just the best.")] = False,
+    validation_size: Annotated[float, typer.Option(help="Without --cv: fraction of the training rows the classifiers are compared on.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the splits and the classifiers.")] = 0,
+    keep_all: Annotated[bool, typer.Option(help="Refit and save every classifier, not just the chosen one.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and plots.")] = None,
-    cv: Annotated[Optional[int], typer.Option(help="Stratified K-fold CV on the training rows.")] = None,
+    cv: Annotated[Optional[int], typer.Option(help="Compare by stratified K-fold CV on the training rows instead of a validation split.")] = None,
     search: Annotated[Optional[int], typer.Option(help="Random search over N configurations (log-uniform ranges), CV folds from --cv (default 5).")] = None,
     sanity: Annotated[bool, typer.Option(help="Only check that each classifier can overfit 20 training samples.")] = False,
     stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="Train the linear and mlp heads from mini-batches read from the file, memory bounded by the batch size (default: when the features would not fit in memory).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Heads: learning rate (`featpipe lr-find` suggests one).", show_default=False)] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(help="Heads: the optimizer.", show_default=False)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Heads: learning-rate schedule (linear's default step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Heads: most epochs.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Heads: rows per mini-batch.", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Heads: L2 penalty (linear default: 1/rows, logistic regression's C=1).", show_default=False)] = None,
 ) -> None:
-    """Train classifiers on cached features, compare them on held-out rows, save the best."""
+    """Train classifiers on cached features, choose one on training rows only, report it on the test rows, save it."""
     names = tuple(n.strip() for n in classifier.split(",") if n.strip())
-    config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search, stream)
+    head = HeadSettings(lr, optimizer.value if optimizer else None, schedule.value if schedule else None, epochs,
+                        batch_size, weight_decay)
+    config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search, stream,
+                       validation_size, head)
     if sanity:
         failed = False
         for name, acc, n in sanity_check(config):
@@ -68,17 +153,7 @@ def fit_command(
                        + ("ok: it can overfit" if ok else "CANNOT OVERFIT: check features and labels, "
                           "lower the regularisation or raise the learning rate"))
         raise typer.Exit(1 if failed else 0)
-    result = fit(config)
-    typer.echo(f"{result.n_train} training rows, {result.n_test} test rows"
-               + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else "")
-               + ("; heads streamed from the file" if result.extra.get("streamed") else "")
-               + (f" ({', '.join(result.extra['loaded'])} held the features in memory)"
-                  if result.extra.get("loaded") else ""))
-    for row in result.rows:
-        if row.tried:
-            typer.echo(_search_table(row))
-    typer.echo(_table(result.rows, result.best))
-    typer.echo(f"saved {result.best} to {result.output}")
+    print_fit(fit(config, progress=_search_progress if search else None))
 
 
 @app.command("evaluate")
@@ -88,20 +163,22 @@ def evaluate_command(
     features: Annotated[Path, typer.Argument(help="A labelled feature file of the same extractor.")],
     report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the confusion matrix.")] = None,
 ) -> None:
-    """Metrics of a saved model on a labelled feature file."""
+    """Metrics of a saved model on a labelled feature file (classes matched by name)."""
     mf = load_model(model)
     fs = load(features)
     mf.check_features(fs)
-    rows, skipped = labelled_file_rows(fs, mf.extractor["layer"], "evaluation")
-    metrics = evaluate_rows(mf.pipeline, rows, fs.classes)  # a block at a time: any file size
+    rows, skipped = rows_for_model(fs, mf.extractor["layer"], mf.classes, "evaluation", f"model {model.name}")
+    for w in classes_without_rows(rows.labels, mf.classes, "evaluation"):
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    metrics = evaluate_rows(mf.pipeline, rows, mf.classes)  # a block at a time: any file size
     typer.echo(f"{mf.classifier} on {fs.path.name}: {len(rows)} rows" + (f" ({skipped} skipped)" if skipped else ""))
-    for key in ("accuracy", "balanced_accuracy", "log_loss", "macro_f1"):
+    for key in ("accuracy", "balanced_accuracy", "log_loss", "ece", "macro_f1"):
         typer.echo(f"{key:18} {metrics[key]:.4f}")
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>9} {'support':>8}")
     for name, m in metrics["per_class"].items():
         typer.echo(f"{name:20} {m['precision']:9.4f} {m['recall']:9.4f} {m['support']:8d}")
     if report is not None:
-        write_report(report, [FitRow(mf.classifier, metrics, 0.0)], fs.classes)
+        write_report(report, [FitRow(mf.classifier, metrics, 0.0)], mf.classes)
 
 
 @app.command("predict")
@@ -116,6 +193,10 @@ def predict_command(
     features: Annotated[Optional[Path], typer.Option(help="For images: keep the extracted features here.")] = None,
 ) -> None:
     """Predict the class of every image: from a feature file, or from images (extracted with the model's extractor)."""
+    _writable(output, "--output")
+    _writable(features, "--features")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
     result = predict(model, input, device=device, batch_size=batch_size, features_out=features)
     if output is None:
         result.write_csv(sys.stdout, top_k)
@@ -133,18 +214,22 @@ def lr_find_command(
     classifier: Annotated[str, typer.Option(help="The head to test: linear or mlp.")] = "linear",
     optimizer: Annotated[str, typer.Option(help="sgd, momentum, nesterov, rmsprop or adam.")] = "adam",
     layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
-    steps: Annotated[int, typer.Option(help="Mini-batches over which the rate grows from 1e-8 to 1.")] = 200,
+    steps: Annotated[int, typer.Option(help="Pace of the sweep: mini-batches over which the rate grows from 1e-8 to 1; it goes on until the loss diverges.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Rows per mini-batch.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """The learning-rate range test for a head: plot the loss as the rate grows, suggest a rate."""
     from ..classify.lr_find import lr_find, plot_lr_find
 
+    _writable(output, "--output")
     fs = load(features)
     name = fs.resolve_layer(layer)
-    rows, _ = labelled_file_rows(fs, name, "lr-find")
+    rows, skipped = labelled_file_rows(fs, name, "lr-find")
+    if not len(rows):
+        raise UsageError(f"{fs.path.name} has no valid, labelled rows ({skipped} invalid or unlabelled); "
+                         f"see `featpipe info {fs.path} --errors`")
     finding = lr_find(rows, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
     plot_lr_find(finding, output, f"{classifier} head, {optimizer}, on {fs.path.name} ({name})")
-    stop = " (stopped when the loss diverged)" if finding.stopped_early else ""
-    typer.echo(f"{len(finding.lrs)} steps{stop}; plot in {output}")
-    typer.echo(f"suggested learning rate: {finding.suggestion:.2g} (steepest descent at {finding.steepest:.2g})")
+    typer.echo(f"{len(finding.lrs)} steps, rates {finding.lrs[0]:.2g} to {finding.lrs[-1]:.2g}; plot in {output}")
+    typer.echo(finding.describe().replace("featpipe fit --lr", f"featpipe fit --classifier {classifier} "
+                                          f"--optimizer {optimizer} --lr"))

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..pipeline import load_pipeline, run_pipeline
 from . import app, user_errors
-from .classify import _table
+from .classify import print_fit
 from .extract import print_summary, with_progress
 
 
@@ -28,7 +28,4 @@ def run_command(
     if result.fit_skipped:
         typer.echo(f"{p.fit.output} is up to date with these features and settings: nothing to fit")
         return
-    f = result.fit
-    typer.echo(f"{f.n_train} training rows, {f.n_test} test rows")
-    typer.echo(_table(f.rows, f.best))
-    typer.echo(f"saved {f.best} to {f.output}")
+    print_fit(result.fit)
