@@ -10,7 +10,7 @@ help:
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make lint      ruff (settings in pyproject.toml)"
-	@echo "make bench     extraction and fit speed against the hand-written baseline and plain scikit-learn"
+	@echo "make bench     extraction, fit and guide speed against the hand-written baseline, plain scikit-learn and plain extract"
 
 # pip leaves satisfied requirements alone, so a second install costs seconds,
 # not a new 5 GB torch. torch is pinned only where it is installed the first time.
@@ -44,6 +44,8 @@ lint: install
 # FIT_BENCH='--n 5000 --dim 256 --classes 10 --overhead-n 2000'
 EXTRACT_BENCH ?=
 FIT_BENCH ?=
+GUIDE_BENCH ?=
 bench: install
 	$(PYTHON) bench/extract_speed.py $(EXTRACT_BENCH)
 	$(PYTHON) bench/fit_speed.py $(FIT_BENCH)
+	$(PYTHON) bench/guide_speed.py $(GUIDE_BENCH)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..guide import GuideConfig, GuideResult, guide
-from ..guide import decide as rules
 from . import app, user_errors
 from .extract import with_progress
+
+if TYPE_CHECKING:
+    from ..guide import GuideResult
 
 
 def _names(text: Optional[str]) -> tuple[str, ...]:
@@ -37,6 +38,8 @@ def guide_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure where your data sits in the transfer-learning 2x2 table, and say what to do."""
+    from ..guide import GuideConfig, guide
+
     config = GuideConfig(
         input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layers), cv=cv, seed=seed,
         cache_dir=cache_dir, device=device, batch_size=batch_size,
@@ -58,6 +61,8 @@ def guide_command(
 
 def render(result: GuideResult) -> str:
     """The result as text: data, evidence table, learning curve, verdict with reasons, next commands, time."""
+    from ..guide import decide as rules
+
     d, data, chosen = result.decision, result.data, result.chosen
     lines = [
         f"data: {data['images']} labelled images, {data['classes']} classes, {data['per_class_min']} to "

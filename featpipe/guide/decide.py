@@ -32,6 +32,7 @@ LITTLE_DATA_PER_CLASS = 1000
 MIN_GAIN = 0.01  # one point of accuracy: smaller gains are not worth another layer
 HEAD_CONFIDENT = 0.5  # mean top-1 probability of the ImageNet head
 HEAD_UNSURE = 0.2
+HEAD_ONE_CLASS = 0.5  # share of the sample the head gives one ImageNet class
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 STRATEGIES = {
@@ -51,6 +52,7 @@ def thresholds() -> dict:
         "noise": "2 standard errors of the paired per-fold difference, Nadeau-Bengio corrected",
         "head_confident": HEAD_CONFIDENT,
         "head_unsure": HEAD_UNSURE,
+        "head_one_class": HEAD_ONE_CLASS,
     }
 
 
@@ -140,6 +142,9 @@ def decide(c: Comparison) -> Decision:
         seen = ", ".join(f"{t['class']} {100 * t['share']:.0f}%" for t in c.head_top_classes)
         reasons.append(f"the ImageNet head is {verdict} on these images (mean top-1 probability {c.head_top1:.2f})"
                        + (f" and mostly takes them for: {seen}" if seen else ""))
+        if c.head_top_classes and c.head_top_classes[0]["share"] >= HEAD_ONE_CLASS:
+            reasons.append(f"it puts {100 * c.head_top_classes[0]['share']:.0f}% of the images in one ImageNet "
+                           "class: to ImageNet's eyes they all look alike")
     curve = "flat"
     if c.curve_gain is not None:
         climbing = c.curve_gain > max(c.curve_noise or 0.0, MIN_GAIN)
