@@ -35,8 +35,9 @@ def write_report(result: GuideResult, folder: Path) -> list[Path]:
 def _sweep_plot(result: GuideResult, path: Path, plt) -> Path:
     """CV accuracy (with its spread over folds) and LogME against depth, one line per model; pixels as a line."""
     fig, (ax_acc, ax_logme) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # Depth as a fraction of each network, so that models with different numbers of stages share the axis.
     for report in result.models:
-        x = np.arange(len(report.layers))
+        x = np.linspace(0, 1, len(report.layers))
         means = [s.mean for s in report.layers]
         stds = [s.std for s in report.layers]
         line = ax_acc.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=report.model)
@@ -46,13 +47,14 @@ def _sweep_plot(result: GuideResult, path: Path, plt) -> Path:
                            label=f"raw pixels ({report.model})")
             ax_logme.axhline(report.pixels.logme, ls="--", color=line[0].get_color(), alpha=0.7)
     labels = [s.name for s in result.chosen.layers]
+    ticks = np.linspace(0, 1, len(labels))
     for ax in (ax_acc, ax_logme):
-        ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xticks(ticks, labels, rotation=30, ha="right")
         ax.set_xlabel(f"depth ({result.chosen.model}'s layers)")
         ax.grid(alpha=0.3)
     best = result.decision.recommended_layer
     if best in labels:
-        ax_acc.axvline(labels.index(best), color="grey", lw=8, alpha=0.2, label=f"recommended: {best}")
+        ax_acc.axvline(ticks[labels.index(best)], color="grey", lw=8, alpha=0.2, label=f"recommended: {best}")
     ax_acc.set_ylabel(f"{result.cv}-fold CV accuracy (logistic regression)")
     ax_logme.set_ylabel("LogME")
     ax_logme.set_title("LogME: labels read off the features (higher: easier)", fontsize=9)

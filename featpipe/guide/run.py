@@ -232,22 +232,9 @@ def _write_sample_csv(sample: _Sample, path: Path) -> None:
 # --- one model ----------------------------------------------------------------------------------------
 
 
-def _has_imagenet_head(model: str, weights: str) -> bool:
-    """Pretrained weights with a 1000-way classifier: the ImageNet head whose confidence says something."""
-    if weights != "pretrained":
-        return False
-    import torch
-
-    spec = models.resolve(model)
-    with torch.device("meta"):
-        net = models.create_architecture(spec)
-    return getattr(net, "num_classes", None) == 1000 or spec.source == "tv"
-
-
-def _sweep_layers(model: str, config: GuideConfig) -> list[str]:
-    """The layers to compare, shallow to deep: the user's, or the network's stages and its pooled features."""
-    if config.layers:
-        return list(config.layers)
+def _plan(model: str, config: GuideConfig) -> tuple[list[str], bool]:
+    """The layers to compare, shallow to deep (the user's, or the network's stages and its pooled
+    features), and whether the model has an ImageNet head worth asking (pretrained, 1000 classes)."""
     import torch
 
     from .stages import stage_layers
@@ -258,8 +245,11 @@ def _sweep_layers(model: str, config: GuideConfig) -> list[str]:
             net = models.create_architecture(spec).eval()
     except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (torchvision's RegNets)
         net = models.create_architecture(spec).eval()
+    head = config.weights == "pretrained" and (spec.source == "tv" or getattr(net, "num_classes", None) == 1000)
+    if config.layers:
+        return list(config.layers), head
     crop = models.data_config(net, spec).crop
-    return [*stage_layers(net, spec, crop), "pooled"]
+    return [*stage_layers(net, spec, crop), "pooled"], head
 
 
 def _extract_sample(model: str, layers: list[str], sample: _Sample, config: GuideConfig, cache: Path,
@@ -401,8 +391,7 @@ def _extract_models(config: GuideConfig, sample: _Sample, progress, timings: dic
     sample_key = _sample_key(sample)
     out = []
     for name in list(dict.fromkeys(config.models)) or [DEFAULT_MODEL]:
-        layers = _sweep_layers(name, config)
-        head = _has_imagenet_head(name, config.weights)
+        layers, head = _plan(name, config)
         extra = [n for n in ("pixels", "logits") if n not in layers and (n == "pixels" or head)]
         t0 = time.perf_counter()
         feature_file = _extract_sample(
