@@ -22,7 +22,7 @@ from featpipe.extraction.runner import Extractor, ExtractorSpec
 from featpipe.guide import GuideConfig, guide
 from featpipe.guide.decide import Comparison, commands, decide
 from featpipe.guide.sample import check_labels, stratified_sample
-from featpipe.guide.stages import stage_layers
+from featpipe.models.stages import stage_layers
 
 from .conftest import TINY_MODEL, make_images
 

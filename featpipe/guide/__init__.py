@@ -4,10 +4,11 @@
     >>> result = guide(GuideConfig("images/", models=("tf_efficientnet_lite0",)))
     >>> result.decision.strategy, result.decision.recommended_layer
 
-Modules: ``sample`` (the stratified sample and its checks), ``stages`` (which
-layers to compare), ``probe`` (cross-validated logistic regression, paired
-noise), ``logme`` (the evidence score), ``decide`` (the table and its
-thresholds), ``run`` (the measurements), ``report`` (plots and JSON).
+Modules: ``sample`` (the stratified sample and its checks), ``probe``
+(cross-validated logistic regression, paired noise), ``logme`` (the evidence
+score), ``decide`` (the table and its thresholds), ``run`` (the measurements),
+``report`` (plots and JSON). The layers compared are the network's stages
+(``featpipe.models.stages``).
 """
 from .decide import Decision
 from .run import GuideConfig, GuideResult, LayerScore, ModelReport, guide

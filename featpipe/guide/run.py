@@ -237,7 +237,7 @@ def _plan(model: str, config: GuideConfig) -> tuple[list[str], bool]:
     features), and whether the model has an ImageNet head worth asking (pretrained, 1000 classes)."""
     import torch
 
-    from .stages import stage_layers
+    from ..models.stages import stage_layers
 
     spec = models.resolve(model)
     try:

@@ -1,4 +1,7 @@
-"""Which layers the guide compares: the end of each stage of the network, up to the pooled features.
+"""A network's stages: where its resolution drops, shallow to deep.
+
+The guide compares the features at the end of each stage, and finetune unfreezes
+the network stage by stage from the top: both ask this module.
 
 timm models list their stages in ``feature_info`` (the modules where the
 resolution drops). For other models the stages are found from the network
@@ -13,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..models import ModelSpec
+from .registry import ModelSpec
 
 MOST_STAGES = 5  # with 'pooled': 4 to 6 depths, as many as a sweep needs to show a trend
 # Containers whose children are the stages (torchvision: VGG, DenseNet, EfficientNet, MobileNet, MNASNet, ...).
