@@ -197,14 +197,14 @@ def _reason(exc: Exception) -> str:
 def choose(rows: list[FitRow], by: str) -> tuple[str, str]:
     """The classifier to keep, and the rule that chose it, in words.
 
-    Rule: the highest ``by`` accuracy; classifiers within TIE of it are tied,
+    Rule: the highest score (``by`` names it); classifiers within TIE of it are tied,
     and the simplest of them (SIMPLICITY order) wins.
     """
     scores = {r.classifier: r.score for r in rows if r.reason is None and r.score is not None}
     top = max(scores.values())
     tied = [name for name, score in scores.items() if score >= top - TIE]
     best = min(tied, key=lambda n: SIMPLICITY.index(n) if n in SIMPLICITY else len(SIMPLICITY))
-    rule = (f"highest {by} accuracy; within {100 * TIE:.1f} points counts as a tie, won by the simpler model "
+    rule = (f"highest {by}; within {100 * TIE:.1f} points counts as a tie, won by the simpler model "
             f"({' < '.join(n for n in SIMPLICITY)})")
     return best, rule
 
@@ -343,10 +343,10 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     compare = len(config.classifiers) > 1
     if folds:
         fit_rows, val = train, None
-        by = f"{folds}-fold CV"
+        by = f"{folds}-fold CV accuracy on the training rows"
     elif compare:
         fit_rows, val = validation_split(train, config.validation_size, config.seed)
-        by = f"validation ({len(val)} of the {len(train)} training rows)"
+        by = f"validation accuracy ({len(val)} of the {len(train)} training rows, held out)"
     else:  # one classifier: nothing to choose between, so no rows are held out
         fit_rows, val, by = train, None, ""
     smallest = _smallest_class(fit_rows.labels, folds)
