@@ -54,3 +54,19 @@ def classes_without_rows(labels: np.ndarray, model_classes: list[str], role: str
     shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return [f"{len(missing)} class(es) have no {role} rows: {shown}; their precision and recall are not "
             "measured and the macro averages leave them out"]
+
+
+def evaluate_file(mf, fs, name: str = "the model") -> tuple[dict, int, int, list[str]]:
+    """Metrics of the model file ``mf`` on the labelled feature file ``fs``, classes matched by name.
+
+    Returns (metrics, rows evaluated, rows skipped, warnings). A block at a time: any file size.
+
+    Raises:
+        UsageError: features of another extractor, no valid labelled rows, a class the model never saw.
+    """
+    from .metrics import evaluate_rows
+
+    mf.check_features(fs)
+    rows, skipped = rows_for_model(fs, mf.extractor["layer"], mf.classes, "evaluation", name)
+    warnings = classes_without_rows(rows.labels, mf.classes, "evaluation")
+    return evaluate_rows(mf.pipeline, rows, mf.classes), len(rows), skipped, warnings

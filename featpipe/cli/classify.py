@@ -9,9 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
-from ..classify.classes import classes_without_rows, rows_for_model
+from ..classify.classes import evaluate_file
 from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_report
-from ..classify.metrics import evaluate_rows
 from ..classify.rows import labelled_file_rows
 from ..errors import UsageError
 from ..predict import predict
@@ -166,12 +165,10 @@ def evaluate_command(
     """Metrics of a saved model on a labelled feature file (classes matched by name)."""
     mf = load_model(model)
     fs = load(features)
-    mf.check_features(fs)
-    rows, skipped = rows_for_model(fs, mf.extractor["layer"], mf.classes, "evaluation", f"model {model.name}")
-    for w in classes_without_rows(rows.labels, mf.classes, "evaluation"):
+    metrics, n, skipped, warnings = evaluate_file(mf, fs, f"model {model.name}")
+    for w in warnings:
         typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
-    metrics = evaluate_rows(mf.pipeline, rows, mf.classes)  # a block at a time: any file size
-    typer.echo(f"{mf.classifier} on {fs.path.name}: {len(rows)} rows" + (f" ({skipped} skipped)" if skipped else ""))
+    typer.echo(f"{mf.classifier} on {fs.path.name}: {n} rows" + (f" ({skipped} skipped)" if skipped else ""))
     for key in ("accuracy", "balanced_accuracy", "log_loss", "ece", "macro_f1"):
         typer.echo(f"{key:18} {metrics[key]:.4f}")
     typer.echo(f"{'class':20} {'precision':>9} {'recall':>9} {'support':>8}")
