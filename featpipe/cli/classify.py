@@ -11,6 +11,7 @@ import typer
 from ..classify import CLASSIFIERS, FitConfig, fit, load_model
 from ..classify.classes import evaluate_file
 from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_report
+from ..classify.heads import OPTIMIZERS, SCHEDULES
 from ..classify.rows import labelled_file_rows
 from ..errors import UsageError
 from ..predict import predict
@@ -88,19 +89,9 @@ def _writable(path: Path | None, option: str) -> None:
                          f"another {option}")
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    nesterov = "nesterov"
-    rmsprop = "rmsprop"
-    adam = "adam"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    step = "step"
-    cyclic = "cyclic"
-    sgdr = "sgdr"
+# The heads' choices as CLI enums, from the one list the heads check against.
+Optimizer = Enum("Optimizer", {name: name for name in OPTIMIZERS}, type=str)
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
 
 
 def _search_table(row: FitRow, shown: int = 10) -> str:
