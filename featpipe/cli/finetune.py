@@ -1,0 +1,103 @@
+"""`featpipe finetune`: options -> FinetuneConfig -> featpipe.finetune(); a table per epoch, the audit at the end."""
+from __future__ import annotations
+
+import math
+import shlex
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app, user_errors
+from .extract import with_progress
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    nesterov = "nesterov"
+    rmsprop = "rmsprop"
+    adam = "adam"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    step = "step"
+    cyclic = "cyclic"
+    sgdr = "sgdr"
+
+
+class Augment(str, Enum):
+    none = "none"
+    light = "light"
+    standard = "standard"
+    strong = "strong"
+
+
+class BatchNorm(str, Enum):
+    frozen = "frozen"
+    train = "train"
+
+
+@app.command("finetune")
+@user_errors
+def finetune_command(
+    input: Annotated[Path, typer.Argument(help="Labelled images: an ImageFolder tree or a CSV with path,label.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt): state dict and metadata, loadable with weights_only=True.")],
+    model: Annotated[str, typer.Option(help="timm or torchvision model, as for extract.")],
+    weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path to start from.")] = "pretrained",
+    unfreeze: Annotated[str, typer.Option(help="head (a linear probe, trained on), N (the top N stages), or all.")] = "2",
+    epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone).")] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate of the head and the top stage.")] = 1e-3,
+    lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it.")] = 0.5,
+    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts).")] = Schedule.constant,
+    weight_decay: Annotated[float, typer.Option(help="L2 penalty on weights (not biases).")] = 1e-4,
+    augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong.")] = Augment.standard,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips; turn off where flipping changes the class (text, digits, left/right signs).")] = True,
+    bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,
+    image_size: Annotated[int | None, typer.Option(help="Square input crop in pixels (default: the model's).", show_default=False)] = None,
+    val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch.")] = 0.2,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."""
+    from ..finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        input=input, output=output, model=model, weights=weights, unfreeze=unfreeze, epochs=epochs, lr=lr,
+        lr_decay=lr_decay, optimizer=optimizer.value, schedule=schedule.value, weight_decay=weight_decay,
+        augment=augment.value, flip=flip, bn=bn.value, image_size=image_size, val_size=val_size,
+        batch_size=batch_size, device=device, precision=precision, seed=seed, resume=resume,
+    )
+    typer.echo(f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'lr':>8}  {'s':>5}", err=True)
+
+    def on_epoch(e) -> None:
+        train = "probe" if e.epoch == 0 else ("-" if math.isnan(e.train_loss) else f"{e.train_loss:.4f}")
+        typer.echo(f"{e.epoch:>5}  {train:>10}  {e.val_loss:>9.4f}  {e.val_accuracy:>7.3f}  {e.lr:>8.2g}  "
+                   f"{e.seconds:>5.1f}", err=True)
+
+    result = with_progress(
+        lambda progress: finetune(config, progress=(lambda phase, d, t: progress(d, t, description=phase))
+                                  if progress else None, on_epoch=on_epoch),
+        quiet, description="finetune",
+    )
+    best = result.best
+    typer.echo(f"{result.output}: epoch {result.best_epoch} kept (lowest validation loss {best.val_loss:.4f}, "
+               f"accuracy {best.val_accuracy:.3f} on {result.val_images} validation images; "
+               f"{result.train_images} trained on" + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
+               + (f"; {result.skipped_images} images could not be decoded" if result.skipped_images else "") + ")")
+    typer.echo(f"trained: {', '.join(result.trainable)}; what changed (parameter tensors, BatchNorm statistics):")
+    for row in result.audit:
+        typer.echo(f"  {row['group']:24} params {row['changed']:>4}/{row['parameters']:<4} "
+                   f"BN statistics {row['bn_changed']:>4}/{row['bn_statistics']}")
+    q = shlex.quote
+    typer.echo("next:")
+    typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --model {q(model)} --weights {q(str(result.output))}"
+               + (f"   # the checkpoint was trained at {image_size} px; extract uses the model's own size"
+                  if image_size else ""))

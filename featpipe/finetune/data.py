@@ -1,0 +1,73 @@
+"""Training and validation images: decode, augment (torchvision v2), batch.
+
+Validation uses the model's own evaluation preprocessing, the very transform
+``extract`` uses, so validation numbers describe the features a user will get.
+Training views follow the lecture: a random resized crop, a horizontal flip
+(off with --no-flip, for data where flipping changes the class: text, digits,
+left/right signs), a small rotation and a colour shift, stronger with --augment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from ..errors import UsageError
+from ..extraction.decode import BadImage, load_rgb
+from ..extraction.preprocess import Preprocessor
+from ..models.data_config import DataConfig
+
+AUGMENTS = ("none", "light", "standard", "strong")
+
+
+def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose | None:
+    """PIL image -> uint8 (3, H, W) crop of the model's input size; None for 'none' (the eval transform)."""
+    if strength not in AUGMENTS:
+        raise UsageError(f"--augment must be one of {', '.join(AUGMENTS)}, got {strength!r}")
+    if strength == "none":
+        return None
+    scale, degrees, jitter = {"light": ((0.6, 1.0), 0, 0.0), "standard": ((0.25, 1.0), 10, 0.2),
+                              "strong": ((0.08, 1.0), 20, 0.4)}[strength]
+    steps: list = [v2.PILToTensor(),
+                   v2.RandomResizedCrop(list(config.crop), scale=scale, antialias=True,
+                                        interpolation=InterpolationMode(config.interpolation))]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if degrees:
+        steps.append(v2.RandomRotation(degrees))
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    if strength == "strong":
+        steps.append(v2.RandomGrayscale(0.1))
+    return v2.Compose(steps)
+
+
+class Images(torch.utils.data.Dataset):
+    """(uint8 (H, W, 3) crop, label) per image; an image that cannot be decoded yields None."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, preprocess: Preprocessor, augment=None):
+        self.paths, self.labels, self.preprocess, self.augment = paths, labels, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_rgb(self.paths[i])
+        except BadImage:
+            return None
+        if self.augment is None:
+            pixels = torch.from_numpy(self.preprocess.image(img))
+        else:
+            pixels = self.augment(img).permute(1, 2, 0).contiguous()
+        return pixels, int(self.labels[i])
+
+
+def collate(items):
+    """(pixels, labels, images that could not be decoded); pixels is None when none could."""
+    good = [x for x in items if x is not None]
+    if not good:
+        return None, None, len(items)
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(items) - len(good)

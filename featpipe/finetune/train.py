@@ -1,0 +1,384 @@
+"""Fine-tuning, LP-FT (Kumar et al., ICLR 2022): a linear probe first, then the top of the network.
+
+Phase 1 fits the new head by logistic regression on the frozen network's pooled
+features of the training images (no augmentation epoch is wasted on a random
+head; the scaler is folded into the head's weights). Phase 2 trains the chosen
+stages, the neck and the head on augmented views, lower stages at lower rates.
+The epoch with the lowest validation loss is kept. After each epoch the whole
+state (weights, optimizer, schedule, best so far, history) is written to
+``<output>.resume`` by a rename; ``--resume`` continues from it. Every epoch
+seeds its own randomness (shuffling, augmentation, dropout) from the seed and
+its number, so a resumed run gives the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import models
+from ..classify.heads import OPTIMIZERS, SCHEDULES, _optimizer, _schedule
+from ..errors import UsageError
+from ..extraction.preprocess import Preprocessor, resolve_resampler
+from ..extraction.runner import resolve_device
+from ..extraction.sources import discover
+from ..models.stages import stage_layers
+from ..models.weights import classifier_name
+from . import blocks
+from .data import Images, collate, train_transform
+
+log = logging.getLogger(__name__)
+
+FORMAT = "featpipe-finetune"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run (the CLI's options, as one typed object)."""
+
+    input: Path
+    output: Path
+    model: str
+    weights: str = "pretrained"
+    unfreeze: str = "2"  # head, a number of stages from the top, or all
+    epochs: int = 10
+    lr: float = 1e-3
+    lr_decay: float = 0.5  # each stage below the top trains at this times its upper neighbour's rate
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    weight_decay: float = 1e-4
+    augment: str = "standard"
+    flip: bool = True
+    bn: str = "frozen"
+    image_size: int | None = None  # square input crop; None: the model's own
+    val_size: float = 0.2
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
+    seed: int = 0
+    resume: bool = False
+
+
+@dataclass
+class Epoch:
+    epoch: int  # 0 is the linear probe, before any fine-tuning
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    classes: list[str]
+    history: list[Epoch]
+    best_epoch: int
+    audit: list[dict]
+    trainable: list[str]
+    train_images: int
+    val_images: int
+    skipped_images: int = 0
+    resumed_from: int = 0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def best(self) -> Epoch:
+        return next(e for e in self.history if e.epoch == self.best_epoch)
+
+
+def _check(config: FinetuneConfig) -> None:
+    if config.epochs < 0:
+        raise UsageError(f"--epochs must be at least 0, got {config.epochs}")
+    if not config.lr > 0:
+        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if not 0 < config.lr_decay <= 1:
+        raise UsageError(f"--lr-decay must be in (0, 1], got {config.lr_decay}")
+    if config.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    if config.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if not 0 < config.val_size < 1:
+        raise UsageError(f"--val-size must be a fraction between 0 and 1, got {config.val_size}")
+    if config.batch_size < 2:
+        raise UsageError(f"--batch-size must be at least 2 (BatchNorm and a mean loss need two), got {config.batch_size}")
+    if config.image_size is not None and config.image_size < 32:
+        raise UsageError(f"--image-size must be at least 32 pixels, got {config.image_size}")
+    if config.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, got {config.precision!r}")
+    out = Path(config.output)
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
+
+
+def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    rows = np.flatnonzero(labels >= 0)
+    counts = np.bincount(labels[rows], minlength=len(classes))
+    if (counts > 0).sum() < 2:
+        raise UsageError("fine-tuning needs labelled images of two or more classes; give class subfolders or a label column")
+    small = [c for c, k in zip(classes, counts, strict=True) if 0 < k < 2]
+    if small:
+        raise UsageError(f"class {small[0]!r} has one image; each class needs two (one to train, one to validate)")
+    n_val = max(int(round(val_size * len(rows))), int((counts > 0).sum()))
+    train, val = train_test_split(rows, test_size=n_val, stratify=labels[rows], random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def _data_config(net: nn.Module, spec, image_size: int | None):
+    cfg = models.data_config(net, spec)
+    if image_size is not None:
+        # Keep the model's resize-to-crop ratio (crop_pct) at the new size.
+        ratio = (cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]) / cfg.crop[0]
+        resize = round(image_size * ratio) if isinstance(cfg.resize, int) else (round(image_size * ratio),) * 2
+        cfg = replace(cfg, crop=(image_size, image_size), resize=resize)
+    return replace(cfg, resampler=resolve_resampler("auto", cfg.interpolation, cfg.crop_mode))
+
+
+def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
+    old = net.get_submodule(head)
+    if not isinstance(old, nn.Linear):
+        raise UsageError(f"the head of this model ({head}: {type(old).__name__}) is not a linear layer; "
+                         "finetune replaces a linear head (ResNet, EfficientNet, ConvNeXt, VGG, ViT, ...)")
+    new = nn.Linear(old.in_features, classes)
+    parent, _, name = head.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, name, new)
+    if hasattr(net, "num_classes"):
+        net.num_classes = classes
+    return new
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       collate_fn=collate, num_workers=0)
+
+
+def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of the frozen network (the linear probe's input)."""
+    tapped = models.TappedModel(net, spec, models.resolve_layers(net, spec, ["pooled"]))
+    feats, labels = [], []
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for pixels, y, _ in loader:
+                if pixels is None:
+                    continue
+                x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
+                feats.append(tapped(x)["pooled"].float().cpu().numpy())
+                labels.append(y.numpy())
+    finally:
+        tapped.remove_hooks()
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int) -> None:
+    """Logistic regression on standardised features, folded into the head: w' = w / s, b' = b - w' . m."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    std[std < 1e-12] = 1.0
+    clf = LogisticRegression(max_iter=1000).fit((X - mean) / std, y)
+    W = np.zeros((classes, X.shape[1]))
+    b = np.full(classes, -1e4)  # a class absent from the training rows is never predicted
+    coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
+    icpt = clf.intercept_ if len(clf.classes_) > 2 else np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+    W[clf.classes_] = coef / std
+    b[clf.classes_] = icpt - (coef / std) @ mean
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(W))
+        head.bias.copy_(torch.from_numpy(b))
+
+
+def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
+    net.eval()
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    with torch.inference_mode():
+        for pixels, y, _ in loader:
+            if pixels is None:
+                continue
+            y = y.to(device)
+            x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = net(x).float()
+            loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += len(y)
+    return float(loss) / max(n, 1), float(correct) / max(n, 1)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _identity(config: FinetuneConfig, spec, weights_sha: str, classes: list[str]) -> str:
+    """What a resumed run must share with the run it continues (everything but --epochs and --device)."""
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+         if k not in ("epochs", "device", "resume", "output")}
+    return json.dumps({**d, "model": spec.name, "weights_sha256": weights_sha, "classes": classes}, sort_keys=True)
+
+
+def finetune(config: FinetuneConfig,
+             progress: Callable[[str, int, int], None] | None = None,
+             on_epoch: Callable[[Epoch], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``config.model`` on the labelled images of ``config.input``; write the best epoch's checkpoint.
+
+    ``progress(phase, done, total)`` reports batches; ``on_epoch(row)`` each finished epoch (0: the linear probe).
+
+    Raises:
+        UsageError: bad options or input, a head that is not linear, a stale ``<output>.resume`` without --resume.
+        WeightsError: as for extract.
+    """
+    t_start = time.perf_counter()
+    config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
+    _check(config)
+    resume_path = config.output.with_name(config.output.name + ".resume")
+    if resume_path.exists() and not config.resume:
+        raise UsageError(f"{str(resume_path)!r} holds an interrupted run: pass --resume to continue it, "
+                         "or delete the file to start again")
+    samples = discover(config.input)
+    classes = list(samples.classes)
+    train_rows, val_rows = _split(samples.labels, classes, config.val_size, config.seed)
+    paths = [samples.root / p for p in samples.paths]
+
+    spec = models.resolve(config.model)
+    net, weights = models.load_model(spec, config.weights, config.seed)
+    data_config = _data_config(net, spec, config.image_size)
+    preprocess = Preprocessor(data_config)
+    device = torch.device(resolve_device(config.device))
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    head_name = classifier_name(net, spec)
+    if head_name is None:
+        raise UsageError(f"cannot find the classifier of {spec} to replace; finetune needs a linear head")
+    stages = stage_layers(net, spec, data_config.crop)
+    net = net.to(device, memory_format=torch.channels_last)
+    head = _replace_head(net, head_name, len(classes)).to(device)
+    groups = blocks.group_parameters(net, stages, head_name)
+    trainable = blocks.trainable_groups(groups, config.unfreeze)
+    identity = _identity(config, spec, weights.sha256, classes)
+
+    def images(rows, augment=None):
+        return Images([paths[i] for i in rows], samples.labels[rows], preprocess, augment)
+
+    val_loader = _loader(images(val_rows), config.batch_size, False, 0)
+    augment = train_transform(data_config, config.augment, config.flip)
+    timings = {}
+
+    # Phase 1: the linear probe, from the frozen network's features.
+    state = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path.exists() else None
+    if state is not None and state["identity"] != identity:
+        raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
+                         "delete it to start again, or run the command that made it")
+    history: list[Epoch] = []
+    if state is None:
+        t0 = time.perf_counter()
+        X, y = _pooled(net, spec, _loader(images(train_rows), config.batch_size, False, 0), preprocess, device)
+        _linear_probe(head, X, y, len(classes))
+        val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
+        history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
+        if on_epoch:
+            on_epoch(history[-1])
+    snapshot_start = blocks.snapshot(net)  # the audit compares the end with this
+
+    # Phase 2: the chosen stages, the neck and the head, on augmented views.
+    blocks.freeze(net, groups, trainable)
+    rates = blocks.learning_rates(groups, trainable, config.lr, config.lr_decay)
+    params = dict(net.named_parameters())
+    param_groups = []
+    for g in trainable:
+        for decayed in (True, False):
+            chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
+            if chosen:
+                param_groups.append({"params": chosen, "lr": rates[g],
+                                     "weight_decay": config.weight_decay if decayed else 0.0})
+    optimizer = _optimizer(config.optimizer, param_groups, config.lr, config.weight_decay)
+    train_loader_len = math.ceil(len(train_rows) / config.batch_size)
+    scheduler = _schedule(config.schedule, optimizer, config.lr, max(config.epochs, 1), train_loader_len,
+                          (max(1, config.epochs // 2), max(1, 3 * config.epochs // 4)), max(1, config.epochs // 2))
+    best_state, best_epoch, best_loss = snapshot_start, 0, history[0].val_loss if history else math.inf
+    first = 1
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        snapshot_start = state["start"]
+        best_state, best_epoch, best_loss = state["best"], int(state["best_epoch"]), float(state["best_loss"])
+        history = [Epoch(**row) for row in json.loads(state["history"])]
+        first = int(state["epoch"]) + 1
+        log.info("resuming %s after epoch %d", config.output, first - 1)
+    skipped = 0  # images that could not be decoded (counted in the last epoch)
+    for epoch in range(first, config.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation and dropout: this epoch's own stream
+        loader = _loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
+        blocks.set_train_mode(net, groups, trainable, config.bn)
+        total = torch.zeros((), device=device)
+        seen = skipped = 0
+        for i, (pixels, y, bad) in enumerate(loader):
+            skipped += bad
+            if pixels is None:
+                continue
+            y = y.to(device, non_blocking=True)
+            x = preprocess.batch(pixels.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+            with autocast():
+                loss = nn.functional.cross_entropy(net(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.detach() * len(y)  # no host sync inside the step
+            seen += len(y)
+            if progress:
+                progress(f"epoch {epoch}/{config.epochs}", i + 1, len(loader))
+        val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
+        row = Epoch(epoch, float(total) / max(seen, 1), val_loss, val_acc,
+                    max(g["lr"] for g in optimizer.param_groups), time.perf_counter() - t0)
+        history.append(row)
+        if val_loss < best_loss:
+            best_state, best_epoch, best_loss = blocks.snapshot(net), epoch, val_loss
+        _atomic_save({
+            "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {}, "start": snapshot_start,
+            "best": best_state, "best_epoch": best_epoch, "best_loss": best_loss,
+            "history": json.dumps([asdict(e) for e in history]),
+        }, resume_path)
+        if on_epoch:
+            on_epoch(row)
+
+    net.load_state_dict(best_state)
+    audit = blocks.audit(snapshot_start, net, groups)
+    best = next(e for e in history if e.epoch == best_epoch)
+    meta = {
+        "format": FORMAT, "format_version": 1, "model": spec.name, "weights": config.weights,
+        "base_weights_sha256": weights.sha256, "classes": classes, "data_config": data_config.to_json(),
+        "config": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}),
+        "best_epoch": best_epoch, "val_loss": best.val_loss, "val_accuracy": best.val_accuracy,
+        "train_images": len(train_rows), "val_images": len(val_rows),
+    }
+    _atomic_save({"state_dict": {k: v.cpu() for k, v in best_state.items()}, "featpipe": meta}, config.output)
+    resume_path.unlink(missing_ok=True)
+    timings["total"] = time.perf_counter() - t_start
+    return FinetuneResult(config.output, classes, history, best_epoch, audit, trainable, len(train_rows),
+                          len(val_rows), skipped, first - 1 if state is not None else 0, timings)

@@ -1,0 +1,172 @@
+"""featpipe finetune: LP-FT, frozen stages untouched, BatchNorm policy, resume after SIGKILL, the checkpoint."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import featpipe
+from featpipe import ExtractConfig, extract
+from featpipe.errors import UsageError
+from featpipe.finetune import FinetuneConfig, finetune
+from featpipe.finetune.blocks import group_parameters, learning_rates, trainable_groups
+from featpipe.finetune.train import _linear_probe
+
+from .conftest import TINY_MODEL, make_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    return make_images(tmp_path / "images", classes=3, per_class=8)
+
+
+def config(tmp_path: Path, images: Path, **kw) -> FinetuneConfig:
+    kw.setdefault("model", TINY_MODEL)
+    kw.setdefault("weights", "random")
+    kw.setdefault("epochs", 2)
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("image_size", 64)
+    return FinetuneConfig(images, kw.pop("output", tmp_path / "ft.pt"), **kw)
+
+
+def groups_of_test_resnet():
+    net = featpipe.models.create_architecture(featpipe.models.resolve(TINY_MODEL))
+    return group_parameters(net, ["act1", "layer1", "layer2", "layer3", "layer4"], "fc")
+
+
+def test_unfreezing_counts_stages_from_the_top():
+    g = groups_of_test_resnet()
+    assert trainable_groups(g, "head") == ["head"]
+    assert trainable_groups(g, "2") == ["layer3", "layer4", "neck", "head"]
+    assert trainable_groups(g, "all") == ["act1", "layer1", "layer2", "layer3", "layer4", "neck", "head"]
+    assert all(n.startswith("fc.") for n in g.members["head"]) and g.members["head"]
+    assert all(n.startswith("layer4.") for n in g.members["layer4"])
+    with pytest.raises(UsageError, match="has 5 stages"):
+        trainable_groups(g, "9")
+    with pytest.raises(UsageError, match="--unfreeze must be"):
+        trainable_groups(g, "top")
+
+
+def test_lower_stages_learn_more_slowly():
+    g = groups_of_test_resnet()
+    rates = learning_rates(g, trainable_groups(g, "2"), 1e-3, 0.5)
+    assert rates == {"layer3": 2.5e-4, "layer4": 5e-4, "neck": 1e-3, "head": 1e-3}
+
+
+def test_the_linear_probe_folds_its_scaler_into_the_head():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    X = rng.normal(5, 3, size=(90, 6)) + y[:, None] * rng.normal(size=6)
+    head = nn.Linear(6, 4)  # class 3 has no training rows: never predicted
+    _linear_probe(head, X, y, 4)
+    mean, std = X.mean(0), X.std(0)
+    clf = LogisticRegression(max_iter=1000).fit((X - mean) / std, y)
+    with torch.no_grad():
+        logits = head(torch.from_numpy(X).float()).numpy()
+    np.testing.assert_array_equal(logits.argmax(1), clf.predict((X - mean) / std))
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits[:, :3]), 1).numpy(),
+                               clf.predict_proba((X - mean) / std), atol=1e-4)
+
+
+def test_frozen_stages_and_batchnorm_statistics_are_bit_identical(tmp_path, labelled):
+    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="frozen", epochs=2))
+    rows = {r["group"]: r for r in result.audit}
+    for stage in ("layer1", "layer2", "layer3"):
+        assert rows[stage]["changed"] == 0 and rows[stage]["parameters"] > 0
+    assert rows["layer4"]["changed"] == rows["layer4"]["parameters"] > 0
+    assert all(r["bn_changed"] == 0 for r in result.audit)  # frozen policy: no statistic moves anywhere
+    assert result.trainable == ["layer4", "neck", "head"]
+
+    # The saved weights themselves: frozen stages equal the starting network's, tensor for tensor.
+    start = featpipe.models.load_model(featpipe.models.resolve(TINY_MODEL), "random", 0)[0].state_dict()
+    saved = torch.load(result.output, weights_only=True)["state_dict"]
+    for key, value in saved.items():
+        if key.startswith(("layer1.", "layer2.", "layer3.", "conv1.", "bn1.")):
+            assert torch.equal(value, start[key]), key
+
+
+def test_batchnorm_train_policy_updates_only_unfrozen_stages(tmp_path, labelled):
+    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=1))
+    rows = {r["group"]: r for r in result.audit}
+    assert rows["layer4"]["bn_changed"] == rows["layer4"]["bn_statistics"] > 0
+    assert rows["layer3"]["bn_changed"] == 0 and rows["layer1"]["bn_changed"] == 0
+
+
+def test_checkpoint_is_safe_to_load_and_extract_uses_it(tmp_path, labelled):
+    result = finetune(config(tmp_path, labelled, unfreeze="head", epochs=1, image_size=None))
+    ckpt = torch.load(result.output, weights_only=True)
+    meta = ckpt["featpipe"]
+    assert meta["format"] == "featpipe-finetune" and meta["classes"] == ["class_0", "class_1", "class_2"]
+    assert meta["model"] == f"timm:{TINY_MODEL}" and meta["best_epoch"] == result.best_epoch
+    assert ckpt["state_dict"]["fc.weight"].shape[0] == 3
+    fs = featpipe.load(extract(ExtractConfig(labelled, tmp_path / "f.h5", model=TINY_MODEL,
+                                             weights=str(result.output), layers=("logits",))).output)
+    assert fs.dim("logits") == 3
+    # Validation accuracy of the kept epoch is what its head scores on the held-out images.
+    assert 0 <= result.best.val_accuracy <= 1 and result.history[0].epoch == 0
+
+
+def test_the_best_epoch_by_validation_loss_is_kept(tmp_path, labelled):
+    result = finetune(config(tmp_path, labelled, epochs=3))
+    assert result.best.val_loss == min(e.val_loss for e in result.history)
+
+
+def test_bad_options_are_one_line(tmp_path, labelled):
+    with pytest.raises(UsageError, match="--lr must be positive"):
+        finetune(config(tmp_path, labelled, lr=0))
+    with pytest.raises(UsageError, match="--augment must be one of"):
+        finetune(config(tmp_path, labelled, augment="extreme"))
+    with pytest.raises(UsageError, match="output folder"):
+        finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
+
+
+RUN = """
+import sys
+from featpipe.finetune import FinetuneConfig, finetune
+finetune(FinetuneConfig(sys.argv[1], sys.argv[2], model="test_resnet", weights="random", epochs=4, batch_size=8,
+                        image_size=64, unfreeze="2", resume=sys.argv[3] == "resume"))
+"""
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path, labelled):
+    whole = tmp_path / "whole.pt"
+    subprocess.run([sys.executable, "-c", RUN, str(labelled), str(whole), "fresh"], check=True, cwd=REPO)
+    killed = tmp_path / "killed.pt"
+    resume_file = tmp_path / "killed.pt.resume"
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(labelled), str(killed), "fresh"], cwd=REPO)
+    deadline = time.monotonic() + 300
+    while not resume_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert resume_file.exists() and not killed.exists()
+    with pytest.raises(subprocess.CalledProcessError):  # a stale run is never silently restarted
+        subprocess.run([sys.executable, "-c", RUN, str(labelled), str(killed), "fresh"], check=True, cwd=REPO,
+                       capture_output=True)
+    subprocess.run([sys.executable, "-c", RUN, str(labelled), str(killed), "resume"], check=True, cwd=REPO)
+    a = torch.load(whole, weights_only=True)
+    b = torch.load(killed, weights_only=True)
+    assert a["featpipe"]["best_epoch"] == b["featpipe"]["best_epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert not resume_file.exists()
+
+
+@pytest.mark.gpu
+def test_bf16_on_the_gpu_trains(tmp_path, labelled):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    result = finetune(config(tmp_path, labelled, device="cuda", epochs=1))
+    assert np.isfinite(result.history[-1].train_loss)
