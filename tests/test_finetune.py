@@ -119,8 +119,12 @@ def test_checkpoint_is_safe_to_load_and_extract_uses_it(tmp_path, labelled):
 
 
 def test_the_best_epoch_by_validation_loss_is_kept(tmp_path, labelled):
+    from featpipe.finetune.train import write_report
+
     result = finetune(config(tmp_path, labelled, epochs=3))
     assert result.best.val_loss == min(e.val_loss for e in result.history)
+    assert [e.epoch for e in result.history] == [0, 1, 2, 3]
+    assert write_report(result, tmp_path / "report").stat().st_size > 10_000
 
 
 def test_bad_options_are_one_line(tmp_path, labelled):

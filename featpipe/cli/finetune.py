@@ -64,6 +64,7 @@ def finetune_command(
     precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Folder for curves.png: losses and accuracy per epoch.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."""
@@ -96,6 +97,10 @@ def finetune_command(
     for row in result.audit:
         typer.echo(f"  {row['group']:24} params {row['changed']:>4}/{row['parameters']:<4} "
                    f"BN statistics {row['bn_changed']:>4}/{row['bn_statistics']}")
+    if report is not None:
+        from ..finetune.train import write_report
+
+        typer.echo(f"report: {write_report(result, report)}", err=True)
     q = shlex.quote
     typer.echo("next:")
     typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --model {q(model)} --weights {q(str(result.output))}"

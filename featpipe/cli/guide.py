@@ -95,8 +95,7 @@ def render(result: GuideResult) -> str:
         lines.append(f"  to settle it: {d.settle}")
     lines += ["", "next:"] + [f"  {c}" for c in result.commands]
     if d.strategy.startswith("fine-tune"):
-        lines.append("  (featpipe finetune is not in this release yet: until it is, the first two commands give the "
-                     "frozen-feature baseline)")
+        lines.append("  (the first two give the frozen-feature baseline that fine-tuning should beat)")
     t = result.timings
     lines += ["", f"time: {t['total']:.1f} s (extract the sample {t['extract']:.1f} s, CV {t.get('cv', 0):.1f} s, "
                   f"LogME {t.get('logme', 0):.1f} s, learning curve {t.get('learning_curve', 0):.1f} s); "

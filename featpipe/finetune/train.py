@@ -382,3 +382,35 @@ def finetune(config: FinetuneConfig,
     timings["total"] = time.perf_counter() - t_start
     return FinetuneResult(config.output, classes, history, best_epoch, audit, trainable, len(train_rows),
                           len(val_rows), skipped, first - 1 if state is not None else 0, timings)
+
+
+def write_report(result: FinetuneResult, folder: Path) -> Path:
+    """``curves.png``: training and validation loss, and validation accuracy, per epoch (0: the linear probe)."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose another --report")
+    folder.mkdir(exist_ok=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e.epoch for e in result.history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    trained = [e for e in result.history if e.epoch > 0]
+    ax_loss.plot([e.epoch for e in trained], [e.train_loss for e in trained], marker="o", label="training (augmented)")
+    ax_loss.plot(epochs, [e.val_loss for e in result.history], marker="o", label="validation")
+    ax_acc.plot(epochs, [e.val_accuracy for e in result.history], marker="o", color="C1")
+    for ax in (ax_loss, ax_acc):
+        ax.axvline(result.best_epoch, color="grey", lw=6, alpha=0.2)
+        ax.set_xlabel("epoch (0: the linear probe)")
+        ax.grid(alpha=0.3)
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.set_ylabel("validation accuracy")
+    fig.suptitle(f"{result.output.name}: epoch {result.best_epoch} kept (lowest validation loss)", fontsize=10)
+    fig.tight_layout()
+    path = folder / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
