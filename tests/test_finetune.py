@@ -114,6 +114,14 @@ def test_checkpoint_is_safe_to_load_and_extract_uses_it(tmp_path, labelled):
     fs = featpipe.load(extract(ExtractConfig(labelled, tmp_path / "f.h5", model=TINY_MODEL,
                                              weights=str(result.output), layers=("logits",))).output)
     assert fs.dim("logits") == 3
+    # Read back as it was trained: the same classes, and the extractor's logits turned into probabilities.
+    from featpipe.finetune.checkpoint import load, predict_proba
+
+    tuned = load(result.output)
+    assert tuned.classes == meta["classes"]
+    probs, reasons = predict_proba(tuned, [labelled / p for p in fs.paths])
+    assert reasons == [None] * len(fs) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(fs.X("logits")), 1).numpy(), atol=1e-4)
     # Validation accuracy of the kept epoch is what its head scores on the held-out images.
     assert 0 <= result.best.val_accuracy <= 1 and result.history[0].epoch == 0
 
