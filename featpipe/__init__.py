@@ -6,14 +6,72 @@
     >>> result = featpipe.fit(featpipe.FitConfig("features.h5", "model.skops", ("logreg", "linear")))
     >>> model = featpipe.load_model("model.skops")
     >>> advice = featpipe.guide(featpipe.GuideConfig("images/"))   # which layer, or fine-tune?
+
+The public names are imported on first use: reading a feature file needs h5py
+and NumPy, not torch, Dask or scikit-learn, and a notebook that only reads
+starts in a fraction of a second.
 """
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .classify import FitConfig, FitResult, fit, load_model
 from .errors import FeatpipeError
-from .extraction import ExtractConfig, ExtractSummary, extract
-from .guide import GuideConfig, GuideResult, guide
-from .predict import Predictions, predict
-from .store import FeatureSet, load
+
+# public name -> the module that defines it
+_LAZY = {
+    "ExtractConfig": ".extraction.run",
+    "ExtractSummary": ".extraction.run",
+    "extract": ".extraction.run",
+    "FitConfig": ".classify",
+    "FitResult": ".classify",
+    "fit": ".classify",
+    "load_model": ".classify",
+    "GuideConfig": ".guide",
+    "GuideResult": ".guide",
+    "guide": ".guide",
+    "Predictions": ".predict",
+    "predict": ".predict",
+    "FeatureSet": ".store",
+    "load": ".store",
+}
+
+if TYPE_CHECKING:
+    from .classify import FitConfig, FitResult, fit, load_model
+    from .extraction.run import ExtractConfig, ExtractSummary, extract
+    from .guide import GuideConfig, GuideResult, guide
+    from .predict import Predictions, predict
+    from .store import FeatureSet, load
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``featpipe.guide`` and ``featpipe.predict`` are functions, named like the modules that define
+    them; importing such a module must not rebind the public name to the module."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in ("guide", "predict"):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "ExtractConfig",

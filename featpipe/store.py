@@ -36,6 +36,19 @@ def write_samples(f: h5py.File, paths, labels: np.ndarray, valid: np.ndarray, cl
     f.create_dataset("classes", data=np.asarray(classes, dtype=object), dtype=STR, shape=(len(classes),))
 
 
+def write_images(f: h5py.File, images: dict) -> None:
+    """Each row's image identity (featpipe/identity.py): file size, modification time (ns), content sha256."""
+    g = f["samples"]
+    g.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
+    g.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
+    n = len(images["size"])
+    g.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
+
+
+def decode_strings(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
 def write_errors(f: h5py.File, index, paths, reasons) -> None:
     g = f.create_group("errors")
     g.create_dataset("index", data=np.asarray(index, dtype=np.int64))
@@ -69,8 +82,7 @@ def write_arrays(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, classes:
     return path
 
 
-def _decode(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+_decode = decode_strings
 
 
 class _LazyRows:

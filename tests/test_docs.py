@@ -109,6 +109,7 @@ def test_everything_specified_is_written(files, doc):
     assert specified == written
     assert set(table(doc["/features/<layer>"])) == layer_attrs
     assert set(table(doc["config"])) == set(json.loads(attrs["config"]))
+    assert set(table(doc["request"])) == set(json.loads(attrs["request"]))
     assert set(table(doc["data_config"])) == set(json.loads(attrs["data_config"]))
 
 

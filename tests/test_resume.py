@@ -82,7 +82,7 @@ def test_changed_configuration_refuses_to_mix(tmp_path):
     first = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=0))
     again = extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=0))
     assert again.already_complete and again.computed == 0 and first.computed == 6
-    with pytest.raises(RunConflictError, match="weights_sha256.*--overwrite"):
+    with pytest.raises(RunConflictError, match="weights.*--overwrite"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", seed=1))
     with pytest.raises(RunConflictError, match="dtype"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random", dtype="float16"))
@@ -113,11 +113,13 @@ def test_partial_run_of_another_configuration_is_not_mixed(tmp_path):
     assert done.failed == 1 and done.resumed_partitions == 0
 
 
-def test_input_changed_since_partial_run_is_refused(tmp_path):
+def test_input_changed_since_partial_run_reuses_what_is_unchanged(tmp_path):
     images, out = partial_run(tmp_path)
-    make_images(images, classes=3, per_class=3, seed=1)  # adds a class folder
-    with pytest.raises(RunConflictError, match="samples"):
-        extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2))
+    make_images(tmp_path / "more", classes=3, per_class=3, seed=1)
+    shutil.copytree(tmp_path / "more" / "class_2", images / "class_2")  # a class added since
+    done = extract(ExtractConfig(images, out, model="test_resnet", weights="random", partition_size=2))
+    assert done.images == 10 and done.resumed_partitions >= 1 and 3 <= done.computed < 10
+    assert done.failed == 1  # the broken image failed in the partial run: a result, kept
 
 
 def test_max_failures_holds_on_resume_and_fixed_images_are_retried(tmp_path):
@@ -193,3 +195,22 @@ def test_files_written_before_the_resampler_existed_still_match(tmp_path):
     assert again.already_complete
     with pytest.raises(RunConflictError, match="data_config"):
         extract(ExtractConfig(images, out, model="test_resnet", weights="random"))  # torch: really different
+
+
+def test_finished_run_is_recognised_before_any_network_is_built(tmp_path, monkeypatch):
+    """Finding 6 of issue 8: a no-op rerun answers "already complete" without building or tracing the model."""
+    import featpipe.extraction.runner as runner
+    from featpipe import models
+
+    images = make_images(tmp_path / "images", classes=2, per_class=2)
+    cfg = ExtractConfig(images, tmp_path / "features.h5", model="test_resnet", weights="random")
+    extract(cfg)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network was built for a finished run")
+
+    monkeypatch.setattr(runner, "Extractor", refuse)
+    monkeypatch.setattr(models, "create_architecture", refuse)
+    assert extract(cfg).already_complete
+    with pytest.raises(AssertionError, match="network was built"):  # another request still builds
+        extract(ExtractConfig(images, cfg.output, model="test_resnet", weights="random", dtype="float16"))

@@ -7,17 +7,73 @@ failures). Results go to stdout, progress and messages to stderr.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable
 
 import typer
+import typer.core
+import typer.main
 
 from ..errors import FeatpipeError
 
+# Every command, in the order --help lists them (the flow): its module here, and the first line
+# of its docstring. `featpipe --help` lists them from this table, and `featpipe CMD` imports only
+# CMD's module, so neither pays for torch, Dask or scikit-learn unless the command uses them.
+# tests/test_start.py checks the table against the commands.
+COMMANDS = {
+    "extract": ("extract", "Extract CNN features of every image into one HDF5 file (resumable)."),
+    "info": ("info", "Summarise a feature file: model, preprocessing, layers, samples, classes, failures."),
+    "models": ("models", "List models with their feature dimension and whether pretrained weights are on disk."),
+    "layers": ("models", "List the layers of MODEL that --layer accepts, with their output shape and feature dimension."),
+    "guide": ("guide", "Measure where your data sits in the transfer-learning 2x2 table, and say what to do."),
+    "finetune": ("finetune", "Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."),
+    "fit": ("classify", "Train classifiers on cached features, choose one on training rows only, report it on the "
+            "test rows, save it."),
+    "evaluate": ("classify", "Metrics of a saved model on a labelled feature file (classes matched by name)."),
+    "predict": ("classify", "Predict the class of every image: from a feature file, or from images (extracted with "
+                "the model's extractor)."),
+    "lr-find": ("classify", "The learning-rate range test for a head: plot the loss as the rate grows, suggest a rate."),
+    "run": ("run", "Run a whole job from a pipeline file: extract, then fit; stages already complete are skipped."),
+}
+
+
+class _Listed(typer.core.TyperCommand):
+    """A command not imported yet: enough for --help's list; replaced by the real one when it runs."""
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group, importing each command's module only when that command runs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name, (_, text) in COMMANDS.items():
+            self.commands.setdefault(name, _Listed(name=name, help=text, short_help=text))
+
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS) + [n for n in self.commands if n not in COMMANDS]
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if isinstance(command, _Listed):
+            command = self.commands[name] = load_command(name)
+        return name, command, rest
+
+
+def load_command(name: str):
+    """The click command ``name``, its module imported."""
+    importlib.import_module(f".{COMMANDS[name][0]}", __name__)
+    info = next(c for c in app.registered_commands if (c.name or c.callback.__name__) == name)
+    return typer.main.get_command_from_info(
+        info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode
+    )
+
+
 app = typer.Typer(
     name="featpipe",
+    cls=_Commands,
     help="Cache CNN features of an image folder to HDF5, crash-safe and Dask-parallel.",
     no_args_is_help=True,
     add_completion=False,
@@ -57,15 +113,6 @@ def _setup(
             sys.modules["dask"].config.set({"logging.distributed": "error"})
 
 
-# Registers the commands, in the order --help lists them: the flow.
-from . import extract as _extract  # noqa: E402,F401,I001
-from . import info as _info  # noqa: E402,F401
-from . import models as _models  # noqa: E402,F401
-from . import guide as _guide  # noqa: E402,F401
-from . import classify as _classify  # noqa: E402,F401
-from . import run as _run  # noqa: E402,F401
-
-
 def main() -> None:
     """Entry point: the command-line parser's own errors get featpipe's one-line form too."""
     try:
@@ -86,5 +133,4 @@ def main() -> None:
 
 def _command() -> str:
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    return args[0] if args and args[0] in names else ""
+    return args[0] if args and args[0] in COMMANDS else ""

@@ -4,15 +4,17 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import UsageError
-from ..extraction import ExtractConfig, ExtractSummary, extract
 from . import app, user_errors
+
+if TYPE_CHECKING:
+    from ..extraction import ExtractSummary
 
 
 class Pool(str, Enum):
@@ -60,19 +62,27 @@ def parse_max_failures(text: Optional[str]) -> int | float | None:
 
 def print_summary(s: ExtractSummary, console: Console) -> None:
     if s.already_complete:
-        console.print(f"{s.output} is already complete ({s.images} images, {s.failed} failed): nothing to do")
+        console.print(f"{s.output} is already complete ({s.images} images, {s.valid} valid, {s.failed} failed): "
+                      f"nothing to do ({s.wall_seconds:.1f} s)")
         return
-    console.print(
-        f"[bold]{s.images}[/] images -> {s.output}: {s.computed} extracted"
-        + (f", {s.images - s.computed} resumed from {s.resumed_partitions} finished partitions" if s.resumed_partitions else "")
-        + f", [{'red' if s.failed else 'green'}]{s.failed} failed[/]"
-    )
+    from ..identity import describe_changes
+
+    done = f"{s.computed} computed"
+    if s.updated:
+        retried = f", {s.changes['retried']:,} retried" if s.changes.get("retried") else ""
+        layers = f"; layer {', '.join(s.layers_added)} added" if s.layers_added else ""
+        done = f"updated ({describe_changes(s.changes)}{retried}{layers}): {done}"
+    elif s.resumed_partitions:
+        done += f", {s.images - s.computed} resumed from {s.resumed_partitions} finished partitions"
+    console.print(f"[bold]{s.images}[/] images -> {s.output}: {done}; {s.valid} valid, "
+                  f"[{'red' if s.failed else 'green'}]{s.failed} failed[/]")
     if s.computed:
         t = s.timings
         console.print(
-            f"{s.images_per_s:.1f} images/s over {s.seconds:.1f} s (+{t.get('start', 0):.1f} s to start workers); "
-            f"time went to: forward {t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, "
-            f"write {t.get('write', 0):.1f} s (forward and decode summed over parallel streams, overlapped)"
+            f"{s.images_per_s:.1f} images/s over {s.seconds:.1f} s of compute, {s.wall_seconds:.1f} s in all "
+            f"(model, {t.get('start', 0):.1f} s to start workers, merge); time went to: forward "
+            f"{t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, write {t.get('write', 0):.1f} s "
+            "(forward and decode summed over parallel streams, overlapped)"
         )
     for path, reason in s.errors[:5]:
         console.print(f"  failed: {path}: {reason}", markup=False, highlight=False)
@@ -141,9 +151,13 @@ def extract_command(
     decode_threads: Annotated[Optional[int], typer.Option(help="GPU: threads decoding images ahead of the device (default: the cores).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
+    verify_content: Annotated[bool, typer.Option(help="Hash every image's bytes to tell changed images apart (default: path, size and modification time).")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Try images that failed in an earlier run again (default: a failure is kept as a result).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Extract CNN features of every image into one HDF5 file (resumable)."""
+    from ..extraction import ExtractConfig, extract
+
     config = ExtractConfig(
         input=input,
         output=output,
@@ -163,6 +177,8 @@ def extract_command(
         decode_threads=decode_threads,
         scheduler=scheduler,
         overwrite=overwrite,
+        verify_content=verify_content,
+        retry_failed=retry_failed,
     )
     summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
     print_summary(summary, Console(soft_wrap=True))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from .. import models
@@ -17,16 +16,14 @@ def models_command(
     pattern: Annotated[Optional[str], typer.Argument(help="Shell wildcard, e.g. 'resnet*' or 'tv:*'; default: the classic CNNs.")] = None,
 ) -> None:
     """List models with their feature dimension and whether pretrained weights are on disk."""
-    specs = models.list_models(pattern)
-    if not specs:
+    rows = models.model_table(pattern)
+    if not rows:
         hint = f"'*{pattern.strip('*')}*'" if pattern.strip("*") else "'resnet*'"
         raise UsageError(f"no model matches {pattern!r}; try a wider wildcard such as {hint}")
     typer.echo(f"{'model':40} {'pooled dim':>10}  {'input':>8}  pretrained offline")
-    for spec in specs:
-        try:
-            d = models.describe(spec)
-        except Exception as exc:  # noqa: BLE001 - one odd model must not hide the others
-            typer.echo(f"{spec.name:40} {'?':>10}  {'?':>8}  ({type(exc).__name__})")
+    for d in rows:
+        if "error" in d:
+            typer.echo(f"{d['model']:40} {'?':>10}  {'?':>8}  ({d['error']})")
             continue
         typer.echo(f"{d['model']:40} {d['pooled_dim']:>10}  {d['input']:>8}  {'yes' if d['pretrained_offline'] else 'no'}")
     if pattern is None:
@@ -39,6 +36,8 @@ def layers_command(
     model: Annotated[str, typer.Argument(help="A model name, as for --model.")],
 ) -> None:
     """List the layers of MODEL that --layer accepts, with their output shape and feature dimension."""
+    import torch
+
     spec = models.resolve(model)
     with torch.device("meta"):
         net = models.create_architecture(spec).eval()

@@ -1,4 +1,25 @@
-"""Extraction: read -> preprocess -> forward -> write (shards) -> merge, distributed by Dask."""
-from .run import ExtractConfig, ExtractSummary, extract
+"""Extraction: read -> preprocess -> forward -> write (shards) -> merge, distributed by Dask.
+
+``ExtractConfig``, ``ExtractSummary`` and ``extract`` are imported on first use, so
+that ``featpipe.extraction.sources`` (say) does not load torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .run import ExtractConfig, ExtractSummary, extract
+
+_LAZY = {"ExtractConfig", "ExtractSummary", "extract"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'featpipe.extraction' has no attribute {name!r}")
+    value = getattr(importlib.import_module(".run", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract"]

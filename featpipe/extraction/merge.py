@@ -1,12 +1,17 @@
-"""Merge: assemble the final feature file from finished shards, then rename it into place.
+"""Merge: assemble the final feature file, then rename it into place.
 
-Only one process merges (the one holding the output's lock), and the final
-name appears only when the whole file is written, so readers see the old file
-or the new one, never a broken one. Memory stays at one shard at a time.
+Each row comes from where its features already are: the previous feature file
+(rows whose image is unchanged, for the layers it has) or a shard (rows computed
+by this run or an interrupted one). Only one process merges (the one holding the
+output's lock), and the final name appears only when the whole file is written,
+so readers see the old file or the new one, never a broken one. Memory stays at
+one shard, or one block of copied rows, at a time.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -16,49 +21,120 @@ from .. import store
 from .sources import SampleList
 from .writer import atomic_replace
 
+COPY_BYTES = 64 << 20  # rows copied from the previous file at a time
 
-def merge_shards(
-    shards: list[Path],
-    output: Path,
-    samples: SampleList,
-    attrs: dict,
-    layer_attrs: dict[str, dict],
-    dtype: str,
-) -> None:
-    """Write ``output`` from ``shards`` (in partition order)."""
-    n = len(samples)
+
+@dataclass
+class Sources:
+    """Where each output row's features are.
+
+    ``old_rows[i]`` is row i's row in ``old_file`` (-1: none), used for the layers in ``old_layers``;
+    ``shards`` lists (shard file, rows in it, output rows); every other layer of a row comes from its shard.
+    """
+
+    n: int
+    old_file: Path | None = None
+    old_rows: np.ndarray | None = None
+    old_layers: tuple[str, ...] = ()
+    shards: list[tuple[Path, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def runs(dst: np.ndarray, src: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(dst_start, src_start, length) for each run where both index arrays advance by one."""
+    if len(dst) == 0:
+        return
+    breaks = np.flatnonzero((np.diff(dst) != 1) | (np.diff(src) != 1)) + 1
+    for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(dst)], strict=True):
+        yield int(dst[a]), int(src[a]), int(b - a)
+
+
+def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict], dtype: str, images: dict,
+          sources: Sources) -> tuple[np.ndarray, list[int], list[str]]:
+    """Write ``output`` for ``samples`` from ``sources``; ``layers`` maps each layer to its attributes (pool,
+    node), in order. Returns valid, and the failed rows with their reasons."""
+    n = sources.n
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    valid = np.zeros(n, dtype=bool)
-    err_index: list[int] = []
-    err_reason: list[str] = []
+    valid = np.ones(n, dtype=bool)
+    reasons: dict[int, str] = {}
+    covered = np.zeros(n, dtype=bool)
+    old = h5py.File(sources.old_file, "r") if sources.old_file is not None else None
     try:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
             feats = f.create_group("features")
-            datasets: dict[str, h5py.Dataset] = {}
-            for shard in shards:
+            if old is not None:
+                has_old = np.flatnonzero(sources.old_rows >= 0)
+                src = sources.old_rows[has_old]
+                valid[has_old] &= old["samples/valid"][:][src]
+                old_reason = dict(zip(old["errors/index"][:].tolist(), store.decode_strings(old["errors/reason"][:]),
+                                      strict=True))
+                for row, j in zip(has_old.tolist(), src.tolist(), strict=True):
+                    if j in old_reason:
+                        reasons[row] = old_reason[j]
+                covered[has_old] = True
+            datasets = {}
+
+            def dataset(name: str, dim: int) -> h5py.Dataset:
+                if name not in datasets:
+                    datasets[name] = feats.create_dataset(
+                        name, shape=(n, dim), dtype=dtype, chunks=store.row_chunks(n, dim, np.dtype(dtype).itemsize),
+                        fillvalue=np.nan,
+                    )
+                    datasets[name].attrs.update({"dim": dim, **layers[name]})
+                return datasets[name]
+
+            for name in layers:  # the file's datasets in the order asked for
+                if old is not None and name in sources.old_layers:
+                    ds_old = old["features"][name]
+                    ds = dataset(name, ds_old.shape[1])
+                    block = max(1, COPY_BYTES // max(1, ds_old.shape[1] * ds_old.dtype.itemsize))
+                    for d, s, k in runs(has_old, src):
+                        for o in range(0, k, block):
+                            m = min(block, k - o)
+                            ds[d + o:d + o + m] = ds_old[s + o:s + o + m]
+            for shard, in_shard, out_rows in sources.shards:
                 with h5py.File(shard, "r") as s:
-                    start, rows = int(s.attrs["start"]), int(s.attrs["rows"])
-                    for name, ds in s["features"].items():
-                        if name not in datasets:
-                            dim = ds.shape[1]
-                            datasets[name] = feats.create_dataset(
-                                name, shape=(n, dim), dtype=dtype,
-                                chunks=store.row_chunks(n, dim, np.dtype(dtype).itemsize),
-                            )
-                            datasets[name].attrs.update({"dim": dim, **layer_attrs[name]})
-                        datasets[name][start:start + rows] = ds[:]
-                    valid[start:start + rows] = s["valid"][:]
-                    err_index += s["error_index"][:].tolist()
-                    err_reason += [r.decode() if isinstance(r, bytes) else r for r in s["error_reason"][:]]
+                    v = s["valid"][:][in_shard]
+                    valid[out_rows] &= v
+                    covered[out_rows] = True
+                    errors = dict(zip(s["error_index"][:].tolist(), store.decode_strings(s["error_reason"][:]),
+                                      strict=True))
+                    for row, j in zip(out_rows.tolist(), in_shard.tolist(), strict=True):
+                        if j in errors:
+                            reasons[row] = errors[j]
+                    for name, ds_s in s["features"].items():
+                        if name not in layers:
+                            continue
+                        values = ds_s[:][in_shard]
+                        ds = dataset(name, ds_s.shape[1])
+                        from_old = (sources.old_rows[out_rows] >= 0) if old is not None and name in sources.old_layers \
+                            else np.zeros(len(out_rows), bool)
+                        take = np.flatnonzero(~from_old)
+                        for d, s_, k in runs(out_rows[take], take):
+                            ds[d:d + k] = values[s_:s_ + k]
+            if not covered.all():
+                raise RuntimeError(f"merge: {int((~covered).sum())} rows have no source")  # a bug, not a user error
+            missing = [name for name in layers if name not in datasets]
+            if missing:
+                raise RuntimeError(f"merge: no rows for layers {missing}")
+            # A row that failed in any source fails in every layer: NaN throughout.
+            bad = np.flatnonzero(~valid)
+            for ds in datasets.values():
+                for d, _, k in runs(bad, bad):
+                    ds[d:d + k] = np.nan
             store.write_samples(f, samples.paths, samples.labels, valid, samples.classes)
-            order = np.argsort(err_index, kind="stable")
-            err_index = [err_index[i] for i in order]
-            store.write_errors(
-                f, err_index, [samples.paths[i] for i in err_index], [err_reason[i] for i in order]
-            )
+            store.write_images(f, images)
+            err_index = bad.tolist()
+            store.write_errors(f, err_index, [samples.paths[i] for i in err_index],
+                               [reasons.get(i, "failed") for i in err_index])
+        if old is not None:
+            old.close()
+            old = None
         atomic_replace(tmp, output)
     finally:
+        if old is not None:
+            old.close()
         if tmp.exists():
             tmp.unlink()
+    return valid, bad.tolist(), [reasons.get(i, "failed") for i in bad.tolist()]

@@ -27,15 +27,10 @@ from torchvision.transforms import InterpolationMode
 
 from ..errors import UsageError
 from ..models import DataConfig
+from ..models.data_config import RESAMPLERS, check_resampler  # noqa: F401 - RESAMPLERS: public here too
 
-RESAMPLERS = ("auto", "torch", "pil")
 # Interpolations torchvision resizes uint8 tensors with natively (antialiased).
 TORCH_INTERPOLATIONS = ("bilinear", "bicubic")
-
-
-def check_resampler(choice: str) -> None:
-    if choice not in RESAMPLERS:
-        raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
 
 
 def resolve_resampler(choice: str, interpolation: str, crop_mode: str = "center") -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -19,29 +18,24 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
-import timm
-import torch
+import numpy as np
 
-from .. import __version__, models
+from .. import __version__, identity, models
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
+from ..models.data_config import check_resampler
 from ..store import FORMAT, FORMAT_VERSION, load
-from . import distributor, writer
+from ..store import decode_strings as store_decode
+from . import writer
 from .decode import MAX_PIXELS
-from .merge import merge_shards
-from .preprocess import check_resampler
-from .runner import (
-    Extractor,
-    ExtractorSpec,
-    PartitionTask,
-    WorkPlan,
-    cpu_cores,
-    register_extractor,
-    release_extractor,
-    resolve_device,
-)
 from .sources import SampleList, discover
+
+# torch, timm, Dask and the network's modules are imported once a run has work to do:
+# a finished run is recognised without them (see identity.request).
+if TYPE_CHECKING:
+    from .runner import Extractor, ExtractorSpec, WorkPlan
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +67,9 @@ class ExtractConfig:
     max_pixels: int = MAX_PIXELS
     scheduler: str | None = None
     overwrite: bool = False
+    # Images are the same when path, size and modification time are; with verify_content also their bytes.
+    verify_content: bool = False
+    retry_failed: bool = False  # compute images that failed before again (else a failure is kept as a result)
 
 
 @dataclass
@@ -88,6 +85,15 @@ class ExtractSummary:
     timings: dict[str, float] = field(default_factory=dict)
     errors: list[tuple[str, str]] = field(default_factory=list)  # first few (path, reason)
     already_complete: bool = False
+    # Against the previous feature file, when the run updated one (see featpipe/identity.py):
+    updated: bool = False
+    changes: dict[str, int] = field(default_factory=dict)  # unchanged, added, changed, removed, retried
+    layers_added: tuple[str, ...] = ()
+    wall_seconds: float = 0.0  # the whole call, model build and merge included
+
+    @property
+    def valid(self) -> int:
+        return self.images - self.failed
 
     @property
     def images_per_s(self) -> float:
@@ -134,6 +140,8 @@ def _partition_size(config: ExtractConfig, n: int) -> int:
 
 def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
     """How partitions run, and how many task slots the local Dask worker gets."""
+    from .runner import WorkPlan, cpu_cores
+
     if config.scheduler:  # each worker sizes itself from its own cores and threads
         return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads), 0
     cores = cpu_cores()
@@ -197,56 +205,72 @@ class OutputLock:
             self._fd = None
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+@dataclass
+class _Previous:
+    """The rows an earlier run left: in the previous feature file, and in shards of an interrupted run."""
+
+    file: Path | None = None
+    file_layers: tuple[str, ...] = ()
+    file_rows: dict = field(default_factory=dict)  # image key -> row
+    file_paths: set = field(default_factory=set)
+    file_valid: np.ndarray | None = None
+    shard_rows: dict = field(default_factory=dict)  # image key -> (shard, row, valid)
+    next_shard: int = 0
 
 
-def _config_hash(run_config: dict) -> str:
-    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()
+def _read_images(f: h5py.File, n: int) -> dict | None:
+    g = f["samples"]
+    if "size" not in g or "mtime" not in g:  # written before featpipe recorded image identity: nothing to match
+        return None
+    sha = store_decode(g["sha256"][:]) if "sha256" in g else [""] * n
+    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(sha, dtype=object)}
 
 
-def _upgrade(run_config: dict) -> dict:
-    """A run identity read from disk, with data-config fields added since filled in (so older runs still match)."""
-    if isinstance(run_config.get("data_config"), dict):
-        run_config = {**run_config, "data_config": models.data_config_upgrade(run_config["data_config"])}
-    return run_config
-
-
-def _existing_output(config: ExtractConfig, run_config: dict, samples_digest: str) -> bool:
-    """True when the output already holds this very run; raises when it holds another."""
+def _previous_file(config: ExtractConfig, run_config: dict, prev: _Previous) -> None:
+    """The previous feature file's reusable rows; raises when it holds another extractor's features."""
     if not config.output.exists() or config.overwrite:
-        return False
+        return
     try:
         with h5py.File(config.output, "r") as f:
-            old = _upgrade(json.loads(f.attrs.get("config", "{}")))
-            old["samples"] = f.attrs.get("samples_digest", "")
-    except OSError:
+            old = identity.upgrade(json.loads(f.attrs.get("config", "{}")))
+            paths = store_decode(f["samples/path"][:])
+            images = _read_images(f, len(paths))
+            valid = f["samples/valid"][:]
+    except (OSError, KeyError, ValueError):
         old = {}
-    new = {**run_config, "samples": samples_digest}
-    if old == new:
-        return True
-    what = _differences(old, new) if old else "it is not a featpipe feature file"
-    raise RunConflictError(
-        f"{str(config.output)!r} exists from another run ({what[:300]}); pass --overwrite to replace it"
-    )
+    if not old:
+        raise RunConflictError(
+            f"{str(config.output)!r} exists and is not a featpipe feature file; pass --overwrite to replace it"
+        )
+    same_extractor = {k: v for k, v in old.items() if k != "layers"} == \
+        {k: v for k, v in run_config.items() if k != "layers"}
+    dropped = [layer[0] for layer in old.get("layers", []) if layer not in run_config["layers"]]
+    if not same_extractor or dropped:
+        keep = f"; to keep its layers pass --layer {' --layer '.join(dropped)} too" if same_extractor else ""
+        raise RunConflictError(
+            f"{str(config.output)!r} exists from another run ({identity.differences(old, run_config)}){keep}; "
+            "pass --overwrite to replace it"
+        )
+    prev.file, prev.file_paths, prev.file_valid = config.output, set(paths), valid
+    prev.file_layers = tuple(layer[0] for layer in old["layers"])
+    if images is not None:
+        keys = identity.row_keys(paths, images, config.verify_content)
+        prev.file_rows = {key: j for j, key in enumerate(keys)}
 
 
-def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> dict[int, Path]:
-    """Finished shards to reuse; refuses to mix with a partial run of another configuration.
-
-    Shards holding failed images are computed again, so that images fixed
-    since the last run (after a --max-failures abort, say) are picked up.
-    """
+def _previous_shards(config: ExtractConfig, parts_dir: Path, manifest: dict, prev: _Previous) -> None:
+    """Finished shards to reuse, row by row; refuses to mix with a partial run of another configuration."""
     old = writer.read_manifest(parts_dir) if parts_dir.exists() else None
+    if old is not None and old.get("version") != manifest["version"]:
+        old = None  # an older featpipe's partial run: its shards cannot say which images they hold
     if old is not None and isinstance(old.get("config"), dict):
-        upgraded = _upgrade(old["config"])
-        old = {**old, "config": upgraded, "config_hash": _config_hash(upgraded)}
+        upgraded = identity.upgrade(old["config"])
+        old = {**old, "config": upgraded, "config_hash": identity.config_hash(upgraded)}
     if old is not None and old != manifest:
         if not config.overwrite:
             raise RunConflictError(
                 f"{str(parts_dir)!r} holds a partial run with another configuration "
-                f"({_differences(old, manifest)[:300]}); pass --overwrite to discard it"
+                f"({_manifest_differences(old, manifest)}); pass --overwrite to discard it"
             )
         shutil.rmtree(parts_dir)
     elif old is None and parts_dir.exists():
@@ -254,11 +278,59 @@ def _prepare_parts(config: ExtractConfig, parts_dir: Path, manifest: dict) -> di
     parts_dir.mkdir(exist_ok=True)
     writer.write_manifest(parts_dir, manifest)
     done = writer.finished_shards(parts_dir)
-    for index, path in list(done.items()):
-        if writer.shard_errors(path):
-            path.unlink()
-            del done[index]
-    return done
+    prev.next_shard = max(done, default=-1) + 1
+    for index in sorted(done):
+        images, valid = writer.read_shard_images(done[index])
+        for row, key in enumerate(identity.row_keys(images["path"], images, config.verify_content)):
+            prev.shard_rows[key] = (done[index], row, bool(valid[row]))
+
+
+@dataclass
+class _Plan:
+    """For each row of this run: where its features are, or that it must be computed."""
+
+    old_rows: np.ndarray  # row in the previous file, -1: none
+    shard_rows: list  # (shard, row) or None
+    compute: np.ndarray  # bool
+    known_failures: int  # rows not computed that fail (kept failures)
+    changes: dict[str, int]
+    layers_added: tuple[str, ...]
+
+
+def _plan(config: ExtractConfig, samples: SampleList, keys: list, layers: list[str], prev: _Previous) -> _Plan:
+    n = len(samples)
+    old_rows = np.full(n, -1, np.int64)
+    shard_rows: list = [None] * n
+    compute = np.zeros(n, bool)
+    added_layers = tuple(name for name in layers if prev.file is not None and name not in prev.file_layers)
+    changes = dict.fromkeys(("unchanged", "added", "changed", "removed", "retried"), 0)
+    known_failures = 0
+    for i, key in enumerate(keys):
+        j = prev.file_rows.get(key, -1)
+        retried = j >= 0 and config.retry_failed and not prev.file_valid[j]
+        if retried:
+            j = -1
+        shard = prev.shard_rows.get(key)
+        if shard is not None and config.retry_failed and not shard[2]:
+            shard = None
+        if j >= 0:
+            old_rows[i] = j
+        if shard is not None:
+            shard_rows[i] = shard[:2]
+        old_valid = j >= 0 and bool(prev.file_valid[j])
+        if shard is not None:
+            known_failures += not (shard[2] and (j < 0 or old_valid))
+        elif j >= 0 and (old_valid is False or not added_layers):
+            known_failures += not old_valid
+        else:
+            compute[i] = True
+        if prev.file is not None:
+            path = samples.paths[i]
+            kind = "unchanged" if j >= 0 else "retried" if retried else "changed" if path in prev.file_paths else "added"
+            changes[kind] += 1
+    if prev.file is not None:
+        changes["removed"] = len(prev.file_paths - set(samples.paths))
+    return _Plan(old_rows, shard_rows, compute, known_failures, changes, added_layers)
 
 
 def _remove_leftovers(output: Path) -> None:
@@ -280,8 +352,53 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
     _check_config(config)
     samples = discover(config.input)
+    model = models.resolve(config.model).name
+    request = identity.request(model, _weights_argument(config), config.seed, config.layers, config.pool,
+                               config.precision, config.dtype, config.resampler)
+    if _already_complete(config, request, samples):
+        log.info("%s is already complete", config.output)
+        wall = time.perf_counter() - t_start
+        return _summary(config.output, computed=0, resumed=0, seconds=wall, timings={}, already_complete=True,
+                        wall=wall)
+    return _build_and_extract(config, samples, model, request, progress, t_start)
+
+
+def _weights_argument(config: ExtractConfig) -> str:
+    """What --weights said, resolved: enough to extract the same way again (featpipe predict on images)."""
+    return config.weights if config.weights in ("pretrained", "random") else str(Path(config.weights).resolve())
+
+
+def _already_complete(config: ExtractConfig, request: dict, samples: SampleList) -> bool:
+    """The output holds this very request over these very images (and keeps its failures, unless asked to retry
+    them): recognised from the request and the files' sizes and times, before any network is built."""
+    if config.overwrite or not config.output.exists():
+        return False
+    with OutputLock(config.output):
+        try:
+            with h5py.File(config.output, "r") as f:
+                stored = json.loads(f.attrs.get("request", "null"))
+                digest = f.attrs.get("images_digest", "")
+                failures = len(f["errors/index"]) if "errors/index" in f else 0
+        except (OSError, ValueError):
+            return False
+        if stored != request or (config.retry_failed and failures):
+            return False
+        images = identity.image_stats(samples.root, samples.paths, config.verify_content)
+        if digest != identity.images_digest(samples.paths, samples.labels, samples.classes, images):
+            return False
+        _remove_leftovers(config.output)
+        shutil.rmtree(config.output.with_name(config.output.name + ".parts"), ignore_errors=True)
+        return True
+
+
+def _build_and_extract(config: ExtractConfig, samples: SampleList, model: str, request: dict,
+                       progress: Callable[[int, int], None] | None, t_start: float) -> ExtractSummary:
+    import torch
+
+    from .runner import Extractor, ExtractorSpec, register_extractor, release_extractor, resolve_device
+
     spec = ExtractorSpec(
-        model=models.resolve(config.model).name,
+        model=model,
         weights=config.weights,
         seed=config.seed,
         layers=tuple(config.layers),
@@ -306,28 +423,36 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     ex = Extractor(replace(spec, device="cpu") if config.scheduler else spec)
     spec = replace(spec, weights_sha256=ex.weights.sha256)
     if config.scheduler:
-        return _extract(config, samples, spec, ex, progress, t_start)
+        return _extract(config, samples, spec, ex, request, progress, t_start)
     register_extractor(spec, ex)  # the in-process worker reuses the model just built
     try:
-        return _extract(config, samples, spec, ex, progress, t_start)
+        return _extract(config, samples, spec, ex, request, progress, t_start)
     finally:
         release_extractor(spec)
 
 
-def _identity(config: ExtractConfig, spec: ExtractorSpec, ex: Extractor) -> dict:
+def _identity(config: ExtractConfig, ex: Extractor) -> dict:
     """Everything that changes the features; a run only ever resumes or skips its own identity."""
-    return {
-        "model": spec.model,
-        "weights_source": ex.weights.source,
-        "weights_sha256": ex.weights.sha256,
-        "layers": [[layer.name, layer.node, layer.pool] for layer in ex.layers],
-        "data_config": json.loads(ex.data_config.to_json()),
-        "precision": config.precision,
-        "dtype": config.dtype,
-    }
+    return identity.extractor(ex.model_spec.name, ex.weights.source, ex.weights.sha256,
+                              [(layer.name, layer.node, layer.pool) for layer in ex.layers],
+                              json.loads(ex.data_config.to_json()), config.precision, config.dtype)
 
 
-def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_hash: str, samples: SampleList) -> dict:
+def _manifest_differences(old: dict, new: dict) -> str:
+    """How a partial run's manifest differs from this run's, in words."""
+    if old.get("config") != new.get("config"):
+        return identity.differences(old.get("config") or {}, new.get("config") or {})
+    if old.get("samples") != new.get("samples"):
+        return "the images differ (other paths, labels or classes)"
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                     if k != "config_hash" and old.get(k) != new.get(k))
+
+
+def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_hash: str, samples: SampleList,
+                request: dict) -> dict:
+    import timm
+    import torch
+
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -349,7 +474,10 @@ def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_h
         # The client's network: traced and frozen (CPU fp32), or eager; they agree to ~1e-6.
         "graph": "traced" if ex.optimized else "eager",
         # What --weights said, resolved: enough to extract the same way again (featpipe predict on images).
-        "weights": config.weights if config.weights in ("pretrained", "random") else str(Path(config.weights).resolve()),
+        "weights": _weights_argument(config),
+        # What was asked for, with the versions that turned it into this extractor: a rerun
+        # recognises a finished file from it without building the network.
+        "request": json.dumps(request, sort_keys=True),
     }
 
 
@@ -358,62 +486,74 @@ def _extract(
     samples: SampleList,
     spec: ExtractorSpec,
     ex: Extractor,
+    request: dict,
     progress: Callable[[int, int], None] | None,
     t_start: float,
 ) -> ExtractSummary:
+    import torch
+
+    from . import distributor
+    from .merge import Sources, merge
+    from .runner import PartitionTask
+
     n = len(samples)
-    run_config = _identity(config, spec, ex)
-    config_hash = _config_hash(run_config)
+    run_config = _identity(config, ex)
+    config_hash = identity.config_hash(run_config)
     parts_dir = config.output.with_name(config.output.name + ".parts")
-    part_size = _partition_size(config, n)
-    previous = writer.read_manifest(parts_dir) if parts_dir.exists() else None
-    if previous and config.partition_size is None and previous.get("partition_size"):
-        # The default size follows --batch-size, which does not change features:
-        # a resume with another batch size keeps the partitions it started with.
-        part_size = int(previous["partition_size"])
-    tasks = [
-        PartitionTask(i, start, str(samples.root), samples.paths[start:start + part_size])
-        for i, start in enumerate(range(0, n, part_size))
-    ]
     limit = _max_failures(config, n)
     timings = {"start": 0.0, "decode": 0.0, "forward": 0.0, "write": 0.0}
+    layer_names = [layer.name for layer in ex.layers]
 
     with OutputLock(config.output):
         _remove_leftovers(config.output)
-        if _existing_output(config, run_config, samples.digest()):
-            log.info("%s is already complete", config.output)
-            shutil.rmtree(parts_dir, ignore_errors=True)  # left if a run died between rename and clean-up
-            return _summary(config.output, computed=0, resumed=len(tasks), seconds=time.perf_counter() - t_start,
-                            timings=timings, already_complete=True)
-        manifest = {
-            "config_hash": config_hash,
-            "config": run_config,
-            "samples": samples.digest(),
-            "n_samples": n,
-            "partition_size": part_size,
-        }
-        done = _prepare_parts(config, parts_dir, manifest)
-        failed = sum(writer.shard_errors(p) for p in done.values())
-        done_rows = sum(len(t.paths) for t in tasks if t.index in done)
-        todo = [t for t in tasks if t.index not in done]
-        if done:
-            log.info("resuming: %d of %d partitions already finished", len(done), len(tasks))
+        images = identity.image_stats(samples.root, samples.paths, config.verify_content)
+        keys = identity.row_keys(samples.paths, images, config.verify_content)
+        prev = _Previous()
+        _previous_file(config, run_config, prev)
+        _previous_shards(config, parts_dir, {"version": 2, "config_hash": config_hash, "config": run_config}, prev)
+        plan = _plan(config, samples, keys, layer_names, prev)
+        if prev.file is not None and plan.changes["unchanged"] == n and not plan.changes["removed"] \
+                and not plan.layers_added:
+            with h5py.File(prev.file, "r") as f:
+                same_images = f.attrs.get("images_digest") == identity.images_digest(
+                    samples.paths, samples.labels, samples.classes, images)
+            if same_images:  # the same features of the same images: only the request was recorded differently
+                shutil.rmtree(parts_dir, ignore_errors=True)
+                return _summary(config.output, computed=0, resumed=0, seconds=0.0, timings=timings,
+                                already_complete=True, wall=time.perf_counter() - t_start)
+        todo = np.flatnonzero(plan.compute)
+        part_size = _partition_size(config, len(todo))
+        tasks = [
+            PartitionTask(prev.next_shard + k, start, str(samples.root),
+                          tuple(samples.paths[r] for r in todo[start:start + part_size]))
+            for k, start in enumerate(range(0, len(todo), part_size))
+        ]
+        new_shards: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        reused = {s[0] for s in plan.shard_rows if s is not None}
+        if reused:
+            log.info("resuming: %d rows from %d finished partitions", n - len(todo), len(reused))
+        failed = plan.known_failures
+        done_rows = n - len(todo)
         if progress:
             progress(done_rows, n)
         t_work = time.perf_counter()
         computed = 0
-        if todo:
-            plan, slots = _work_plan(config, on_cpu=spec.device == "cpu")
+        if tasks:
+            plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu")
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
                 with distributor.dask_client(config.scheduler, slots) as client:
                     timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
-                        client, spec, todo, plan, key_prefix=f"featpipe-{uuid.uuid4().hex}"
+                        client, spec, tasks, plan_w, key_prefix=f"featpipe-{uuid.uuid4().hex}"
                     ):
                         t0 = time.perf_counter()
-                        done[result.index] = writer.write_shard(parts_dir, result, config.dtype)
+                        rows = todo[result.start:result.start + len(result)]
+                        shard = writer.write_shard(parts_dir, result, config.dtype, {
+                            "path": [samples.paths[r] for r in rows], "size": images["size"][rows],
+                            "mtime": images["mtime"][rows], "sha256": images["sha256"][rows]})
+                        new_shards.append((shard, np.arange(len(result)), rows))
                         timings["write"] += time.perf_counter() - t0
                         for key in ("decode", "forward"):
                             timings[key] += result.timings[key]
@@ -423,19 +563,32 @@ def _extract(
                         if progress:
                             progress(done_rows, n)
                         if limit is not None and failed > limit:
-                            _too_many_failures(failed, limit, result.errors, samples, parts_dir)
+                            errors = [(int(todo[i]), reason) for i, reason in result.errors]
+                            _too_many_failures(failed, limit, errors, samples, parts_dir)
             finally:
                 torch.set_num_threads(threads_before)
         elapsed = time.perf_counter() - t_work
-        if limit is not None and failed > limit:  # also when every partition was already done
+        if limit is not None and failed > limit:  # also when every row was already done
             _too_many_failures(failed, limit, [], samples, parts_dir)
         t0 = time.perf_counter()
+        by_shard: dict[Path, tuple[list, list]] = {}
+        for i, where in enumerate(plan.shard_rows):
+            if where is not None:
+                by_shard.setdefault(where[0], ([], []))
+                by_shard[where[0]][0].append(where[1])
+                by_shard[where[0]][1].append(i)
+        sources = Sources(n, prev.file, plan.old_rows, prev.file_layers,
+                          [(p, np.asarray(a), np.asarray(b)) for p, (a, b) in by_shard.items()] + new_shards)
         layer_attrs = {layer.name: {"pool": layer.pool, "node": layer.node} for layer in ex.layers}
-        merge_shards([done[i] for i in sorted(done)], config.output, samples,
-                     _file_attrs(config, ex, run_config, config_hash, samples), layer_attrs, config.dtype)
+        attrs = _file_attrs(config, ex, run_config, config_hash, samples, request)
+        attrs["images_digest"] = identity.images_digest(samples.paths, samples.labels, samples.classes, images)
+        merge(config.output, samples, attrs, layer_attrs, config.dtype, images, sources)
         shutil.rmtree(parts_dir, ignore_errors=True)
         timings["write"] += time.perf_counter() - t0
-    return _summary(config.output, computed, len(tasks) - len(todo), elapsed, timings)
+    summary = _summary(config.output, computed, len(reused), elapsed, timings, wall=time.perf_counter() - t_start)
+    if prev.file is not None:
+        summary.updated, summary.changes, summary.layers_added = True, plan.changes, plan.layers_added
+    return summary
 
 
 def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleList, parts_dir: Path) -> None:
@@ -447,7 +600,7 @@ def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleLis
 
 
 def _summary(output: Path, computed: int, resumed: int, seconds: float, timings: dict,
-             already_complete: bool = False) -> ExtractSummary:
+             already_complete: bool = False, wall: float = 0.0) -> ExtractSummary:
     fs = load(output)
     return ExtractSummary(
         output=output,
@@ -459,4 +612,5 @@ def _summary(output: Path, computed: int, resumed: int, seconds: float, timings:
         timings=timings,
         errors=list(zip(fs.errors["path"], fs.errors["reason"], strict=True))[:10],
         already_complete=already_complete,
+        wall_seconds=wall,
     )

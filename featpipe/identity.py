@@ -1,0 +1,217 @@
+"""Identity: one definition of "these feature rows are the same".
+
+Resume, "already complete" and incremental updates all ask whether rows were
+made the same way from the same images. The answer is defined here, and only here:
+
+* the **extractor**: model, weights source and sha256, layers (name, node,
+  pooling), preprocessing (data config), precision and storage dtype. Its JSON is
+  the feature file's ``config`` attribute; ``config_hash`` is its sha256. Features
+  of two extractors never mix.
+* the **request**: what the user asked for (model, weights, seed, layers, pool,
+  precision, dtype, resampler) plus the versions of the libraries that turn a
+  request into an extractor. Equal requests give equal extractors, so a finished
+  run is recognised from the request alone, without building the network (the
+  feature file's ``request`` attribute).
+* the **images**: each image's path, size and modification time, and with
+  ``--verify-content`` the sha256 of its bytes (:func:`row_keys`). A row whose key
+  is unchanged keeps its features; the others are computed again. Labels are not
+  part of it: a relabelled image keeps its features.
+
+See ARCHITECTURE.md, "Identity".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .models.data_config import upgrade as data_config_upgrade
+
+# The fields of an extractor identity, in words, for messages.
+FIELD_NAMES = {
+    "model": "model",
+    "weights_source": "weights source",
+    "weights_sha256": "weights (sha256)",
+    "layers": "layers",
+    "data_config": "preprocessing (data_config)",
+    "precision": "precision",
+    "dtype": "dtype",
+}
+
+
+def extractor(model: str, weights_source: str, weights_sha256: str, layers: Sequence, data_config: dict,
+              precision: str, dtype: str) -> dict:
+    """The extractor identity: everything that changes the features. ``layers`` are (name, node, pool)."""
+    return {
+        "model": model,
+        "weights_source": weights_source,
+        "weights_sha256": weights_sha256,
+        "layers": [[name, node, pool] for name, node, pool in layers],
+        "data_config": data_config,
+        "precision": precision,
+        "dtype": dtype,
+    }
+
+
+def config_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def upgrade(identity: dict) -> dict:
+    """An identity read from disk, with data-config fields added since filled in (older runs still match)."""
+    if isinstance(identity.get("data_config"), dict):
+        identity = {**identity, "data_config": data_config_upgrade(identity["data_config"])}
+    return identity
+
+
+def _short(value) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]  # a sha256
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dict_changes(old: dict, new: dict) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            out.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
+    return out
+
+
+def differences(old: dict, new: dict) -> str:
+    """The fields in which two extractor identities differ, in words: 'dtype float32 -> float16'."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        name = FIELD_NAMES.get(key, key)
+        if key == "layers" and isinstance(a, list) and isinstance(b, list):
+            gone = [x[0] for x in a if x not in b]
+            added = [x[0] for x in b if x not in a]
+            words = ([f"without {', '.join(gone)}"] if gone else []) + ([f"with {', '.join(added)}"] if added else [])
+            parts.append(f"layers {'; '.join(words) or 'in another order'}")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            parts.append(f"{name}: {', '.join(_dict_changes(a, b))}")
+        else:
+            parts.append(f"{name} {_short(a)} -> {_short(b)}")
+    return "; ".join(parts)
+
+
+# --- the request -------------------------------------------------------------------
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_file(model: str, weights: str) -> Path | None:
+    """The file the weights come from (pretrained or checkpoint), found without building anything; None for random."""
+    if weights == "random":
+        return None
+    if weights != "pretrained":
+        return Path(weights)
+    from .models import registry
+    from .models.catalog import cached
+    from .models.pretrained import locate, weight_sources
+
+    spec = registry.resolve(model)
+    return locate(cached(f"weights:{spec.name}", lambda: weight_sources(spec)))[0]
+
+
+def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: str, precision: str, dtype: str,
+            resampler: str) -> dict:
+    """What was asked for, with the digest of the weights file and the versions that build the extractor.
+
+    ``model`` is a resolved name (``timm:resnet18``); ``weights`` 'pretrained', 'random' or an absolute path.
+    Cheap: it reads the weights file but builds no network.
+    """
+    path = _weights_file(model, weights)
+    return {
+        "model": model,
+        "weights": weights,
+        "weights_sha256": _sha256_file(path) if path is not None and path.is_file() else None,
+        "seed": seed if weights == "random" else None,
+        "layers": list(layers),
+        "pool": pool,
+        "precision": precision,
+        "dtype": dtype,
+        "resampler": resampler,
+        "versions": {"featpipe": __version__, **{d: _version(d) for d in ("torch", "timm", "torchvision")}},
+    }
+
+
+# --- images --------------------------------------------------------------------------
+
+
+def image_stats(root: Path, paths: Sequence[str], verify_content: bool = False) -> dict[str, np.ndarray]:
+    """What identifies each image file: its size and modification time (ns), and with ``verify_content``
+    the sha256 of its bytes. A file that cannot be read gets size -1 (decoding will record why)."""
+    n = len(paths)
+    size = np.full(n, -1, np.int64)
+    mtime = np.zeros(n, np.int64)
+    sha = np.full(n, "", dtype=object)
+    for i, p in enumerate(paths):
+        full = root / p
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue
+        size[i], mtime[i] = st.st_size, st.st_mtime_ns
+        if verify_content:
+            try:
+                sha[i] = _sha256_file(full)
+            except OSError:
+                size[i] = -1
+    return {"size": size, "mtime": mtime, "sha256": sha}
+
+
+def row_keys(paths: Sequence[str], stats: dict[str, np.ndarray], verify_content: bool) -> list[tuple]:
+    """One key per image: rows with equal keys hold the same features (of the same extractor).
+    Without ``verify_content`` a file is the same when its path, size and modification time are."""
+    size, mtime = stats["size"].tolist(), stats["mtime"].tolist()
+    if verify_content:
+        sha = [str(s) for s in stats["sha256"]]
+        return list(zip(paths, size, mtime, sha, strict=True))
+    return list(zip(paths, size, mtime, strict=True))
+
+
+def images_digest(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str],
+                  stats: dict[str, np.ndarray]) -> str:
+    """Identifies the images of a run: paths, labels, classes, sizes, modification times (and content digests)."""
+    h = hashlib.sha256()
+    for path, label, size, mtime, sha in zip(paths, labels.tolist(), stats["size"].tolist(), stats["mtime"].tolist(),
+                                             stats["sha256"], strict=True):
+        h.update(f"{path}\0{label}\0{size}\0{mtime}\0{sha}\n".encode())
+    h.update("\0".join(classes).encode())
+    return h.hexdigest()
+
+
+def describe_changes(counts: dict[str, int]) -> str:
+    """'1,797 unchanged, 30 added, 2 changed, 1 removed'."""
+    return ", ".join(f"{counts.get(k, 0):,} {k}" for k in ("unchanged", "added", "changed", "removed"))
+
+
+def features_fingerprint(meta: dict) -> str:
+    """Identifies the rows of a feature file (its ``meta``): the extractor and the images, labels included.
+    Anything learned from the file (a fitted classifier, a pipeline's fit stage) is stale when it changes."""
+    parts = [meta.get("config_hash", ""), meta.get("images_digest") or meta.get("samples_digest", "")]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
