@@ -34,7 +34,8 @@ def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": free, "weight_decay": 0.0}]
 
 
-def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """One of OPTIMIZERS over ``params`` (tensors, or groups that may carry their own lr and weight_decay)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "momentum":  # v <- a*v - lr*grad; w <- w + v
@@ -46,18 +47,20 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
-              step_epochs: tuple[int, ...], cycle_epochs: int):
-    """A per-step learning-rate schedule (step and sgdr count in epochs, converted to steps)."""
+def make_schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
+                  step_epochs: tuple[int, ...], cycle_epochs: int):
+    """A per-step learning-rate schedule (step and sgdr count in epochs, converted to steps); each
+    parameter group keeps its own rate relative to the others (finetune's lower stages learn slower)."""
     if name == "constant":
         return None
     if name == "step":  # divide by 10 at each given epoch
         milestones = [e * steps_per_epoch for e in step_epochs]
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    if name == "cyclic":  # triangular between lr/10 and lr
+    if name == "cyclic":  # triangular between each group's lr/10 and its lr
         half = max(1, cycle_epochs * steps_per_epoch // 2)
-        return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=lr / 10, max_lr=lr, step_size_up=half,
-                                                 cycle_momentum=False)
+        rates = [group["lr"] for group in opt.param_groups]
+        return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=[r / 10 for r in rates], max_lr=rates,
+                                                 step_size_up=half, cycle_momentum=False)
     # sgdr: cosine annealing with warm restarts every cycle_epochs
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, cycle_epochs * steps_per_epoch))
 
@@ -172,7 +175,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         # 'auto': 1 / n, the penalty of LogisticRegression(C=1) (C * sum of losses + |w|^2 / 2),
         # written for the mean loss that a mini-batch estimates.
         self.weight_decay_ = 1.0 / len(train) if self.weight_decay == "auto" else float(self.weight_decay)
-        opt = _optimizer(self.optimizer, _param_groups(net, self.weight_decay_), self.lr, self.weight_decay_)
+        opt = make_optimizer(self.optimizer, _param_groups(net, self.weight_decay_), self.lr, self.weight_decay_)
         bs = min(self.batch_size, len(train))
         skip_lone = len(train) > 1 and not lone_rows_train(net)
         if skip_lone and bs < 2:
@@ -181,7 +184,7 @@ class _HeadBase(ClassifierMixin, BaseEstimator):
         # step_epochs None: divide at a half and three quarters of the epochs, however many there are.
         milestones = (tuple(self.step_epochs) if self.step_epochs is not None
                       else (self.max_epochs // 2, 3 * self.max_epochs // 4))
-        sched = _schedule(self.schedule, opt, self.lr, self.max_epochs, steps, milestones, self.cycle_epochs)
+        sched = make_schedule(self.schedule, opt, self.lr, self.max_epochs, steps, milestones, self.cycle_epochs)
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.history_ = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
         best, best_state, bad_epochs = math.inf, None, 0

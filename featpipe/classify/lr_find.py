@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..errors import UsageError
-from .heads import OPTIMIZERS, LinearHead, MLPHead, _optimizer, lone_rows_train
+from .heads import OPTIMIZERS, LinearHead, MLPHead, lone_rows_train, make_optimizer
 from .rows import Rows
 
 RULE = "a tenth of the rate at the lowest smoothed loss"
@@ -73,7 +73,7 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
         torch.manual_seed(seed)
         net = template._build(rows.n_features, len(classes))
         gen = torch.Generator().manual_seed(seed)
-        opt = _optimizer(optimizer, net.parameters(), start, 0.0)
+        opt = make_optimizer(optimizer, net.parameters(), start, 0.0)
         loss_fn = nn.CrossEntropyLoss()
         bs = min(batch_size, len(rows))
         skip_lone = len(rows) > 1 and not lone_rows_train(net)

@@ -10,22 +10,8 @@ from typing import Annotated
 import typer
 
 from . import app, user_errors
+from .classify import Optimizer, Schedule  # the heads' choices: one list
 from .extract import with_progress
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    nesterov = "nesterov"
-    rmsprop = "rmsprop"
-    adam = "adam"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    step = "step"
-    cyclic = "cyclic"
-    sgdr = "sgdr"
 
 
 class Augment(str, Enum):
@@ -51,8 +37,8 @@ def finetune_command(
     epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone).")] = 10,
     lr: Annotated[float, typer.Option(help="Learning rate of the head and the top stage.")] = 1e-3,
     lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it.")] = 0.5,
-    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts).")] = Schedule.constant,
+    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,  # type: ignore[attr-defined]
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts).")] = Schedule.constant,  # type: ignore[attr-defined]
     weight_decay: Annotated[float, typer.Option(help="L2 penalty on weights (not biases).")] = 1e-4,
     augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong.")] = Augment.standard,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips; turn off where flipping changes the class (text, digits, left/right signs).")] = True,

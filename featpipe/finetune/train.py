@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..classify.heads import OPTIMIZERS, SCHEDULES, _optimizer, _schedule
+from ..classify.heads import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from ..errors import UsageError
 from ..extraction.preprocess import Preprocessor, resolve_resampler
 from ..extraction.runner import resolve_device
@@ -311,9 +311,9 @@ def finetune(config: FinetuneConfig,
             if chosen:
                 param_groups.append({"params": chosen, "lr": rates[g],
                                      "weight_decay": config.weight_decay if decayed else 0.0})
-    optimizer = _optimizer(config.optimizer, param_groups, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, param_groups, config.lr, config.weight_decay)
     train_loader_len = math.ceil(len(train_rows) / config.batch_size)
-    scheduler = _schedule(config.schedule, optimizer, config.lr, max(config.epochs, 1), train_loader_len,
+    scheduler = make_schedule(config.schedule, optimizer, config.lr, max(config.epochs, 1), train_loader_len,
                           (max(1, config.epochs // 2), max(1, 3 * config.epochs // 4)), max(1, config.epochs // 2))
     best_state, best_epoch, best_loss = snapshot_start, 0, history[0].val_loss if history else math.inf
     first = 1
