@@ -22,6 +22,7 @@ from .extraction import ExtractConfig, extract
 from .store import load
 
 FEATURE_SUFFIXES = (".h5", ".hdf5")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # a network from `featpipe finetune`: classifies images with its own head
 
 
 @dataclass
@@ -54,6 +55,9 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
             features_out: str | os.PathLike | None = None) -> Predictions:
     """Predict every sample of ``input``: a feature file, or images (a folder or a CSV list).
 
+    ``model`` is a model file from `featpipe fit`, or a checkpoint from `featpipe finetune` (.pt), which
+    classifies images directly with its fine-tuned head and its own preprocessing.
+
     Images are extracted first with the model file's recorded extractor (model,
     weights, layer, preprocessing, precision, dtype), into ``features_out`` or
     a temporary file.
@@ -62,8 +66,10 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
         UsageError: features of another extractor, weights that are no longer where they were, bad input.
         FormatError: a model file that is corrupt or not featpipe's.
     """
-    mf = load_model(model)
     source = Path(input)
+    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
+        return _predict_finetuned(Path(model), source, device, batch_size)
+    mf = load_model(model)
     if source.is_file() and source.suffix.lower() in FEATURE_SUFFIXES:
         return _predict_features(mf, source)
     ex = mf.extractor
@@ -97,3 +103,18 @@ def _predict_features(mf, path: Path) -> Predictions:
         reasons[int(i)] = reason
     # The model's columns are its own labels: indices into the class names it was trained with.
     return Predictions(fs.paths, fs.valid.copy(), proba, [mf.classes[int(c)] for c in classes], reasons)
+
+
+def _predict_finetuned(checkpoint: Path, source: Path, device: str, batch_size: int) -> Predictions:
+    from .extraction.sources import discover
+    from .finetune.checkpoint import load as load_checkpoint
+    from .finetune.checkpoint import predict_proba
+
+    if source.is_file() and source.suffix.lower() in FEATURE_SUFFIXES:
+        raise UsageError(f"{checkpoint.name} is a fine-tuned network: it classifies images, not a feature file; "
+                         "give an image folder or a CSV list")
+    tuned = load_checkpoint(checkpoint)
+    samples = discover(source)
+    proba, reasons = predict_proba(tuned, [samples.root / p for p in samples.paths], batch_size, device)
+    valid = np.array([r is None for r in reasons])
+    return Predictions(list(samples.paths), valid, proba, tuned.classes, [r or "" for r in reasons])

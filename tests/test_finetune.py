@@ -122,6 +122,16 @@ def test_checkpoint_is_safe_to_load_and_extract_uses_it(tmp_path, labelled):
     probs, reasons = predict_proba(tuned, [labelled / p for p in fs.paths])
     assert reasons == [None] * len(fs) and np.allclose(probs.sum(1), 1, atol=1e-5)
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(fs.X("logits")), 1).numpy(), atol=1e-4)
+    # featpipe predict with the checkpoint: the same classes, one row per image, failed images with a reason.
+    (labelled / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    from featpipe.predict import predict
+
+    pred = predict(result.output, labelled)
+    assert len(pred.paths) == len(fs) + 1 and pred.class_names == meta["classes"]
+    broken = pred.paths.index("class_0/broken.jpg")
+    assert not pred.valid[broken] and pred.reasons[broken]
+    keep = [i for i in range(len(pred.paths)) if i != broken]
+    np.testing.assert_allclose(pred.proba[keep], probs, atol=1e-5)
     # Validation accuracy of the kept epoch is what its head scores on the held-out images.
     assert 0 <= result.best.val_accuracy <= 1 and result.history[0].epoch == 0
 

@@ -172,7 +172,7 @@ def evaluate_command(
 @app.command("predict")
 @user_errors
 def predict_command(
-    model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
+    model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`, or a checkpoint from `featpipe finetune` (.pt).")],
     input: Annotated[Path, typer.Argument(help="A feature file (.h5) of the same extractor, or images: a folder or a CSV list.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: stdout).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes listed per row, most probable first.")] = 3,

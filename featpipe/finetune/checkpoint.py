@@ -51,8 +51,13 @@ def load(path: str | Path) -> FineTuned:
     return FineTuned(model.eval(), DataConfig.from_json(meta["data_config"]), list(meta["classes"]), meta)
 
 
-def predict_proba(tuned: FineTuned, paths: list[Path], batch_size: int = 64) -> tuple[np.ndarray, list[str | None]]:
+def predict_proba(tuned: FineTuned, paths: list[Path], batch_size: int = 64,
+                  device: str = "cpu") -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities (N, C) for each image (NaN rows where an image cannot be decoded), and the reasons."""
+    from ..extraction.runner import resolve_device
+
+    target = torch.device(resolve_device(device))
+    net = tuned.model.to(target)
     preprocess = Preprocessor(tuned.data_config)
     probs = np.full((len(paths), len(tuned.classes)), np.nan, np.float32)
     reasons: list[str | None] = [None] * len(paths)
@@ -66,6 +71,6 @@ def predict_proba(tuned: FineTuned, paths: list[Path], batch_size: int = 64) -> 
                 reasons[i] = str(exc)
         if rows:
             with torch.inference_mode():
-                x = preprocess.batch(torch.from_numpy(np.stack(crops)))
-                probs[rows] = torch.softmax(tuned.model(x).float(), dim=1).numpy()
+                x = preprocess.batch(torch.from_numpy(np.stack(crops)).to(target))
+                probs[rows] = torch.softmax(net(x).float(), dim=1).cpu().numpy()
     return probs, reasons
