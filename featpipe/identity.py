@@ -115,7 +115,8 @@ def _version(dist: str) -> str:
         return "none"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (weights files, images with --verify-content)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +149,7 @@ def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: st
     return {
         "model": model,
         "weights": weights,
-        "weights_sha256": _sha256_file(path) if path is not None and path.is_file() else None,
+        "weights_sha256": sha256_file(path) if path is not None and path.is_file() else None,
         "seed": seed if weights == "random" else None,
         "layers": list(layers),
         "pool": pool,
@@ -178,7 +179,7 @@ def image_stats(root: Path, paths: Sequence[str], verify_content: bool = False) 
         size[i], mtime[i] = st.st_size, st.st_mtime_ns
         if verify_content:
             try:
-                sha[i] = _sha256_file(full)
+                sha[i] = sha256_file(full)
             except OSError:
                 size[i] = -1
     return {"size": size, "mtime": mtime, "sha256": sha}

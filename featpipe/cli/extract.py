@@ -1,7 +1,11 @@
 """`featpipe extract`: options -> ExtractConfig -> featpipe.extract()."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -130,6 +134,32 @@ def with_progress(job, quiet: bool, description: str = "extract"):
             bar.stop()
 
 
+@contextlib.contextmanager
+def interrupt_says_how_to_resume(output: Path, command: str = "the same command"):
+    """Ctrl-C ends at once with one line: what is kept and how to resume.
+
+    Finished partitions are already on disk, each complete under its final name; waiting for the
+    partitions in flight (and the Dask cluster's shutdown) would only delay the exit, so the process
+    leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
+    """
+    parts = Path(output).expanduser().absolute()
+    parts = parts.with_name(parts.name + ".parts")
+
+    def leave(signum, frame) -> None:
+        kept = len(list(parts.glob("part-*.h5"))) if parts.is_dir() else 0
+        tty = "\x1b[?25h\n" if sys.stderr.isatty() else ""  # after a progress bar, which may have hidden the cursor
+        sys.stderr.write(f"{tty}interrupted: {kept} finished partition{'s' if kept != 1 else ''} kept in "
+                         f"{str(parts)!r}; run {command} again to resume\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @app.command("extract")
 @user_errors
 def extract_command(
@@ -156,29 +186,30 @@ def extract_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Extract CNN features of every image into one HDF5 file (resumable)."""
-    from ..extraction import ExtractConfig, extract
+    with interrupt_says_how_to_resume(output):  # from the start: Ctrl-C while torch loads, too
+        from ..extraction import ExtractConfig, extract
 
-    config = ExtractConfig(
-        input=input,
-        output=output,
-        model=model,
-        weights=weights,
-        layers=tuple(layer),
-        pool=pool.value,
-        batch_size=batch_size,
-        device=device,
-        precision=precision.value,
-        dtype=dtype.value,
-        resampler=resampler.value,
-        seed=seed,
-        max_failures=parse_max_failures(max_failures),
-        partition_size=partition_size,
-        streams=streams,
-        decode_threads=decode_threads,
-        scheduler=scheduler,
-        overwrite=overwrite,
-        verify_content=verify_content,
-        retry_failed=retry_failed,
-    )
-    summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
+        config = ExtractConfig(
+            input=input,
+            output=output,
+            model=model,
+            weights=weights,
+            layers=tuple(layer),
+            pool=pool.value,
+            batch_size=batch_size,
+            device=device,
+            precision=precision.value,
+            dtype=dtype.value,
+            resampler=resampler.value,
+            seed=seed,
+            max_failures=parse_max_failures(max_failures),
+            partition_size=partition_size,
+            streams=streams,
+            decode_threads=decode_threads,
+            scheduler=scheduler,
+            overwrite=overwrite,
+            verify_content=verify_content,
+            retry_failed=retry_failed,
+        )
+        summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
     print_summary(summary, Console(soft_wrap=True))

@@ -33,6 +33,24 @@ QUIET_LOCAL_CLUSTER = {
 
 
 @contextlib.contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Dask's INFO chatter (about 37 lines a run: scheduler, worker, plugins) while the local cluster lives,
+    unless featpipe itself logs at INFO (`featpipe -v`, or a notebook that asked for it)."""
+    if logging.getLogger("featpipe").isEnabledFor(logging.INFO):
+        yield
+        return
+    names = ["distributed"] + [n for n in logging.Logger.manager.loggerDict if n.startswith("distributed.")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
 def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.Client]:  # noqa: F821
     """A client of the given scheduler, or of a fresh local in-process cluster with ``slots`` threads."""
     import distributed
@@ -49,6 +67,7 @@ def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.C
             yield client
         return
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_dask())
         with dask.config.set(QUIET_LOCAL_CLUSTER):  # read when the servers are built
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=1,

@@ -175,36 +175,68 @@ class Extractor:
             return out, time.perf_counter() - t0
 
 
+# Bounded lifetimes: a process keeps at most one extractor (a long-lived Dask worker that extracts with
+# several models holds only the latest, in GPU memory too) and one decode pool; an extraction in this
+# process releases both when it ends.
 _extractors: dict[ExtractorSpec, Extractor] = {}
 _extractors_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_runs = 0  # extractions of this process in progress (register/release pairs)
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def get_extractor(spec: ExtractorSpec) -> Extractor:
-    """The process's extractor for ``spec``, built on first use (each Dask worker loads the model once)."""
+    """The process's extractor for ``spec``, built on first use (each Dask worker loads the model once);
+    building one for another spec lets the previous one go."""
     with _extractors_lock:
         if spec not in _extractors:
+            dropped = bool(_extractors)
+            _extractors.clear()
+            if dropped:
+                _free_device_memory()
             _extractors[spec] = Extractor(spec)
         return _extractors[spec]
 
 
 def register_extractor(spec: ExtractorSpec, extractor: Extractor) -> None:
     """Make ``extractor`` this process's one for ``spec`` (the client's model, reused by in-process workers)."""
+    global _runs
     with _extractors_lock:
+        _extractors.clear()
         _extractors[spec] = extractor
+        _runs += 1
 
 
 def release_extractor(spec: ExtractorSpec) -> None:
-    """Forget ``spec``'s extractor, so a notebook running many extractions does not keep every model."""
+    """Forget ``spec``'s extractor, and the decode pool once no extraction of this process runs:
+    a notebook running many extractions keeps none of their models or threads."""
+    global _runs
     with _extractors_lock:
         _extractors.pop(spec, None)
+        _runs = max(0, _runs - 1)
+        if _runs == 0:
+            _release_pool()
+    _free_device_memory()
+
+
+def _release_pool() -> None:
+    global _pool
+    if _pool is not None:
+        _pool[1].shutdown(wait=False)
+        _pool = None
 
 
 def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
     with _extractors_lock:
-        if threads not in _pools:
-            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="featpipe-decode")
-        return _pools[threads]
+        if _pool is None or _pool[0] != threads:
+            _release_pool()
+            _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="featpipe-decode"))
+        return _pool[1]
 
 
 @dataclass

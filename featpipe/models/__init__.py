@@ -72,7 +72,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(module, __name__), attr)
         globals()[name] = value
         return value
-    if name in ("registry", "taps", "weights", "pretrained"):  # submodules, as attributes (models.registry.UsageError)
+    if name in ("registry", "taps", "weights", "pretrained", "stages", "catalog"):  # submodules, as attributes (models.registry.UsageError)
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'featpipe.models' has no attribute {name!r}")
 

@@ -190,8 +190,10 @@ def layer_table(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int]) ->
     shapes: dict[str, tuple] = {}
 
     def record(name: str, output: object) -> None:  # a hook that returns None keeps the output
+        # A module that runs more than once in a forward pass (a ReLU shared inside a ResNet block)
+        # is tapped at its last run, as TappedModel does: list what extraction will give.
         if isinstance(output, Tensor):
-            shapes.setdefault(name, tuple(output.shape))
+            shapes[name] = tuple(output.shape)
 
     handles = [
         module.register_forward_hook(lambda m, i, o, name=name: record(name, o))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..identity import sha256_file
 from .pretrained import LITE_PACKAGES, find_pretrained
 from .registry import ModelSpec
 
@@ -37,14 +38,6 @@ class WeightsInfo:
         if self.source == "random":
             return f"random (seed {self.seed})"
         return f"{self.source} ({self.path})"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_state_dict(model: nn.Module) -> str:
@@ -104,10 +97,17 @@ def _load_pretrained(spec: ModelSpec) -> tuple[nn.Module, WeightsInfo]:
         return model, info
     if spec.source == "timm":
         import timm
+        import timm.models
 
-        model = timm.create_model(
-            spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
-        )
+        cfg = timm.models.get_pretrained_cfg(spec.arch)
+        if cfg is not None and cfg.custom_load:
+            # The model reads its own format (NumPy .npz, loaded without pickle): nothing to unpickle.
+            overlay: dict = {"file": str(path)}
+        else:
+            # Read by featpipe's loader (safetensors, or torch.load with weights_only=True), whatever timm's
+            # own default is in the installed version; timm then adapts the state dict to the model as usual.
+            overlay = {"state_dict": _read_checkpoint(path)}
+        model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=overlay)
         return model, info
 
     model = create_architecture(spec)
