@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
-
+from . import identity
 from .classify import FitConfig, FitResult, fit, load_model
 from .classify.fit import HeadSettings
 from .errors import FeatpipeError, UsageError
@@ -37,7 +37,8 @@ _EXTRACT_KEYS = {
     "layers": (list, False), "pool": (str, False), "batch_size": (int, False), "device": (str, False),
     "precision": (str, False), "dtype": (str, False), "resampler": (str, False), "seed": (int, False), "max_failures": ((int, float), False),
     "partition_size": (int, False), "streams": (int, False), "decode_threads": (int, False),
-    "scheduler": (str, False), "overwrite": (bool, False),
+    "scheduler": (str, False), "overwrite": (bool, False), "verify_content": (bool, False),
+    "retry_failed": (bool, False),
 }
 _FIT_KEYS = {
     "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
@@ -137,9 +138,10 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
 
 
 def fit_fingerprint(config: FitConfig, features: Path) -> str:
-    """Identifies a fit: its settings and the features it learns from."""
+    """Identifies a fit: its settings and the features it learns from (their extractor and images, so a
+    re-extraction over changed images makes the fit stale)."""
     settings = {k: str(v) for k, v in vars(config).items() if k not in ("features", "output", "report")}
-    feature_hash = str(load(features).meta.get("config_hash", ""))
+    feature_hash = identity.features_fingerprint(load(features).meta)
     return hashlib.sha256(json.dumps([settings, feature_hash], sort_keys=True).encode()).hexdigest()
 
 
@@ -160,8 +162,29 @@ class PipelineResult:
     fit_skipped: bool
 
 
+def _prepare_outputs(pipeline: Pipeline) -> None:
+    """Every output's folder exists (created if need be) and is writable, before any work starts."""
+    outputs = [("extract.output", pipeline.extract.output)]
+    if pipeline.fit is not None:
+        outputs += [("fit.output", pipeline.fit.output)]
+        if pipeline.fit.report is not None:
+            outputs += [("fit.report", Path(pipeline.fit.report))]
+    for key, path in outputs:
+        if path.is_dir():
+            raise UsageError(f"{pipeline.path}: {key} {str(path)!r} is a folder; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{pipeline.path}: cannot create the folder of {key} {str(path)!r} "
+                             f"({exc.strerror or exc}); choose another path") from None
+        if not os.access(path.parent, os.W_OK):
+            raise UsageError(f"{pipeline.path}: the folder of {key} {str(path)!r} is not writable; choose another path")
+
+
 def run_pipeline(pipeline: Pipeline, progress: Callable[[int, int], None] | None = None) -> PipelineResult:
-    """Run the stages of ``pipeline`` whose outputs are not complete yet."""
+    """Run the stages of ``pipeline`` whose outputs are not complete yet; every output path is checked
+    (and its folder created) first, so a bad model path fails before a long extraction, not after it."""
+    _prepare_outputs(pipeline)
     summary = extract(pipeline.extract, progress=progress)
     if pipeline.fit is None:
         return PipelineResult(summary, None, False)

@@ -66,3 +66,32 @@ def test_run_skips_finished_stages(tmp_path):
     assert changed.extract.already_complete and not changed.fit_skipped and changed.fit.n_test == 6
     r = CliRunner().invoke(app, ["run", str(path), "--quiet"])
     assert r.exit_code == 0 and "up to date" in r.stdout and "already complete" in r.stdout
+
+
+def test_changed_images_make_the_fit_stale(tmp_path):
+    """Finding 4 of issue 8: the fit fingerprint left out the images, so a re-extraction kept the old model."""
+    import shutil
+
+    images = make_images(tmp_path / "images", classes=2, per_class=6)
+    path = tmp_path / "job.toml"
+    path.write_text('[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
+                    '[fit]\noutput = "m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\n')
+    run_pipeline(load_pipeline(path))
+    shutil.copy(images / "class_1" / "img_000.jpg", images / "class_0" / "img_000.jpg")  # new content, same name
+    again = run_pipeline(load_pipeline(path))
+    assert again.extract.updated and again.extract.computed == 1 and not again.fit_skipped
+
+
+def test_outputs_are_checked_and_their_folders_made_before_any_work(tmp_path):
+    make_images(tmp_path / "images", classes=2, per_class=6)
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    path = tmp_path / "job.toml"
+    body = ('[extract]\ninput = "images"\noutput = "out/features/f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
+            '[fit]\noutput = "taken/m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\n')
+    path.write_text(body)
+    with pytest.raises(UsageError, match="fit.output"):
+        run_pipeline(load_pipeline(path))
+    assert not (tmp_path / "out" / "features" / "f.h5").exists()  # refused before extracting
+    path.write_text(body.replace("taken/m.skops", "models/new/m.skops"))
+    run_pipeline(load_pipeline(path))
+    assert (tmp_path / "out" / "features" / "f.h5").exists() and (tmp_path / "models" / "new" / "m.skops").exists()

@@ -457,7 +457,7 @@ def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, config_h
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "featpipe_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": run_config["model"],
         "weights_source": ex.weights.describe(),
         "weights_sha256": ex.weights.sha256,
