@@ -6,6 +6,7 @@
     >>> result = featpipe.fit(featpipe.FitConfig("features.h5", "model.skops", ("logreg", "linear")))
     >>> model = featpipe.load_model("model.skops")
     >>> advice = featpipe.guide(featpipe.GuideConfig("images/"))   # which layer, or fine-tune?
+    >>> tuned = featpipe.finetune(featpipe.FinetuneConfig("images/", "ft.pt", model="resnet50"))
 
 The public names are imported on first use: reading a feature file needs h5py
 and NumPy, not torch, Dask or scikit-learn, and a notebook that only reads
@@ -33,6 +34,9 @@ _LAZY = {
     "GuideConfig": ".guide",
     "GuideResult": ".guide",
     "guide": ".guide",
+    "FinetuneConfig": ".finetune",
+    "FinetuneResult": ".finetune",
+    "finetune": ".finetune",
     "Predictions": ".predict",
     "predict": ".predict",
     "FeatureSet": ".store",
@@ -42,6 +46,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .classify import FitConfig, FitResult, fit, load_model
     from .extraction.run import ExtractConfig, ExtractSummary, extract
+    from .finetune import FinetuneConfig, FinetuneResult, finetune
     from .guide import GuideConfig, GuideResult, guide
     from .predict import Predictions, predict
     from .store import FeatureSet, load
@@ -61,11 +66,11 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """``featpipe.guide`` and ``featpipe.predict`` are functions, named like the modules that define
-    them; importing such a module must not rebind the public name to the module."""
+    """``featpipe.guide``, ``featpipe.finetune`` and ``featpipe.predict`` are functions, named like the
+    modules that define them; importing such a module must not rebind the public name to the module."""
 
     def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and name in ("guide", "predict"):
+        if isinstance(value, types.ModuleType) and name in ("guide", "finetune", "predict"):
             return
         super().__setattr__(name, value)
 
@@ -78,6 +83,8 @@ __all__ = [
     "ExtractSummary",
     "FeatpipeError",
     "FeatureSet",
+    "FinetuneConfig",
+    "FinetuneResult",
     "FitConfig",
     "FitResult",
     "GuideConfig",
@@ -85,6 +92,7 @@ __all__ = [
     "Predictions",
     "__version__",
     "extract",
+    "finetune",
     "fit",
     "guide",
     "load",
