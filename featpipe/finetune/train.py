@@ -35,11 +35,10 @@ from ..extraction.sources import discover
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
 from . import blocks
+from .checkpoint import FORMAT
 from .data import Images, collate, train_transform
 
 log = logging.getLogger(__name__)
-
-FORMAT = "featpipe-finetune"
 
 
 @dataclass(frozen=True)
