@@ -206,16 +206,11 @@ def _file_sample(config: GuideConfig, fs: FeatureSet) -> _Sample:
 
 
 def _sample_key(sample: _Sample) -> str:
-    """Identifies the sampled images, content included (sizes and modification times)."""
-    h = hashlib.sha256()
-    for path, label in zip(sample.paths, sample.labels.tolist(), strict=True):
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"  # extraction records it as a failed image
-        h.update(f"{path}\0{sample.classes[label]}\0{stamp}\n".encode())
-    return h.hexdigest()
+    """Identifies the sampled images, content included: featpipe's one definition (identity.images_digest)."""
+    from ..identity import image_stats, images_digest
+
+    stats = image_stats(Path("/"), sample.paths)  # the paths are absolute
+    return images_digest(sample.paths, sample.labels, sample.classes, stats)
 
 
 def _write_sample_csv(sample: _Sample, path: Path) -> None:
