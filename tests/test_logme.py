@@ -56,3 +56,11 @@ def test_logme_does_not_depend_on_the_order_of_rows():
     F = rng.normal(size=(60, 10)) + labels[:, None]
     order = rng.permutation(60)
     assert logme(F[order], labels[order]) == pytest.approx(logme(F, labels), abs=1e-9)
+
+
+def test_features_that_say_nothing_still_get_a_finite_score():
+    """All-zero features (a dead ReLU layer of random weights): a low score, never NaN or -inf (JSON has neither)."""
+    labels = np.repeat([0, 1], 10)
+    with np.errstate(divide="raise", invalid="raise"):
+        nothing = logme(np.zeros((20, 3)), labels)
+    assert np.isfinite(nothing) and nothing < logme(np.eye(2)[labels] + 0.01, labels)

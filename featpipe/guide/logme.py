@@ -21,6 +21,7 @@ import numpy as np
 
 MAX_ITER = 100
 TOL = 1e-10  # relative change of alpha / beta between steps
+TINY = 1e-300
 
 
 def _evidence_per_column(z: np.ndarray, yy: float, s2: np.ndarray, n: int, alpha: float, beta: float) -> float:
@@ -47,9 +48,10 @@ def _maximise(z: np.ndarray, yy: float, s2: np.ndarray, n: int) -> tuple[float, 
         gamma = (beta * s2 / (alpha + beta * s2)).sum()
         m_norm = ((beta * np.sqrt(s2) / (alpha + beta * s2) * z) ** 2).sum()
         residual = max(yy - (z @ z), 0.0) + ((alpha / (alpha + beta * s2) * z) ** 2).sum()
-        # Guards for degenerate columns (a target F fits exactly, or one F says nothing about).
-        new_alpha = gamma / max(m_norm, 1e-300)
-        new_beta = (n - gamma) / max(residual, 1e-300)
+        # Guards for degenerate columns (a target F fits exactly, or one F says nothing about):
+        # the precisions stay positive, so the evidence stays finite.
+        new_alpha = max(gamma / max(m_norm, 1e-300), TINY)
+        new_beta = max((n - gamma) / max(residual, 1e-300), TINY)
         done = abs(new_alpha / new_beta - alpha / beta) <= TOL * (alpha / beta)
         alpha, beta = new_alpha, new_beta
         if done:
