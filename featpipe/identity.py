@@ -42,13 +42,15 @@ FIELD_NAMES = {
     "data_config": "preprocessing (data_config)",
     "precision": "precision",
     "dtype": "dtype",
+    "views": "views (--tta, --augment)",
 }
 
 
 def extractor(model: str, weights_source: str, weights_sha256: str, layers: Sequence, data_config: dict,
-              precision: str, dtype: str) -> dict:
-    """The extractor identity: everything that changes the features. ``layers`` are (name, node, pool)."""
-    return {
+              precision: str, dtype: str, views: dict | None = None) -> dict:
+    """The extractor identity: everything that changes the features. ``layers`` are (name, node, pool);
+    ``views`` the TTA and augmented views (extraction/views.py), absent when there are none."""
+    return {**({"views": views} if views else {}),
         "model": model,
         "weights_source": weights_source,
         "weights_sha256": weights_sha256,
@@ -139,14 +141,14 @@ def _weights_file(model: str, weights: str) -> Path | None:
 
 
 def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: str, precision: str, dtype: str,
-            resampler: str) -> dict:
+            resampler: str, views: dict | None = None) -> dict:
     """What was asked for, with the digest of the weights file and the versions that build the extractor.
 
     ``model`` is a resolved name (``timm:resnet18``); ``weights`` 'pretrained', 'random' or an absolute path.
     Cheap: it reads the weights file but builds no network.
     """
     path = _weights_file(model, weights)
-    return {
+    return {**({"views": views} if views else {}),
         "model": model,
         "weights": weights,
         "weights_sha256": sha256_file(path) if path is not None and path.is_file() else None,

@@ -22,6 +22,12 @@ FORMAT = "featpipe-features"
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")
 CHUNK_BYTES = 1 << 20  # ~1 MiB row chunks: fast whole reads, cheap row slices
+AUGMENTED = "augmented"  # /augmented/<layer>: K augmented views per image, rows = images x K
+
+
+def augmented_name(layer: str) -> str:
+    """Where a layer's augmented views are: /augmented/<layer> in the file (in shards, a layer of their own)."""
+    return f"{AUGMENTED}/{layer}"
 
 
 def row_chunks(n: int, dim: int, itemsize: int) -> tuple[int, int]:
@@ -147,6 +153,9 @@ class FeatureSet:
         self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
         self._shapes = {k: f["features"][k].shape for k in self.layers}
         self._dtypes = {k: f["features"][k].dtype for k in self.layers}
+        aug = f.get(AUGMENTED)
+        # Layers with augmented views (extract --augment), in the order of self.layers.
+        self.augmented_layers: list[str] = [k for k in self.layers if aug is not None and k in aug]
         self.y: np.ndarray = f["samples/label"][:]
         self.valid: np.ndarray = f["samples/valid"][:]
         self.classes: list[str] = _decode(f["classes"][:])
@@ -169,7 +178,9 @@ class FeatureSet:
         dims = ", ".join(f"{k}: {self._shapes[k][1]}" for k in self.layers)
         return (
             f"<FeatureSet {self.path.name}: {len(self)} samples ({int(self.valid.sum())} valid), "
-            f"{len(self.classes)} classes, model {self.meta.get('model')}, layers {{{dims}}}>"
+            f"{len(self.classes)} classes, model {self.meta.get('model')}, layers {{{dims}}}"
+            + (f", {self.augment['views']} augmented views per image" if self.augmented_layers else "")
+            + (f", TTA {self.tta}" if self.tta != "none" else "") + ">"
         )
 
     def resolve_layer(self, layer: str | None) -> str:
@@ -195,6 +206,25 @@ class FeatureSet:
         name = self.resolve_layer(layer)
         with h5py.File(self.path, "r") as f:
             return f["features"][name][:]
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation the features are averaged over: 'none', 'flip' or 'crops'."""
+        return ((self.meta.get("config") or {}).get("views") or {}).get("tta", "none")
+
+    @property
+    def augment(self) -> dict:
+        """How the augmented views were made ({views, strength, flip, seed}); {} without them."""
+        return dict(((self.meta.get("config") or {}).get("views") or {}).get("augment") or {})
+
+    def augmented(self, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented views of ``layer``: features (N x K, D), and for each view the row of its image
+        (``source_index``). Views of an image that failed are NaN, like its row."""
+        name = self.resolve_layer(layer)
+        if name not in self.augmented_layers:
+            raise UsageError(f"{self.path.name} has no augmented views of {name!r}; extract with --augment K")
+        with h5py.File(self.path, "r") as f:
+            return f[augmented_name(name)][:], f[f"{AUGMENTED}/source_index"][:]
 
     def to_dask(self, layer: str | None = None):
         """The features of ``layer`` as a lazy dask array, chunked as stored; for files larger than memory."""

@@ -192,3 +192,22 @@ def test_bf16_on_the_gpu_trains(tmp_path, labelled):
         pytest.skip("needs CUDA")
     result = finetune(config(tmp_path, labelled, device="cuda", epochs=1))
     assert np.isfinite(result.history[-1].train_loss)
+
+
+def test_extract_takes_model_and_image_size_from_the_checkpoint(tmp_path, labelled):
+    result = finetune(config(tmp_path, labelled, unfreeze="head", epochs=1, image_size=64))
+    fs = featpipe.load(extract(ExtractConfig(labelled, tmp_path / "f.h5", weights=str(result.output),
+                                             layers=("logits",))).output)
+    assert fs.meta["model"] == f"timm:{TINY_MODEL}" and fs.meta["data_config"]["crop"] == [64, 64]
+    # The features are the fine-tuned network's own: its head on its own preprocessing.
+    from featpipe.finetune.checkpoint import load, predict_proba
+
+    probs, _ = predict_proba(load(result.output), [labelled / p for p in fs.paths])
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(fs.X("logits")), 1).numpy(), atol=1e-4)
+    with pytest.raises(featpipe.errors.WeightsError, match="was fine-tuned from timm:test_resnet, not"):
+        extract(ExtractConfig(labelled, tmp_path / "g.h5", model="resnet18", weights=str(result.output)))
+    with pytest.raises(UsageError, match="--model is missing"):
+        extract(ExtractConfig(labelled, tmp_path / "g.h5", weights="random"))
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "plain.pt")
+    with pytest.raises(UsageError, match="plain state dict that does not say which model"):
+        extract(ExtractConfig(labelled, tmp_path / "g.h5", weights=str(tmp_path / "plain.pt")))

@@ -26,7 +26,7 @@ from .classes import rows_for_model
 from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
 from .heads import OPTIMIZERS, SCHEDULES
 from .metrics import evaluate_rows, plot_confusion
-from .rows import FileRows, Rows, labelled_file_rows
+from .rows import FileRows, Rows, labelled_file_rows, with_views
 from .search import SearchProgress, check_folds, cross_validate, random_search
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class FitConfig:
     stream: bool | None = None
     validation_size: float = 0.2  # without --cv: fraction of the training rows the classifiers are compared on
     head: HeadSettings = HeadSettings()
+    # Train on the training images' augmented views too (extract --augment); validation and test rows stay
+    # originals, and the split is by image, so no view of a held-out image is trained on.
+    use_augmented: bool = False
 
 
 @dataclass
@@ -225,6 +228,21 @@ def available_memory() -> int:
     return free
 
 
+def _augmented_views(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The file's augmented views of ``layer`` and their source rows, with --use-augmented; else None."""
+    if not config.use_augmented:
+        return None
+    if layer not in fs.augmented_layers:
+        raise UsageError(f"--use-augmented: {fs.path.name} has no augmented views of {layer!r}; "
+                         "extract with --augment K (for example --augment 4)")
+    if config.cv or config.search:
+        raise UsageError("--use-augmented compares classifiers on a validation split of the training images; "
+                         "drop --cv and --search")
+    if config.stream:
+        raise UsageError("--use-augmented holds the training rows and their views in memory; drop --stream")
+    return fs.augmented(layer)
+
+
 def _decide_stream(config: FitConfig, rows: Rows) -> bool:
     """Whether the PyTorch heads stream from the file: as asked, or when the features would not fit."""
     needed = len(rows) * rows.n_features * 4
@@ -321,10 +339,20 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
     labelled, test_file, skipped = _labelled(config, fs, layer)
+    views = _augmented_views(config, fs, layer)
     stream = _decide_stream(config, labelled)
+    if stream and views is not None:
+        raise UsageError("--use-augmented holds the training rows and their views in memory, and these features "
+                         "would not fit; fit without it, or on a machine with more memory")
+    file_rows = labelled.rows  # positions of the labelled set -> feature-file rows (for the views)
     if not stream:  # one read of each file; the split then indexes memory
         labelled, test_file = labelled.load(), test_file.load() if test_file is not None else None
     train, test = _split(config, fs, labelled, test_file)
+    n_train_images = len(train)
+
+    def plus_views(rows: Rows) -> Rows:  # training rows only: never validation or test rows
+        return rows if views is None else with_views(rows, file_rows, *views, fs.y)
+
     folds = config.cv or (5 if config.search else None)
     if folds is not None:
         if folds < 2:
@@ -369,7 +397,7 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
             elif folds:
                 row.cv = cross_validate(model, fitter.X(train), train.labels, folds, config.seed)
             elif val is not None:
-                row.validation = evaluate_rows(fitter(name, clone(model), fit_rows), val, fs.classes)
+                row.validation = evaluate_rows(fitter(name, clone(model), plus_views(fit_rows)), val, fs.classes)
         except FeatpipeError as exc:
             if not isinstance(exc, CannotFit):
                 raise
@@ -385,6 +413,7 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
                          + "; ".join(f"{r.classifier}: {r.reason}" for r in rows))
     best, rule = choose(rows, by) if compare or folds else (rows[0].classifier, "the only classifier")
     extractor = modelfile.extractor_config(fs, layer)
+    train = plus_views(train)
     fitted = {}
     for row in rows:
         if row.reason or not (row.classifier == best or config.keep_all):
@@ -401,8 +430,9 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
                  " (streamed from the file)" if stream and row.classifier in STREAMING else "")
     if config.report is not None:
         write_report(config.report, rows, fs.classes, fitted)
-    return FitResult(rows, best, len(train), len(test), skipped, config.output,
-                     extra={"streamed": stream, "loaded": loaded}, rule=rule,
+    return FitResult(rows, best, n_train_images, len(test), skipped, config.output,
+                     extra={"streamed": stream, "loaded": loaded, "augmented_rows": len(train) - n_train_images},
+                     rule=rule,
                      n_validation=len(val) if val is not None else 0, warnings=warnings)
 
 

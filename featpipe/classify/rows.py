@@ -219,6 +219,21 @@ def labelled_file_rows(fs, layer: str, role: str = "training", **kw) -> tuple[Fi
     return FileRows(fs.path, f"features/{layer}", rows, fs.y[rows], fs.dim(layer), **kw), int((~keep).sum())
 
 
+def with_views(rows: ArrayRows, file_rows: np.ndarray, views: np.ndarray, source: np.ndarray,
+               labels: np.ndarray) -> ArrayRows:
+    """``rows`` plus the augmented views of their own images, and of no other image.
+
+    ``file_rows[p]`` is the feature-file row of position ``p`` of the set ``rows`` was cut from (rows
+    indexes that set); ``views`` are the file's augmented features and ``source`` each view's file row;
+    ``labels`` the file's labels. The split was made by image, so a view joins its image's side of it:
+    no view of a validation or test image is ever trained on.
+    """
+    own = file_rows[rows._index()]
+    take = np.flatnonzero(np.isin(source, own))
+    return ArrayRows(np.concatenate([rows.read(), np.asarray(views[take], dtype=np.float32)]),
+                     np.concatenate([rows.labels, labels[source[take]]]))
+
+
 def predict_proba_rows(model, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     """``model.predict_proba`` over ``rows`` a block at a time: (probabilities, labels), in the same order."""
     probas, labels = [], []

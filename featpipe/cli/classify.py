@@ -59,6 +59,8 @@ def print_fit(result: FitResult) -> None:
     """What `fit` and `run` print: rows, warnings, search tables, the comparison, the saved file."""
     typer.echo(f"{result.n_train} training rows"
                + (f" ({result.n_validation} of them held out to compare the classifiers)" if result.n_validation else "")
+               + (f" plus {result.extra['augmented_rows']} augmented views of the training images"
+                  if result.extra.get("augmented_rows") else "")
                + f", {result.n_test} test rows"
                + (f", {result.skipped_invalid} invalid or unlabelled rows skipped" if result.skipped_invalid else "")
                + ("; heads streamed from the file" if result.extra.get("streamed") else "")
@@ -127,13 +129,14 @@ def fit_command(
     epochs: Annotated[Optional[int], typer.Option(help="Heads: most epochs.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Heads: rows per mini-batch.", show_default=False)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Heads: L2 penalty (linear default: 1/rows, logistic regression's C=1).", show_default=False)] = None,
+    use_augmented: Annotated[bool, typer.Option(help="Also train on the training images' augmented views (extract --augment K); validation and test rows stay original images.")] = False,
 ) -> None:
     """Train classifiers on cached features, choose one on training rows only, report it on the test rows, save it."""
     names = tuple(n.strip() for n in classifier.split(",") if n.strip())
     head = HeadSettings(lr, optimizer.value if optimizer else None, schedule.value if schedule else None, epochs,
                         batch_size, weight_decay)
     config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search, stream,
-                       validation_size, head)
+                       validation_size, head, use_augmented)
     if sanity:
         failed = False
         for name, acc, n in sanity_check(config):

@@ -43,6 +43,18 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
+class TTA(str, Enum):
+    none = "none"
+    flip = "flip"
+    crops = "crops"
+
+
+class Strength(str, Enum):
+    light = "light"
+    standard = "standard"
+    strong = "strong"
+
+
 def parse_max_failures(text: Optional[str]) -> int | float | None:
     """'10' -> 10 images; '0.05' or '5%' -> a fraction of all images."""
     if text is None:
@@ -165,7 +177,7 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
 def extract_command(
     input: Annotated[Path, typer.Argument(help="Image folder (class subfolders = labels), flat folder, or CSV with path[,label].")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature file to write (HDF5).")],
-    model: Annotated[str, typer.Option(help="timm or torchvision model; `featpipe models` lists them.")],
+    model: Annotated[Optional[str], typer.Option(help="timm or torchvision model; `featpipe models` lists them. Optional with --weights CHECKPOINT.pt from `featpipe finetune`.", show_default=False)] = None,
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint (state dict) path.")] = "pretrained",
     layer: Annotated[list[str], typer.Option("--layer", "-l", help="pooled, fc7, logits or a module name (`featpipe layers MODEL`); repeat for several.")] = ["pooled"],  # noqa: B006 - Typer needs a literal default
     pool: Annotated[Pool, typer.Option(help="How intermediate layers become vectors.")] = Pool.avg,
@@ -174,7 +186,11 @@ def extract_command(
     precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
-    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of --weights random and of the --augment views.")] = 0,
+    tta: Annotated[TTA, typer.Option(help="Store each image's features averaged over deterministic views: flip (the crop and its mirror) or crops (four corners and centre).")] = TTA.none,
+    augment: Annotated[int, typer.Option(help="Also store K seeded augmented views per image in /augmented/<layer> (for `fit --use-augmented`).")] = 0,
+    augment_strength: Annotated[Strength, typer.Option(help="How strong the --augment views are (the recipe of `featpipe finetune --augment`).")] = Strength.standard,
+    flip: Annotated[bool, typer.Option(help="--augment views may be mirror images; --no-flip where mirroring changes the class (digits, text, left/right signs).")] = True,
     max_failures: Annotated[Optional[str], typer.Option(help="Abort past this many bad images: a count, a fraction or a percentage.")] = None,
     partition_size: Annotated[Optional[int], typer.Option(help="Rows per partition (unit of work and of resume).")] = None,
     streams: Annotated[Optional[int], typer.Option(help="CPU: partitions computed at once, sharing the cores (default: min(cores, 4)).")] = None,
@@ -192,7 +208,7 @@ def extract_command(
         config = ExtractConfig(
             input=input,
             output=output,
-            model=model,
+            model=model or "",
             weights=weights,
             layers=tuple(layer),
             pool=pool.value,
@@ -210,6 +226,10 @@ def extract_command(
             overwrite=overwrite,
             verify_content=verify_content,
             retry_failed=retry_failed,
+            tta=tta.value,
+            augment=augment,
+            augment_strength=augment_strength.value,
+            flip=flip,
         )
         summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
     print_summary(summary, Console(soft_wrap=True))

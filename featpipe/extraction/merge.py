@@ -39,6 +39,23 @@ class Sources:
     shards: list[tuple[Path, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
+class ViewRows:
+    """A /augmented/<layer> dataset (rows = images x K) addressed by image row: image row r is rows
+    r*K .. r*K+K-1, read and written as one (K*D)-wide row, the layout shards hold them in."""
+
+    def __init__(self, ds: h5py.Dataset, views: int):
+        self.ds, self.views = ds, views
+        self.shape = (ds.shape[0] // views, ds.shape[1] * views)
+        self.dtype = ds.dtype
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.ds[rows.start * self.views:rows.stop * self.views].reshape(-1, self.shape[1])
+
+    def __setitem__(self, rows: slice, values) -> None:
+        lo, hi = rows.start * self.views, rows.stop * self.views
+        self.ds[lo:hi] = values if np.isscalar(values) else np.asarray(values).reshape(hi - lo, -1)
+
+
 def runs(dst: np.ndarray, src: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """(dst_start, src_start, length) for each run where both index arrays advance by one."""
     if len(dst) == 0:
@@ -75,18 +92,30 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
                 covered[has_old] = True
             datasets = {}
 
-            def dataset(name: str, dim: int) -> h5py.Dataset:
+            def dataset(name: str, dim: int) -> h5py.Dataset | ViewRows:
                 if name not in datasets:
-                    datasets[name] = feats.create_dataset(
-                        name, shape=(n, dim), dtype=dtype, chunks=store.row_chunks(n, dim, np.dtype(dtype).itemsize),
-                        fillvalue=np.nan,
-                    )
-                    datasets[name].attrs.update({"dim": dim, **layers[name]})
+                    views = layers[name].get("views")
+                    if views:  # augmented views: (images x K, D) at the file's root, see ViewRows
+                        d = dim // views
+                        ds = f.create_dataset(name, shape=(n * views, d), dtype=dtype, fillvalue=np.nan,
+                                              chunks=store.row_chunks(n * views, d, np.dtype(dtype).itemsize))
+                        ds.attrs.update({"dim": d, **layers[name]})
+                        datasets[name] = ViewRows(ds, views)
+                    else:
+                        datasets[name] = feats.create_dataset(
+                            name, shape=(n, dim), dtype=dtype, fillvalue=np.nan,
+                            chunks=store.row_chunks(n, dim, np.dtype(dtype).itemsize),
+                        )
+                        datasets[name].attrs.update({"dim": dim, **layers[name]})
                 return datasets[name]
+
+            def old_dataset(name: str) -> h5py.Dataset | ViewRows:
+                views = layers[name].get("views")
+                return ViewRows(old[name], views) if views else old["features"][name]
 
             for name in layers:  # the file's datasets in the order asked for
                 if old is not None and name in sources.old_layers:
-                    ds_old = old["features"][name]
+                    ds_old = old_dataset(name)
                     ds = dataset(name, ds_old.shape[1])
                     block = max(1, COPY_BYTES // max(1, ds_old.shape[1] * ds_old.dtype.itemsize))
                     for d, s, k in runs(has_old, src):
@@ -103,9 +132,10 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
                     for row, j in zip(out_rows.tolist(), in_shard.tolist(), strict=True):
                         if j in errors:
                             reasons[row] = errors[j]
-                    for name, ds_s in s["features"].items():
-                        if name not in layers:
+                    for name in layers:
+                        if name not in s["features"]:
                             continue
+                        ds_s = s["features"][name]
                         values = ds_s[:][in_shard]
                         ds = dataset(name, ds_s.shape[1])
                         from_old = (sources.old_rows[out_rows] >= 0) if old is not None and name in sources.old_layers \
@@ -123,6 +153,10 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
             for ds in datasets.values():
                 for d, _, k in runs(bad, bad):
                     ds[d:d + k] = np.nan
+            views = {layers[name]["views"] for name in layers if layers[name].get("views")}
+            if views:  # which image each augmented row is a view of
+                f.create_dataset(f"{store.AUGMENTED}/source_index", data=np.repeat(np.arange(n, dtype=np.int64),
+                                                                                    views.pop()))
             store.write_samples(f, samples.paths, samples.labels, valid, samples.classes)
             store.write_images(f, images)
             err_index = bad.tolist()

@@ -71,12 +71,20 @@ class Preprocessor:
         img = TF.center_crop(img, self._crop)
         return np.asarray(img, dtype=np.uint8)
 
-    def _torch_image(self, img: Image.Image) -> np.ndarray:
+    def _torch_resize(self, img: Image.Image) -> torch.Tensor:
         # (H, W, 3) viewed as (3, H, W): channels-last, the layout of the uint8 kernel.
         chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-        out = TF2.resize(chw, self._resize, interpolation=self._interp, antialias=True)
-        out = TF2.center_crop(out, self._crop)
+        return TF2.resize(chw, self._resize, interpolation=self._interp, antialias=True)
+
+    def _torch_image(self, img: Image.Image) -> np.ndarray:
+        out = TF2.center_crop(self._torch_resize(img), self._crop)
         return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+
+    def resize(self, img: Image.Image) -> np.ndarray:
+        """The resized image before the crop, uint8 (H', W', 3) (multi-crop views cut their crops from it)."""
+        if self.config.resampler == "torch":
+            return np.ascontiguousarray(self._torch_resize(img).permute(1, 2, 0).numpy())
+        return np.asarray(TF.resize(img, self._resize, interpolation=self._interp), dtype=np.uint8)
 
     def batch(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float().div_(255)

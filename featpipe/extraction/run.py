@@ -26,11 +26,12 @@ import numpy as np
 from .. import __version__, identity, models
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
 from ..models.data_config import check_resampler
-from ..store import FORMAT, FORMAT_VERSION, load
+from ..store import FORMAT, FORMAT_VERSION, augmented_name, load
 from ..store import decode_strings as store_decode
 from . import writer
 from .decode import MAX_PIXELS
 from .sources import SampleList, discover
+from .views import ViewSpec
 
 # torch, timm, Dask and the network's modules are imported once a run has work to do:
 # a finished run is recognised without them (see identity.request).
@@ -49,7 +50,7 @@ class ExtractConfig:
 
     input: Path
     output: Path
-    model: str
+    model: str = ""  # "": the base model recorded in a `featpipe finetune` checkpoint given as weights
     weights: str = "pretrained"
     layers: tuple[str, ...] = ("pooled",)
     pool: str = "avg"
@@ -70,6 +71,16 @@ class ExtractConfig:
     # Images are the same when path, size and modification time are; with verify_content also their bytes.
     verify_content: bool = False
     retry_failed: bool = False  # compute images that failed before again (else a failure is kept as a result)
+    # Views besides the eval crop (extraction/views.py): features averaged over deterministic TTA views, and
+    # `augment` seeded augmented views per image, stored apart in /augmented/<layer>.
+    tta: str = "none"
+    augment: int = 0
+    augment_strength: str = "standard"
+    flip: bool = True  # augmented views may be mirrored; off for digits, text, left/right signs
+
+    @property
+    def views(self) -> ViewSpec:
+        return ViewSpec(self.tta, self.augment, self.augment_strength, self.flip, self.seed)
 
 
 @dataclass
@@ -104,6 +115,7 @@ def _check_config(config: ExtractConfig) -> None:
     if config.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     check_resampler(config.resampler)
+    config.views.check()
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     for name in ("streams", "decode_threads"):
@@ -252,7 +264,7 @@ def _previous_file(config: ExtractConfig, run_config: dict, prev: _Previous) -> 
             "pass --overwrite to replace it"
         )
     prev.file, prev.file_paths, prev.file_valid = config.output, set(paths), valid
-    prev.file_layers = tuple(layer[0] for layer in old["layers"])
+    prev.file_layers = stored_layers([layer[0] for layer in old["layers"]], config.views)  # its views are ours
     if images is not None:
         keys = identity.row_keys(paths, images, config.verify_content)
         prev.file_rows = {key: j for j, key in enumerate(keys)}
@@ -333,6 +345,11 @@ def _plan(config: ExtractConfig, samples: SampleList, keys: list, layers: list[s
     return _Plan(old_rows, shard_rows, compute, known_failures, changes, added_layers)
 
 
+def stored_layers(layers: list[str], views: ViewSpec) -> tuple[str, ...]:
+    """The feature datasets of a run: each layer, then with --augment each layer's augmented views."""
+    return tuple(layers) + tuple(augmented_name(name) for name in layers if views.augment)
+
+
 def _remove_leftovers(output: Path) -> None:
     """Temporary files of a merge that was killed: we hold the lock, so nobody is writing them."""
     for stale in output.parent.glob(f".{output.name}.tmp-*"):
@@ -352,15 +369,29 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
     _check_config(config)
     samples = discover(config.input)
-    model = models.resolve(config.model).name
+    model = models.resolve(config.model or _checkpoint_model(config.weights)).name
     request = identity.request(model, _weights_argument(config), config.seed, config.layers, config.pool,
-                               config.precision, config.dtype, config.resampler)
+                               config.precision, config.dtype, config.resampler, config.views.identity())
     if _already_complete(config, request, samples):
         log.info("%s is already complete", config.output)
         wall = time.perf_counter() - t_start
         return _summary(config.output, computed=0, resumed=0, seconds=wall, timings={}, already_complete=True,
                         wall=wall)
     return _build_and_extract(config, samples, model, request, progress, t_start)
+
+
+def _checkpoint_model(weights: str) -> str:
+    """The base model of a `featpipe finetune` checkpoint, for an extract without --model."""
+    if weights in ("pretrained", "random"):
+        raise UsageError("--model is missing; name one (`featpipe models` lists them), or pass --weights CHECKPOINT.pt "
+                         "from `featpipe finetune`, which records its model")
+    from ..models.weights import checkpoint_meta
+
+    meta = checkpoint_meta(weights)
+    if meta is None:
+        raise UsageError(f"--model is missing, and {weights!r} is a plain state dict that does not say which model it "
+                         "belongs to; pass --model")
+    return str(meta["model"])
 
 
 def _weights_argument(config: ExtractConfig) -> str:
@@ -407,6 +438,7 @@ def _build_and_extract(config: ExtractConfig, samples: SampleList, model: str, r
         device=config.device if config.scheduler else resolve_device(config.device),
         precision=config.precision,
         resampler=config.resampler,
+        views=config.views,
     )
     # Layers are checked on a weightless copy first (a forward on the meta device
     # computes nothing), so a typo costs no weight loading.
@@ -435,7 +467,8 @@ def _identity(config: ExtractConfig, ex: Extractor) -> dict:
     """Everything that changes the features; a run only ever resumes or skips its own identity."""
     return identity.extractor(ex.model_spec.name, ex.weights.source, ex.weights.sha256,
                               [(layer.name, layer.node, layer.pool) for layer in ex.layers],
-                              json.loads(ex.data_config.to_json()), config.precision, config.dtype)
+                              json.loads(ex.data_config.to_json()), config.precision, config.dtype,
+                              ex.views.spec.identity())
 
 
 def _manifest_differences(old: dict, new: dict) -> str:
@@ -502,7 +535,7 @@ def _extract(
     parts_dir = config.output.with_name(config.output.name + ".parts")
     limit = _max_failures(config, n)
     timings = {"start": 0.0, "decode": 0.0, "forward": 0.0, "write": 0.0}
-    layer_names = [layer.name for layer in ex.layers]
+    layer_names = stored_layers([layer.name for layer in ex.layers], config.views)
 
     with OutputLock(config.output):
         _remove_leftovers(config.output)
@@ -580,6 +613,9 @@ def _extract(
         sources = Sources(n, prev.file, plan.old_rows, prev.file_layers,
                           [(p, np.asarray(a), np.asarray(b)) for p, (a, b) in by_shard.items()] + new_shards)
         layer_attrs = {layer.name: {"pool": layer.pool, "node": layer.node} for layer in ex.layers}
+        if config.augment:
+            layer_attrs.update({augmented_name(layer.name): {"pool": layer.pool, "node": layer.node, "layer": layer.name,
+                                                             "views": config.augment} for layer in ex.layers})
         attrs = _file_attrs(config, ex, run_config, config_hash, samples, request)
         attrs["images_digest"] = identity.images_digest(samples.paths, samples.labels, samples.classes, images)
         merge(config.output, samples, attrs, layer_attrs, config.dtype, images, sources)

@@ -30,8 +30,11 @@ import torch
 
 from .. import models
 from ..errors import UsageError, WeightsError
+from ..models.data_config import DataConfig
+from ..store import augmented_name
 from .decode import MAX_PIXELS, BadImage, load_rgb
 from .preprocess import Preprocessor, resolve_resampler
+from .views import ViewMaker, ViewSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class ExtractorSpec:
     # Fold batch norm into convolutions and fuse ops (CPU, fp32): the same
     # network to ~1e-6, often 10-60% faster. Verified against eager at start.
     optimize: bool = True
+    views: ViewSpec = ViewSpec()  # TTA and augmented views besides the eval crop (extraction/views.py)
 
 
 def resolve_device(device: str) -> str:
@@ -95,12 +99,15 @@ class Extractor:
                 "give every worker the same weights file"
             )
         self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
-        data_config = models.data_config(model, self.model_spec)
+        # A fine-tuned checkpoint is fed as it was trained (its own image size); any other network as its base model.
+        data_config = DataConfig.from_json(self.weights.data_config) if self.weights.data_config \
+            else models.data_config(model, self.model_spec)
         self.data_config = replace(
             data_config,
             resampler=resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode),
         )
         self.preprocess = Preprocessor(self.data_config)
+        self.views = ViewMaker(spec.views, self.preprocess)
         self.device = torch.device(resolve_device(spec.device))
         # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
         model = model.to(self.device, memory_format=torch.channels_last)
@@ -312,10 +319,13 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     n = len(task.paths)
     batch_size = plan.batch_size
 
+    views, tta = ex.views.count, ex.views.spec.tta_views
+
     def decode(i: int) -> tuple[np.ndarray | None, str | None, float]:
         t0 = time.perf_counter()
         try:
-            pixels = ex.preprocess.image(load_rgb(root / task.paths[i], plan.max_pixels))
+            img = load_rgb(root / task.paths[i], plan.max_pixels)
+            pixels = ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
             return pixels, None, time.perf_counter() - t0
         except BadImage as exc:
             return None, str(exc), time.perf_counter() - t0
@@ -327,17 +337,24 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     errors: list[tuple[int, str]] = []
     timings = {"decode": 0.0, "forward": 0.0}
     rows: list[int] = []
-    crops: list[np.ndarray] = []
+    crops: list[np.ndarray] = []  # (views, H, W, 3) per row
 
     def flush() -> None:
         if not rows:
             return
-        out, seconds = ex.forward(np.stack(crops))
+        out, seconds = ex.forward(np.concatenate(crops))
         timings["forward"] += seconds
         for name, values in out.items():
+            per_row = values.reshape(len(rows), views, -1)  # a row's views are consecutive
             if name not in features:
-                features[name] = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
-            features[name][rows] = values
+                features[name] = np.full((n, per_row.shape[2]), np.nan, dtype=np.float32)
+            # TTA: the mean over the row's deterministic views (one view: the eval crop itself).
+            features[name][rows] = per_row[:, 0] if tta == 1 else per_row[:, :tta].mean(axis=1)
+            if views > tta:  # augmented views, stored per row as (views x dim) and laid out by the merge
+                aug = augmented_name(name)
+                if aug not in features:
+                    features[aug] = np.full((n, (views - tta) * per_row.shape[2]), np.nan, dtype=np.float32)
+                features[aug][rows] = per_row[:, tta:].reshape(len(rows), -1)
         valid[rows] = True
         rows.clear()
         crops.clear()
@@ -346,7 +363,7 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
         decoded = (decode(i) for i in range(n))  # this stream decodes, the others compute
     else:
         pool = _decode_pool(plan.decode_threads or cpu_cores())
-        decoded = _decode_ahead(decode, n, pool, lookahead=2 * batch_size)
+        decoded = _decode_ahead(decode, n, pool, lookahead=max(2, 2 * batch_size // views))
     for i, (pixels, reason, seconds) in enumerate(decoded):
         timings["decode"] += seconds
         if reason is not None:
@@ -354,12 +371,15 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
             continue
         rows.append(i)
         crops.append(pixels)
-        if len(rows) == batch_size:
+        if len(rows) * views >= batch_size:  # --batch-size counts network inputs, views included
             flush()
     flush()
     if not features:  # every image failed: shapes come from a dry forward
         out, _ = ex.forward(np.zeros((1, *ex.data_config.crop, 3), np.uint8))
         features = {k: np.full((n, v.shape[1]), np.nan, np.float32) for k, v in out.items()}
+        if views > tta:
+            features.update({augmented_name(k): np.full((n, (views - tta) * v.shape[1]), np.nan, np.float32)
+                             for k, v in out.items()})
     return PartitionResult(task.index, task.start, features, valid, errors, timings)
 
 

@@ -13,8 +13,9 @@ from ..errors import WeightsError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor
 from ..models.data_config import DataConfig
+from ..models.weights import FINETUNE_FORMAT, checkpoint_meta
 
-FORMAT = "featpipe-finetune"
+FORMAT = FINETUNE_FORMAT
 
 
 @dataclass
@@ -27,13 +28,7 @@ class FineTuned:
 
 def read_meta(path: str | Path) -> dict | None:
     """The featpipe metadata of a checkpoint, or None for a plain state dict (loaded with weights_only=True)."""
-    try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every reason is reported the same way
-        raise WeightsError(f"cannot load checkpoint {str(path)!r} with weights_only=True ({exc}); "
-                           "give a checkpoint written by `featpipe finetune`") from None
-    meta = obj.get("featpipe") if isinstance(obj, dict) else None
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+    return checkpoint_meta(path)
 
 
 def load(path: str | Path) -> FineTuned:

@@ -14,22 +14,21 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from ..errors import UsageError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor
+from ..extraction.views import AUGMENTS, GRAYSCALE_P, STRENGTHS, check_augment
 from ..models.data_config import DataConfig
 
-AUGMENTS = ("none", "light", "standard", "strong")
+__all__ = ["AUGMENTS", "Images", "collate", "train_transform"]
 
 
 def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose | None:
-    """PIL image -> uint8 (3, H, W) crop of the model's input size; None for 'none' (the eval transform)."""
-    if strength not in AUGMENTS:
-        raise UsageError(f"--augment must be one of {', '.join(AUGMENTS)}, got {strength!r}")
+    """PIL image -> uint8 (3, H, W) crop of the model's input size; None for 'none' (the eval transform).
+    The strengths are those of `extract --augment` (featpipe/extraction/views.py)."""
+    check_augment(strength)
     if strength == "none":
         return None
-    scale, degrees, jitter = {"light": ((0.6, 1.0), 0, 0.0), "standard": ((0.25, 1.0), 10, 0.2),
-                              "strong": ((0.08, 1.0), 20, 0.4)}[strength]
+    scale, degrees, jitter = STRENGTHS[strength]
     steps: list = [v2.PILToTensor(),
                    v2.RandomResizedCrop(list(config.crop), scale=scale, antialias=True,
                                         interpolation=InterpolationMode(config.interpolation))]
@@ -40,7 +39,7 @@ def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     if strength == "strong":
-        steps.append(v2.RandomGrayscale(0.1))
+        steps.append(v2.RandomGrayscale(GRAYSCALE_P))
     return v2.Compose(steps)
 
 

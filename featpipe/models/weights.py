@@ -23,6 +23,9 @@ from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 _SEEDED_BUILD = threading.Lock()
+# A checkpoint written by `featpipe finetune`: {"state_dict": ..., "featpipe": {"format": FINETUNE_FORMAT,
+# "model", "data_config", "classes", ...}}; the metadata says how to build and feed the network.
+FINETUNE_FORMAT = "featpipe-finetune"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class WeightsInfo:
     sha256: str
     path: str | None = None
     seed: int | None = None
+    # A fine-tuned checkpoint's own preprocessing (DataConfig JSON: its image size), which replaces the base model's.
+    data_config: str | None = None
 
     def describe(self) -> str:
         if self.source == "random":
@@ -115,7 +120,8 @@ def _load_pretrained(spec: ModelSpec) -> tuple[nn.Module, WeightsInfo]:
     return model, info
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def _load_object(path: Path):
+    """What a checkpoint file holds, loaded safely (safetensors, or torch.load with weights_only=True)."""
     if not path.is_file():
         raise WeightsError(f"checkpoint {str(path)!r} does not exist; give the path to a state dict")
     try:
@@ -131,6 +137,29 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             f"cannot load checkpoint {str(path)!r} with weights_only=True ({first}); "
             "save a plain state dict: torch.save(model.state_dict(), path)"
         ) from None
+    return obj
+
+
+def finetune_meta(obj) -> dict | None:
+    """The featpipe metadata of a loaded checkpoint object; None for any other checkpoint."""
+    meta = obj.get("featpipe") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) and meta.get("format") == FINETUNE_FORMAT else None
+
+
+def checkpoint_meta(path: str | Path) -> dict | None:
+    """The featpipe metadata of the checkpoint at ``path`` (written by `featpipe finetune`), or None.
+
+    Raises:
+        WeightsError: the file does not exist or does not load with weights_only=True.
+    """
+    return finetune_meta(_load_object(Path(path).expanduser()))
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    return _state_dict(_load_object(path), path)
+
+
+def _state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     # Training scripts often wrap the state dict; unwrap the common layouts.
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -208,9 +237,15 @@ def load_model(spec: ModelSpec, weights: str, seed: int = 0) -> tuple[nn.Module,
         info = WeightsInfo("random", sha256_state_dict(model), seed=seed)
     else:
         path = Path(weights).expanduser()
-        state = _read_checkpoint(path)
+        obj = _load_object(path)
+        meta = finetune_meta(obj)
+        if meta is not None and meta.get("model") != spec.name:
+            raise WeightsError(f"{str(path)!r} was fine-tuned from {meta.get('model')}, not {spec.name}; "
+                               f"pass --model {meta.get('model')} or leave --model out")
+        state = _state_dict(obj, path)
         model = create_architecture(spec, _checkpoint_num_classes(spec, state))
         _load_exact(model, state, path)
-        info = WeightsInfo("checkpoint", sha256_file(path), str(path.resolve()))
+        info = WeightsInfo("checkpoint", sha256_file(path), str(path.resolve()),
+                           data_config=meta.get("data_config") if meta else None)
     log.info("built %s with %s weights", spec, info.describe())
     return model.eval(), info
