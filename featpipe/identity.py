@@ -61,6 +61,15 @@ def extractor(model: str, weights_source: str, weights_sha256: str, layers: Sequ
     }
 
 
+def features_identity(identity: dict) -> dict:
+    """The part of an extractor identity that makes ``/features/`` rows what they are: all of it but how the
+    augmented views were drawn, which only concerns ``/augmented/`` (a classifier trained on a file with views
+    applies to features of the same extractor without them)."""
+    views = {k: v for k, v in (identity.get("views") or {}).items() if k != "augment"}
+    out = {k: v for k, v in identity.items() if k != "views"}
+    return {**out, "views": views} if views else out
+
+
 def config_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -49,7 +49,11 @@ def type_name(value) -> str:
 
 
 def documented_name(name: str) -> str:
-    return "/features/<layer>" if name.startswith("features/") else "/" + name
+    if name.startswith("features/"):
+        return "/features/<layer>"
+    if name.startswith("augmented/") and name != "augmented/source_index":
+        return "/augmented/<layer>"
+    return "/" + name
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     images = make_images(tmp / "images", classes=3, per_class=4)
     (images / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     extracted = extract(ExtractConfig(images, tmp / "features.h5", model=TINY_MODEL, weights="random",
-                                      layers=("pooled", "logits", "layer2"))).output
+                                      layers=("pooled", "logits", "layer2"), augment=2, tta="flip")).output
     rng = np.random.default_rng(0)
     arrays = store.write_arrays(tmp / "arrays.h5", rng.normal(size=(6, 4)), np.arange(6) % 2, ["a", "b"])
     return {"extracted": extracted, "arrays": arrays}
@@ -104,10 +108,12 @@ def test_everything_specified_is_written(files, doc):
         attrs = dict(f.attrs)
         written = {documented_name(name) for name in _datasets(f)}
         layer_attrs = set(f["features/layer2"].attrs)
+        view_attrs = set(f["augmented/layer2"].attrs)
     assert set(table(doc["/"])) == set(attrs)
     specified = {key for key in doc if key.startswith("/") and key != "/"}
     assert specified == written
     assert set(table(doc["/features/<layer>"])) == layer_attrs
+    assert set(table(doc["/augmented/<layer>"])) == view_attrs
     assert set(table(doc["config"])) == set(json.loads(attrs["config"]))
     assert set(table(doc["request"])) == set(json.loads(attrs["request"]))
     assert set(table(doc["data_config"])) == set(json.loads(attrs["data_config"]))
