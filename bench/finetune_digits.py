@@ -7,11 +7,13 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
 
   logistic regression on raw pixels (the 'pixels' layer: the input crop at 32x32)
   logistic regression on the last pooled layer
-  logistic regression on the last pooled layer with augmented views  (needs extract --augment: not built yet)
+  logistic regression on the last pooled layer with augmented views (extract --augment K --no-flip:
+      the training images' views join the training rows; the test rows are the same originals)
   logistic regression on the best intermediate layer (chosen on validation rows)
   finetune --unfreeze head / 2 / all
 
-    python bench/finetune_digits.py [--image-size 96] [--epochs 6] [--model tf_efficientnet_lite0]
+    python bench/finetune_digits.py [--image-size 96] [--epochs 6] [--views 4] [--augment light]
+                                    [--unfreeze head,2,all] [--model tf_efficientnet_lite0]
 
 Prints the table, the image size and epochs chosen, and the wall time.
 """
@@ -54,6 +56,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--views", type=int, default=4, help="augmented views per image for the frozen row")
+    ap.add_argument("--augment", default="light", choices=("light", "standard", "strong"),
+                    help="augmentation strength, of the cached views and of fine-tuning (digits: no flips)")
+    ap.add_argument("--unfreeze", default="head,2,all")
     ap.add_argument("--only", choices=("frozen", "finetune"), default=None)
     args = ap.parse_args()
     import featpipe
@@ -68,7 +74,9 @@ def main() -> None:
                        capture_output=True)
         fs = featpipe.load(featpipe.extract(featpipe.ExtractConfig(
             folder, work / "all.h5", model=args.model,
-            layers=("pixels", "blocks.2", "blocks.4", "blocks.5", "blocks.6", "pooled"))).output)
+            layers=("pixels", "blocks.2", "blocks.4", "blocks.5", "blocks.6", "pooled"),
+            augment=args.views if args.only != "finetune" else 0, augment_strength=args.augment, flip=False)).output)
+        t_frozen = time.perf_counter() - t_start
         y = fs.y
         train, test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
         fit, val = train_test_split(train, test_size=0.2, stratify=y[train], random_state=0)
@@ -77,7 +85,11 @@ def main() -> None:
             X = {name: fs.X(name) for name in fs.layers}
             rows.append(("logreg, raw pixels", logreg_accuracy(X["pixels"][train], y[train], X["pixels"][test], y[test])))
             rows.append(("logreg, last pooled layer", logreg_accuracy(X["pooled"][train], y[train], X["pooled"][test], y[test])))
-            rows.append(("logreg, pooled + augmented views", None))
+            views, source = fs.augmented("pooled")
+            own = np.isin(source, train)  # views of training images only: never of a test image
+            rows.append((f"logreg, last pooled layer + {args.views} {args.augment} augmented views per image",
+                         logreg_accuracy(np.concatenate([X["pooled"][train], views[own]]),
+                                         np.concatenate([y[train], y[source[own]]]), X["pooled"][test], y[test])))
             inner = [n for n in fs.layers if n.startswith("blocks.")]
             on_val = {n: logreg_accuracy(X[n][fit], y[fit], X[n][val], y[val]) for n in inner}
             best = max(on_val, key=on_val.get)
@@ -87,18 +99,20 @@ def main() -> None:
             names = [fs.classes[k] for k in y]
             train_csv = write_csv(work / "train.csv", folder, [fs.paths[i] for i in train], [names[i] for i in train])
             test_paths = [folder / fs.paths[i] for i in test]
-            for unfreeze in ("head", "2", "all"):
+            for unfreeze in args.unfreeze.split(","):
                 t0 = time.perf_counter()
                 result = finetune(FinetuneConfig(
                     train_csv, work / f"ft-{unfreeze}.pt", model=args.model, unfreeze=unfreeze, epochs=args.epochs,
-                    image_size=args.image_size, flip=False, batch_size=args.batch_size, seed=0))
+                    image_size=args.image_size, flip=False, augment=args.augment, batch_size=args.batch_size,
+                    seed=0))
                 probs, _ = predict_proba(load(result.output), test_paths)
                 acc = float((probs.argmax(1) == y[test]).mean())
                 rows.append((f"finetune --unfreeze {unfreeze} (epoch {result.best_epoch} kept, "
                              f"{time.perf_counter() - t0:.0f} s)", acc))
         print(f"digits: {len(train)} training rows (validation split inside them), {len(test)} test rows; "
-              f"{args.model}; fine-tuning at --image-size {args.image_size}, --epochs {args.epochs}, --no-flip, "
-              "adam 1e-3, --augment standard, --bn frozen")
+              f"{args.model}; frozen features at the model's own size (extract, {t_frozen:.0f} s with "
+              f"{args.views} views per image); fine-tuning at --image-size {args.image_size}, --epochs {args.epochs}, "
+              f"--no-flip, --augment {args.augment}, adam, --bn frozen")
         print(f"{'':64} test accuracy")
         for name, acc in rows:
             print(f"{name:64} {'n/a' if acc is None else f'{acc:.4f}'}")
