@@ -38,12 +38,14 @@ _EXTRACT_KEYS = {
     "precision": (str, False), "dtype": (str, False), "resampler": (str, False), "seed": (int, False), "max_failures": ((int, float), False),
     "partition_size": (int, False), "streams": (int, False), "decode_threads": (int, False),
     "scheduler": (str, False), "overwrite": (bool, False), "verify_content": (bool, False),
-    "retry_failed": (bool, False),
+    "retry_failed": (bool, False), "tta": (str, False), "augment": (int, False), "augment_strength": (str, False),
+    "flip": (bool, False),
 }
 _FIT_KEYS = {
     "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
     "test": (str, True), "seed": (int, False), "keep_all": (bool, False), "report": (str, True),
     "cv": (int, False), "search": (int, False), "stream": (bool, False), "validation_size": (float, False),
+    "use_augmented": (bool, False),
     # the PyTorch heads' training, as `fit --lr --optimizer --schedule --epochs --batch-size --weight-decay`
     "lr": (float, False), "optimizer": (str, False), "schedule": (str, False), "epochs": (int, False),
     "batch_size": (int, False), "weight_decay": (float, False),
@@ -140,7 +142,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
 def fit_fingerprint(config: FitConfig, features: Path) -> str:
     """Identifies a fit: its settings and the features it learns from (their extractor and images, so a
     re-extraction over changed images makes the fit stale)."""
-    settings = {k: str(v) for k, v in vars(config).items() if k not in ("features", "output", "report")}
+    settings = {k: str(v) for k, v in vars(config).items() if k not in ("features", "output", "report")
+                and not (k == "use_augmented" and not v)}  # as before the option existed: no needless refit
     feature_hash = identity.features_fingerprint(load(features).meta)
     return hashlib.sha256(json.dumps([settings, feature_hash], sort_keys=True).encode()).hexdigest()
 

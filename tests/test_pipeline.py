@@ -95,3 +95,12 @@ def test_outputs_are_checked_and_their_folders_made_before_any_work(tmp_path):
     path.write_text(body.replace("taken/m.skops", "models/new/m.skops"))
     run_pipeline(load_pipeline(path))
     assert (tmp_path / "out" / "features" / "f.h5").exists() and (tmp_path / "models" / "new" / "m.skops").exists()
+
+
+def test_views_in_a_pipeline(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\naugment = 4\naugment_strength = "light"\n'
+                    'flip = false\ntta = "flip"\n[fit]\noutput = "m.skops"\nuse_augmented = true\n')
+    p = load_pipeline(path)
+    assert (p.extract.augment, p.extract.augment_strength, p.extract.flip, p.extract.tta) == (4, "light", False, "flip")
+    assert p.fit.use_augmented
