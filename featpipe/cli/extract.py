@@ -147,21 +147,25 @@ def with_progress(job, quiet: bool, description: str = "extract"):
 
 
 @contextlib.contextmanager
-def interrupt_says_how_to_resume(output: Path, command: str = "the same command"):
+def interrupt_says_how_to_resume(output: Path, command: str = "the same command", shard_dir: str | None = None):
     """Ctrl-C ends at once with one line: what is kept and how to resume.
 
     Finished partitions are already on disk, each complete under its final name; waiting for the
     partitions in flight (and the Dask cluster's shutdown) would only delay the exit, so the process
     leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
     """
-    parts = Path(output).expanduser().absolute()
-    parts = parts.with_name(parts.name + ".parts")
+    from ..extraction.shardstore import ShardStore, is_url
+
+    parts = ShardStore.location_for(Path(output).expanduser().absolute(), shard_dir)
 
     def leave(signum, frame) -> None:
-        kept = len(list(parts.glob("part-*.h5"))) if parts.is_dir() else 0
+        if is_url(parts) and not parts.startswith("file://"):
+            what = "finished partitions"  # not listed: a network call must not hold up Ctrl-C
+        else:
+            kept = sum(name.startswith("part-") for name in ShardStore(parts).names())
+            what = f"{kept} finished partition{'s' if kept != 1 else ''}"
         tty = "\x1b[?25h\n" if sys.stderr.isatty() else ""  # after a progress bar, which may have hidden the cursor
-        sys.stderr.write(f"{tty}interrupted: {kept} finished partition{'s' if kept != 1 else ''} kept in "
-                         f"{str(parts)!r}; run {command} again to resume\n")
+        sys.stderr.write(f"{tty}interrupted: {what} kept in {parts!r}; run {command} again to resume\n")
         sys.stderr.flush()
         os._exit(130)
 
@@ -196,13 +200,14 @@ def extract_command(
     streams: Annotated[Optional[int], typer.Option(help="CPU: partitions computed at once, sharing the cores (default: min(cores, 4)).")] = None,
     decode_threads: Annotated[Optional[int], typer.Option(help="GPU: threads decoding images ahead of the device (default: the cores).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    shard_dir: Annotated[Optional[str], typer.Option(help="Folder or fsspec URL (s3://...) that every worker reaches: workers write finished partitions there (default: OUTPUT.parts, written by this process).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
     verify_content: Annotated[bool, typer.Option(help="Hash every image's bytes to tell changed images apart (default: path, size and modification time).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try images that failed in an earlier run again (default: a failure is kept as a result).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Extract CNN features of every image into one HDF5 file (resumable)."""
-    with interrupt_says_how_to_resume(output):  # from the start: Ctrl-C while torch loads, too
+    with interrupt_says_how_to_resume(output, shard_dir=shard_dir):  # from the start: Ctrl-C while torch loads
         from ..extraction import ExtractConfig, extract
 
         config = ExtractConfig(
@@ -223,6 +228,7 @@ def extract_command(
             streams=streams,
             decode_threads=decode_threads,
             scheduler=scheduler,
+            shard_dir=shard_dir,
             overwrite=overwrite,
             verify_content=verify_content,
             retry_failed=retry_failed,

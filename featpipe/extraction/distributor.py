@@ -5,18 +5,26 @@ the client's network: on the CPU with one task slot per stream (see runner),
 on a GPU with two slots, so the next partition decodes while the current one
 runs the forward pass. With a scheduler address the same tasks run on that
 cluster; each worker loads the model once and returns features, and the client
-stays the single writer.
+writes the shards. With --shard-dir (a folder every worker reaches) each worker
+writes its own partition's shard there and returns only a summary.
+
+A worker that dies mid-partition costs only that partition: the scheduler runs
+it again on another worker (Dask's ``allowed_failures``, 3 by default, bounds
+how many workers one partition may take down), and a shard becomes visible only
+when complete, so a half-written one never counts (see shardstore).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import dask
 
-from ..errors import UsageError
+from ..errors import FeatpipeError, UsageError
 from .runner import ExtractorSpec, PartitionResult, PartitionTask, WorkPlan, run_partition
+from .writer import ShardWrite
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +90,44 @@ def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.C
         yield client
 
 
+def run_and_write(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan, write: ShardWrite) -> PartitionResult:
+    """``run_partition`` on a worker that writes its shard itself: the result comes back without features."""
+    result = run_partition(spec, task, plan)
+    write(result)
+    return replace(result, features={})
+
+
 def run_partitions(
     client,
     spec: ExtractorSpec,
     tasks: Sequence[PartitionTask],
     plan: WorkPlan,
     key_prefix: str,
+    writes: Sequence[ShardWrite] | None = None,
 ) -> Iterator[PartitionResult]:
-    """Yield each partition's result as soon as it is done (in any order)."""
+    """Yield each partition's result as soon as it is done (in any order). With ``writes`` (one per task) the
+    workers write the shards, and the results carry no features."""
     import distributed
 
     futures = [
         client.submit(
-            run_partition, spec, task, plan,
+            *((run_partition, spec, task, plan) if writes is None else (run_and_write, spec, task, plan, writes[k])),
             key=f"{key_prefix}-part-{task.index}", pure=False,
         )
-        for task in tasks
+        for k, task in enumerate(tasks)
     ]
     pending = {f.key: f for f in futures}
     done = distributed.as_completed(futures, loop=client.loop)
     del futures
     try:
         for future in done:
-            result = future.result()
+            try:
+                result = future.result()
+            except distributed.KilledWorker as exc:
+                raise FeatpipeError(
+                    f"Dask gave up on a partition after the workers running it died ({exc}); check the workers' "
+                    "memory and logs, then run the same command again: finished partitions are kept"
+                ) from None
             # Drop every reference, so the cluster frees the result right away.
             del pending[future.key]
             future.release()

@@ -18,8 +18,9 @@ import h5py
 import numpy as np
 
 from .. import store
+from .shardstore import atomic_replace
 from .sources import SampleList
-from .writer import atomic_replace
+from .writer import Shard
 
 COPY_BYTES = 64 << 20  # rows copied from the previous file at a time
 
@@ -29,14 +30,14 @@ class Sources:
     """Where each output row's features are.
 
     ``old_rows[i]`` is row i's row in ``old_file`` (-1: none), used for the layers in ``old_layers``;
-    ``shards`` lists (shard file, rows in it, output rows); every other layer of a row comes from its shard.
+    ``shards`` lists (shard, rows in it, output rows); every other layer of a row comes from its shard.
     """
 
     n: int
     old_file: Path | None = None
     old_rows: np.ndarray | None = None
     old_layers: tuple[str, ...] = ()
-    shards: list[tuple[Path, np.ndarray, np.ndarray]] = field(default_factory=list)
+    shards: list[tuple[Shard, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 class ViewRows:
@@ -123,7 +124,7 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
                             m = min(block, k - o)
                             ds[d + o:d + o + m] = ds_old[s + o:s + o + m]
             for shard, in_shard, out_rows in sources.shards:
-                with h5py.File(shard, "r") as s:
+                with shard.open() as s:
                     v = s["valid"][:][in_shard]
                     valid[out_rows] &= v
                     covered[out_rows] = True

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -67,6 +66,9 @@ class ExtractConfig:
     max_failures: int | float | None = None
     max_pixels: int = MAX_PIXELS
     scheduler: str | None = None
+    # Where shards live while a run is unfinished: a folder or an fsspec URL that every worker reaches, where
+    # workers write them. None: <output>.parts, written by the client (see writer.py).
+    shard_dir: str | None = None
     overwrite: bool = False
     # Images are the same when path, size and modification time are; with verify_content also their bytes.
     verify_content: bool = False
@@ -138,6 +140,9 @@ def _check_config(config: ExtractConfig) -> None:
         raise UsageError(f"output {str(out)!r} is a folder; give a file name such as features.h5")
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"output folder {str(out.parent)!r} is not writable; choose another -o")
+    shards = writer.ShardStore(config.shard_dir) if config.shard_dir is not None else None
+    if shards is not None and shards.local is not None and shards.local.exists() and not shards.local.is_dir():
+        raise UsageError(f"--shard-dir {config.shard_dir!r} is a file; give a folder (or an fsspec URL)")
 
 
 def _partition_size(config: ExtractConfig, n: int) -> int:
@@ -227,7 +232,6 @@ class _Previous:
     file_paths: set = field(default_factory=set)
     file_valid: np.ndarray | None = None
     shard_rows: dict = field(default_factory=dict)  # image key -> (shard, row, valid)
-    next_shard: int = 0
 
 
 def _read_images(f: h5py.File, n: int) -> dict | None:
@@ -270,9 +274,9 @@ def _previous_file(config: ExtractConfig, run_config: dict, prev: _Previous) -> 
         prev.file_rows = {key: j for j, key in enumerate(keys)}
 
 
-def _previous_shards(config: ExtractConfig, parts_dir: Path, manifest: dict, prev: _Previous) -> None:
+def _previous_shards(config: ExtractConfig, parts: writer.ShardStore, manifest: dict, prev: _Previous) -> None:
     """Finished shards to reuse, row by row; refuses to mix with a partial run of another configuration."""
-    old = writer.read_manifest(parts_dir) if parts_dir.exists() else None
+    old = writer.read_manifest(parts)
     if old is not None and old.get("version") != manifest["version"]:
         old = None  # an older featpipe's partial run: its shards cannot say which images they hold
     if old is not None and isinstance(old.get("config"), dict):
@@ -281,20 +285,17 @@ def _previous_shards(config: ExtractConfig, parts_dir: Path, manifest: dict, pre
     if old is not None and old != manifest:
         if not config.overwrite:
             raise RunConflictError(
-                f"{str(parts_dir)!r} holds a partial run with another configuration "
+                f"{str(parts)!r} holds a partial run with another configuration "
                 f"({_manifest_differences(old, manifest)}); pass --overwrite to discard it"
             )
-        shutil.rmtree(parts_dir)
-    elif old is None and parts_dir.exists():
-        shutil.rmtree(parts_dir)  # no manifest: nothing in it can be trusted
-    parts_dir.mkdir(exist_ok=True)
-    writer.write_manifest(parts_dir, manifest)
-    done = writer.finished_shards(parts_dir)
-    prev.next_shard = max(done, default=-1) + 1
-    for index in sorted(done):
-        images, valid = writer.read_shard_images(done[index])
+        parts.remove()
+    elif old is None and parts.exists():
+        parts.remove()  # no manifest: nothing in it can be trusted
+    parts.makedirs()
+    writer.write_manifest(parts, manifest)
+    for shard, images, valid in writer.finished_shards(parts):
         for row, key in enumerate(identity.row_keys(images["path"], images, config.verify_content)):
-            prev.shard_rows[key] = (done[index], row, bool(valid[row]))
+            prev.shard_rows[key] = (shard, row, bool(valid[row]))
 
 
 @dataclass
@@ -418,7 +419,7 @@ def _already_complete(config: ExtractConfig, request: dict, samples: SampleList)
         if digest != identity.images_digest(samples.paths, samples.labels, samples.classes, images):
             return False
         _remove_leftovers(config.output)
-        shutil.rmtree(config.output.with_name(config.output.name + ".parts"), ignore_errors=True)
+        writer.ShardStore.for_output(config.output, config.shard_dir).remove()
         return True
 
 
@@ -532,7 +533,7 @@ def _extract(
     n = len(samples)
     run_config = _identity(config, ex)
     config_hash = identity.config_hash(run_config)
-    parts_dir = config.output.with_name(config.output.name + ".parts")
+    parts = writer.ShardStore.for_output(config.output, config.shard_dir)
     limit = _max_failures(config, n)
     timings = {"start": 0.0, "decode": 0.0, "forward": 0.0, "write": 0.0}
     layer_names = stored_layers([layer.name for layer in ex.layers], config.views)
@@ -543,7 +544,7 @@ def _extract(
         keys = identity.row_keys(samples.paths, images, config.verify_content)
         prev = _Previous()
         _previous_file(config, run_config, prev)
-        _previous_shards(config, parts_dir, {"version": 2, "config_hash": config_hash, "config": run_config}, prev)
+        _previous_shards(config, parts, {"version": 2, "config_hash": config_hash, "config": run_config}, prev)
         plan = _plan(config, samples, keys, layer_names, prev)
         if prev.file is not None and plan.changes["unchanged"] == n and not plan.changes["removed"] \
                 and not plan.layers_added:
@@ -551,17 +552,28 @@ def _extract(
                 same_images = f.attrs.get("images_digest") == identity.images_digest(
                     samples.paths, samples.labels, samples.classes, images)
             if same_images:  # the same features of the same images: only the request was recorded differently
-                shutil.rmtree(parts_dir, ignore_errors=True)
+                parts.remove()
                 return _summary(config.output, computed=0, resumed=0, seconds=0.0, timings=timings,
                                 already_complete=True, wall=time.perf_counter() - t_start)
         todo = np.flatnonzero(plan.compute)
         part_size = _partition_size(config, len(todo))
         tasks = [
-            PartitionTask(prev.next_shard + k, start, str(samples.root),
-                          tuple(samples.paths[r] for r in todo[start:start + part_size]))
+            PartitionTask(k, start, str(samples.root), tuple(samples.paths[r] for r in todo[start:start + part_size]))
             for k, start in enumerate(range(0, len(todo), part_size))
         ]
-        new_shards: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        run_id = uuid.uuid4().hex
+
+        def shard_of(task: PartitionTask) -> tuple[writer.Shard, np.ndarray, dict]:
+            """The task's shard, its rows in this run, and their image identity."""
+            rows = todo[task.start:task.start + len(task.paths)]
+            return writer.Shard(parts, writer.shard_name(task.index, run_id[:8])), rows, {
+                "path": [samples.paths[r] for r in rows], "size": images["size"][rows],
+                "mtime": images["mtime"][rows], "sha256": images["sha256"][rows]}
+
+        # With --shard-dir the workers write the shards (the user says they reach it); else the client does.
+        writes = [writer.ShardWrite(shard, config.dtype, ids) for shard, _, ids in map(shard_of, tasks)] \
+            if config.shard_dir is not None else None
+        new_shards: list[tuple[writer.Shard, np.ndarray, np.ndarray]] = []
         reused = {s[0] for s in plan.shard_rows if s is not None}
         if reused:
             log.info("resuming: %d rows from %d finished partitions", n - len(todo), len(reused))
@@ -579,13 +591,12 @@ def _extract(
                     timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
-                        client, spec, tasks, plan_w, key_prefix=f"featpipe-{uuid.uuid4().hex}"
+                        client, spec, tasks, plan_w, key_prefix=f"featpipe-{run_id}", writes=writes
                     ):
                         t0 = time.perf_counter()
-                        rows = todo[result.start:result.start + len(result)]
-                        shard = writer.write_shard(parts_dir, result, config.dtype, {
-                            "path": [samples.paths[r] for r in rows], "size": images["size"][rows],
-                            "mtime": images["mtime"][rows], "sha256": images["sha256"][rows]})
+                        shard, rows, ids = shard_of(tasks[result.index])
+                        if writes is None:
+                            writer.write_shard(shard, result, config.dtype, ids)
                         new_shards.append((shard, np.arange(len(result)), rows))
                         timings["write"] += time.perf_counter() - t0
                         for key in ("decode", "forward"):
@@ -597,14 +608,14 @@ def _extract(
                             progress(done_rows, n)
                         if limit is not None and failed > limit:
                             errors = [(int(todo[i]), reason) for i, reason in result.errors]
-                            _too_many_failures(failed, limit, errors, samples, parts_dir)
+                            _too_many_failures(failed, limit, errors, samples, parts)
             finally:
                 torch.set_num_threads(threads_before)
         elapsed = time.perf_counter() - t_work
         if limit is not None and failed > limit:  # also when every row was already done
-            _too_many_failures(failed, limit, [], samples, parts_dir)
+            _too_many_failures(failed, limit, [], samples, parts)
         t0 = time.perf_counter()
-        by_shard: dict[Path, tuple[list, list]] = {}
+        by_shard: dict[writer.Shard, tuple[list, list]] = {}
         for i, where in enumerate(plan.shard_rows):
             if where is not None:
                 by_shard.setdefault(where[0], ([], []))
@@ -619,7 +630,7 @@ def _extract(
         attrs = _file_attrs(config, ex, run_config, config_hash, samples, request)
         attrs["images_digest"] = identity.images_digest(samples.paths, samples.labels, samples.classes, images)
         merge(config.output, samples, attrs, layer_attrs, config.dtype, images, sources)
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        parts.remove()
         timings["write"] += time.perf_counter() - t0
     summary = _summary(config.output, computed, len(reused), elapsed, timings, wall=time.perf_counter() - t_start)
     if prev.file is not None:
@@ -627,11 +638,12 @@ def _extract(
     return summary
 
 
-def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleList, parts_dir: Path) -> None:
+def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleList,
+                       parts: writer.ShardStore) -> None:
     example = f"; for example {samples.paths[errors[0][0]]!r}: {errors[0][1]}" if errors else ""
     raise TooManyFailuresError(
         f"{failed} images failed, more than --max-failures allows ({limit}){example}. Finished partitions are "
-        f"kept in {str(parts_dir)!r}: fix or remove the images, or raise --max-failures, and run again to resume"
+        f"kept in {str(parts)!r}: fix or remove the images, or raise --max-failures, and run again to resume"
     )
 
 

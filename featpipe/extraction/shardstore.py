@@ -1,0 +1,204 @@
+"""Where a run's shards live: a local folder, or an fsspec URL every worker can reach.
+
+One place answers "how do I list, read, publish and remove shards here", so the
+writer, the resume logic and the merge never ask whether the folder is local.
+
+* A local folder (a plain path, or a ``file://`` URL): a file is written under a
+  temporary name in the folder itself, fsynced, and renamed; the rename is
+  atomic, so a name that matches a shard is a complete shard.
+* Anything else fsspec knows (``s3://``, ``gs://``, ``memory://`` ...): object
+  stores have no rename. A file is written to a local temporary file, uploaded
+  to a temporary key, and moved to its final key (fsspec's ``mv``: a rename
+  where the store has one, else a server-side copy and a delete). An object
+  store creates an object, by upload or by copy, whole or not at all, so the
+  final key again only ever holds a complete shard. For stores that do not
+  promise that, readers get a second line of defence: HDF5 records the file's
+  length in its superblock and refuses a truncated file, and the resume logic
+  drops a shard it cannot read (see writer.finished_shards).
+
+fsspec is imported only for URLs: the default, local, path costs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_replace(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` over ``final`` durably: the data first, then the directory entry."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def temporary_name(name: str) -> str:
+    """A name no other writer uses (workers on several machines may share pids), and that listings skip."""
+    return f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+class ShardStore:
+    """A folder of shards, local or remote (picklable: it travels to Dask workers as its location)."""
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location)
+        self._fs = None
+        if is_url(self.location):
+            import fsspec
+            from fsspec.implementations.local import LocalFileSystem
+
+            try:
+                fs, path = fsspec.core.url_to_fs(self.location)
+            except (ImportError, ValueError) as exc:
+                raise UsageError(f"--shard-dir {self.location!r} cannot be opened ({exc}); install the fsspec "
+                                 "backend it names (s3fs for s3://, gcsfs for gs://) or give a local folder") from None
+            if isinstance(fs, LocalFileSystem):
+                self.local: Path | None = Path(path)
+            else:
+                self.local = None
+                self._fs, self._path = fs, path.rstrip("/")
+        else:
+            self.local = Path(self.location).expanduser().absolute()
+
+    @staticmethod
+    def location_for(output: Path, shard_dir: str | None) -> str:
+        """``<output>.parts`` next to the output; with ``shard_dir``, a folder in it named after the output (and
+        a digest of its full path, so that two outputs of the same name never share a folder)."""
+        if shard_dir is None:
+            return str(output.with_name(output.name + ".parts"))
+        tag = hashlib.sha256(str(output).encode()).hexdigest()[:8]
+        return f"{str(shard_dir).rstrip('/')}/{output.name}-{tag}.parts"
+
+    @classmethod
+    def for_output(cls, output: Path, shard_dir: str | None) -> ShardStore:
+        """The run's shard folder (see location_for)."""
+        return cls(cls.location_for(output, shard_dir))
+
+    def __reduce__(self):
+        return (ShardStore, (self.location,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShardStore) and other.location == self.location
+
+    def __hash__(self) -> int:
+        return hash(self.location)
+
+    def __repr__(self) -> str:
+        return f"ShardStore({self.location!r})"
+
+    def __str__(self) -> str:
+        return str(self.local) if self.local is not None else self.location
+
+    def _key(self, name: str) -> str:
+        return f"{self._path}/{name}"
+
+    def exists(self) -> bool:
+        if self.local is not None:
+            return self.local.is_dir()
+        return self._fs.exists(self._path)
+
+    def makedirs(self) -> None:
+        if self.local is not None:
+            self.local.mkdir(parents=True, exist_ok=True)
+        else:
+            self._fs.makedirs(self._path, exist_ok=True)  # a no-op on object stores
+
+    def remove(self) -> None:
+        """The folder and everything in it; nothing when it is not there."""
+        if self.local is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm(self._path, recursive=True)
+
+    def names(self) -> list[str]:
+        """The names of the files in the folder (none when it is not there)."""
+        if self.local is not None:
+            try:
+                return [entry.name for entry in os.scandir(self.local)]
+            except FileNotFoundError:
+                return []
+        try:
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(self._path, detail=False)]
+        except FileNotFoundError:
+            return []
+
+    def unlink(self, name: str) -> None:
+        if self.local is not None:
+            (self.local / name).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.rm(self._key(name))
+
+    def read_text(self, name: str) -> str:
+        """Raises FileNotFoundError when there is no such file."""
+        if self.local is not None:
+            return (self.local / name).read_text()
+        with self._fs.open(self._key(name), "r") as f:
+            return f.read()
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """A local path to write ``name`` to; on a clean exit the file appears under ``name``, complete."""
+        if self.local is not None:
+            tmp = self.local / temporary_name(name)
+            try:
+                yield tmp
+                atomic_replace(tmp, self.local / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        fd, tmp_path = tempfile.mkstemp(prefix="featpipe-", suffix=f"-{name}")
+        os.close(fd)
+        tmp = Path(tmp_path)
+        try:
+            yield tmp
+            staged = self._key(temporary_name(name))
+            self._fs.put_file(str(tmp), staged)
+            self._fs.mv(staged, self._key(name))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_text(self, name: str, text: str) -> None:
+        with self.writing(name) as tmp:
+            tmp.write_text(text)
+
+    @contextlib.contextmanager
+    def open_h5(self, name: str) -> Iterator:
+        """``name`` as an open, read-only h5py.File."""
+        import h5py
+
+        if self.local is not None:
+            with h5py.File(self.local / name, "r") as f:
+                yield f
+            return
+        # h5py reads a Python file object; fsspec's read-ahead cache turns HDF5's small reads into few requests.
+        with self._fs.open(self._key(name), "rb") as raw, h5py.File(raw, "r") as f:
+            yield f
