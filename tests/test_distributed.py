@@ -1,10 +1,13 @@
 """--scheduler: the same extraction on a real Dask scheduler and worker on loopback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +20,10 @@ from featpipe.errors import UsageError
 from .conftest import make_images
 
 
-@pytest.fixture
-def dask_cluster(tmp_path):
+@contextlib.contextmanager
+def loopback_cluster(tmp_path: Path, workers: int, nthreads: int) -> Iterator[tuple[str, dict]]:
+    """A `dask scheduler` and ``workers`` `dask worker` processes (named w0, w1, ...; no nanny, so a killed
+    worker stays dead) on 127.0.0.1; yields the scheduler's address and the workers' processes by name."""
     sched_file = tmp_path / "scheduler.json"
     procs = [
         subprocess.Popen(
@@ -32,22 +37,29 @@ def dask_cluster(tmp_path):
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.1)
         address = json.loads(sched_file.read_text())["address"]
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
-                 "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+        named = {}
+        for k in range(workers):
+            named[f"w{k}"] = subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", str(nthreads),
+                 "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{k}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-        )
+            procs.append(named[f"w{k}"])
         import distributed
 
         with distributed.Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address
+            client.wait_for_workers(workers, timeout=60)
+        yield address, named
     finally:
         for p in reversed(procs):
             p.kill()
             p.wait()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    with loopback_cluster(tmp_path, workers=1, nthreads=2) as (address, _):
+        yield address
 
 
 def test_extract_on_an_existing_cluster_matches_local_run(tmp_path, dask_cluster):
@@ -69,8 +81,6 @@ def test_unreachable_scheduler_is_a_usage_error(tmp_path):
 
 
 def test_concurrent_runs_on_one_cluster_keep_their_own_results(tmp_path, dask_cluster):
-    import threading
-
     a = make_images(tmp_path / "a", classes=2, per_class=4, seed=1)
     b = make_images(tmp_path / "b", classes=2, per_class=4, seed=2)
     outs = {}
@@ -91,3 +101,57 @@ def test_concurrent_runs_on_one_cluster_keep_their_own_results(tmp_path, dask_cl
     local = extract(ExtractConfig(b, tmp_path / "b_local.h5", model="test_resnet", weights="random")).output
     np.testing.assert_allclose(featpipe.load(outs["b"]).X(), featpipe.load(local).X(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(featpipe.load(outs["a"]).X(), featpipe.load(outs["b"]).X())
+
+
+def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path):
+    """Issue 11: SIGKILL one of two workers while it runs a partition; its partitions run again on the other,
+    and the file holds every row once, equal to a local run. The workers write the shards (--shard-dir), so a
+    shard the killed worker had half written must not count either."""
+    import distributed
+
+    images = make_images(tmp_path / "images", classes=3, per_class=12)
+    shards = tmp_path / "shards"
+    with loopback_cluster(tmp_path, workers=2, nthreads=1) as (address, workers):
+        cfg = ExtractConfig(images, tmp_path / "remote.h5", model="test_resnet", weights="random", batch_size=3,
+                            partition_size=3, scheduler=address, shard_dir=str(shards))
+        outcome: dict = {}
+
+        def run():
+            try:
+                outcome["summary"] = extract(cfg)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                outcome["error"] = exc
+
+        with distributed.Client(address, timeout="30s") as client, distributed.get_task_stream(client) as stream:
+            runner = threading.Thread(target=run)
+            runner.start()
+            # The first finished shard: both workers are now busy with partitions (each holds two, one running).
+            deadline = time.time() + 240
+            while not list(shards.glob("*/part-*.h5")):
+                assert time.time() < deadline and runner.is_alive(), outcome
+                time.sleep(0.01)
+            busy = client.processing()
+            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            victim = next(a for a, keys in busy.items() if keys)
+            survivor = next(a for a in names if a != victim)
+            lost = set(busy[victim])
+            workers[names[victim]].kill()
+            workers[names[victim]].wait()
+            runner.join(timeout=300)
+        assert "summary" in outcome, outcome
+    ran_on: dict = {}
+    for entry in stream.data:
+        ran_on.setdefault(entry["key"], set()).add(entry["worker"])
+    # Each partition the killed worker held finished, on the survivor (or, at most, on the victim just before
+    # it died); and at least one did run again on the survivor.
+    assert all(ran_on.get(key, set()) & {victim, survivor} for key in lost), (lost, ran_on)
+    assert any(survivor in ran_on.get(key, set()) for key in lost), (lost, ran_on)
+    summary = outcome["summary"]
+    assert summary.computed == 36 and summary.failed == 0
+    local = extract(ExtractConfig(images, tmp_path / "local.h5", model="test_resnet", weights="random"))
+    a, b = featpipe.load(summary.output), featpipe.load(local.output)
+    assert a.paths == b.paths and len(set(a.paths)) == len(a) == 36
+    np.testing.assert_array_equal(a.y, b.y)
+    assert a.valid.all()
+    np.testing.assert_allclose(a.X(), b.X(), rtol=1e-4, atol=1e-5)
+    assert not list(shards.iterdir()), "the run's shard folder is removed once the file is merged"

@@ -214,3 +214,43 @@ def test_finished_run_is_recognised_before_any_network_is_built(tmp_path, monkey
     assert extract(cfg).already_complete
     with pytest.raises(AssertionError, match="network was built"):  # another request still builds
         extract(ExtractConfig(images, cfg.output, model="test_resnet", weights="random", dtype="float16"))
+
+
+def test_client_killed_mid_run_resumes_without_computing_finished_shards_again(tmp_path):
+    """Issue 11: SIGKILL the client once a shard exists (here in a --shard-dir away from the output); the same
+    run again reuses every finished shard untouched (same inode, same mtime) and gives the clean run's file."""
+    images = make_images(tmp_path / "images", classes=3, per_class=12)
+    out, shards = tmp_path / "out.h5", tmp_path / "shards"
+    common = dict(model="resnet18", weights="random", partition_size=4, batch_size=4, streams=1)
+    proc = subprocess.Popen(cli("extract", str(images), "-o", str(out), "--model", "resnet18", "--weights", "random",
+                                "--partition-size", "4", "--batch-size", "4", "--streams", "1",
+                                "--shard-dir", str(shards), "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(shards.glob("*/part-*.h5")):  # the hook: the first finished shard
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def stats() -> dict:
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("*/part-*.h5")}
+
+    kept = stats()
+    assert 1 <= len(kept) < 9 and not out.exists(), "the kill must land mid-run"
+    calls = []
+
+    def untouched(done: int, total: int) -> None:  # called before the first partition and after each one
+        now = stats()
+        assert {name: now.get(name) for name in kept} == kept
+        calls.append(done)
+
+    resumed = extract(ExtractConfig(images, out, shard_dir=str(shards), **common), progress=untouched)
+    assert resumed.resumed_partitions == len(kept) and resumed.computed == 36 - 4 * len(kept)
+    assert calls[0] == 4 * len(kept) and calls[-1] == 36
+    assert not list(shards.iterdir())
+    clean = extract(ExtractConfig(images, tmp_path / "clean.h5", **common))
+    a, b = featpipe.load(out), featpipe.load(clean.output)
+    assert a.paths == b.paths and len(set(a.paths)) == 36
+    np.testing.assert_array_equal(a.valid, b.valid)
+    np.testing.assert_allclose(a.X(), b.X(), rtol=1e-5, atol=1e-6)
