@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -309,3 +310,30 @@ def test_models_and_decode_pools_do_not_outlive_their_extraction(tmp_path, image
     assert runner._decode_pool(3) is not pool and pool._shutdown
     runner._extractors.clear()
     runner._release_pool()
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL, "tv:squeezenet1_1"])
+def test_small_runs_stay_eager_and_traced_features_agree(tmp_path, monkeypatch, model):
+    """Tracing costs 1-2 s: a run of few images skips it; a larger one traces; the features agree either way."""
+    from featpipe.extraction import run as run_module
+
+    images = make_images(tmp_path / "images", classes=2, per_class=8)
+    eager = extract(config(tmp_path, images, model=model, output=tmp_path / "eager.h5", batch_size=5)).output
+    monkeypatch.setattr(run_module, "OPTIMIZE_MIN_IMAGES", 16)
+    traced = extract(config(tmp_path, images, model=model, output=tmp_path / "traced.h5", batch_size=7)).output
+    with h5py.File(eager) as a, h5py.File(traced) as b:
+        assert (a.attrs["graph"], b.attrs["graph"]) == ("eager", "traced")
+    ref, got = featpipe.load(eager).X(), featpipe.load(traced).X()
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert rel.max() <= 1e-5, rel.max()
+
+
+def test_a_small_run_gives_every_stream_a_partition(tmp_path):
+    """20 images on 2 streams ran as one partition on one stream (one core idle): now two of 10."""
+    from featpipe.extraction.run import _partition_size
+
+    cfg = config(tmp_path, tmp_path, batch_size=32)
+    assert _partition_size(cfg, 20, slots=2) == 10
+    assert _partition_size(cfg, 20, slots=4) == 5
+    assert _partition_size(cfg, 3200, slots=2) == 64  # large runs: about 50 partitions of whole batches
+    assert _partition_size(replace(cfg, partition_size=100), 20, slots=2) == 100  # the user's choice stands
