@@ -95,11 +95,10 @@ def own_work(path: Path, tmp: Path, repeats: int) -> dict[str, float]:
     X, y = labelled_file_rows(fs, "pooled")[0].load().read(), fs.y
     model = make_classifier("logreg").fit(X[:2000], y[:2000])
     proba = model.predict_proba(X[:4000])
-    extractor = modelfile.extractor_config(fs, "pooled")
     steps = {
         "read file": lambda: labelled_file_rows(load(path), "pooled")[0].load(),
         "metrics": lambda: evaluate_proba(proba, y[:4000], model.classes_, fs.classes),
-        "save model": lambda: modelfile.save(tmp / "own.skops", model, fs.classes, extractor, "logreg", {}),
+        "save model": lambda: modelfile.save(tmp / "own.skops", model, fs.classes, fs, "pooled", "logreg", {}),
     }
     times = {}
     for name, step in steps.items():

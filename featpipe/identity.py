@@ -105,15 +105,44 @@ def differences(old: dict, new: dict) -> str:
             continue
         name = FIELD_NAMES.get(key, key)
         if key == "layers" and isinstance(a, list) and isinstance(b, list):
-            gone = [x[0] for x in a if x not in b]
-            added = [x[0] for x in b if x not in a]
+            old_by, new_by = {x[0]: list(x) for x in a}, {x[0]: list(x) for x in b}
+            gone = [x for x in old_by if x not in new_by]
+            added = [x for x in new_by if x not in old_by]
+            # The same layer name, tapped at another node or pooled another way.
+            changed = [f"layer {x} {what} {old_by[x][i]} -> {new_by[x][i]}" for x in old_by if x in new_by
+                       for i, what in ((1, "node"), (2, "pooling")) if old_by[x][i] != new_by[x][i]]
             words = ([f"without {', '.join(gone)}"] if gone else []) + ([f"with {', '.join(added)}"] if added else [])
-            parts.append(f"layers {'; '.join(words) or 'in another order'}")
+            if words or not changed:
+                parts.append(f"layers {'; '.join(words) or 'in another order'}")
+            parts.extend(changed)
         elif isinstance(a, dict) and isinstance(b, dict):
             parts.append(f"{name}: {', '.join(_dict_changes(a, b))}")
         else:
             parts.append(f"{name} {_short(a)} -> {_short(b)}")
     return "; ".join(parts)
+
+
+def of_layer(meta: dict, layer: str, layer_attrs: dict) -> dict:
+    """The extractor identity of one layer of a feature file (its ``meta`` and the layer's attributes):
+    what a classifier trained on that layer depends on. A file that stores no identity (features made
+    elsewhere, ``store.write_arrays``) gets one built from its attributes, the same way every time."""
+    config = meta.get("config")
+    if isinstance(config, dict) and config.get("layers"):
+        layers = [list(x) for x in config["layers"] if x[0] == layer]
+        return upgrade({**config, "layers": layers})
+    return upgrade(extractor(
+        str(meta.get("model", "")), str(meta.get("weights_source", "")).split(" ")[0],
+        str(meta.get("weights_sha256", "")), [(layer, str(layer_attrs.get("node", "")),
+                                               str(layer_attrs.get("pool", "")))],
+        meta.get("data_config") if isinstance(meta.get("data_config"), dict) else {},
+        str(meta.get("precision", "")), str(meta.get("dtype", ""))))
+
+
+def extractor_differences(expected: dict, got: dict) -> str:
+    """Whether features were made by the same extractor: '' when they were, else the fields that differ in
+    words. The one answer for `fit --test`, `evaluate` and `predict` (identities from :func:`of_layer`)."""
+    expected, got = upgrade(expected), upgrade(got)
+    return "" if expected == got else differences(expected, got)
 
 
 # --- the request -------------------------------------------------------------------

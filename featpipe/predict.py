@@ -72,26 +72,39 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
     mf = load_model(model)
     if source.is_file() and source.suffix.lower() in FEATURE_SUFFIXES:
         return _predict_features(mf, source)
-    ex = mf.extractor
-    if not ex.get("weights"):
-        raise UsageError(f"{Path(model).name} does not record the extractor's weights; extract the images "
-                         "yourself with the same settings and predict on the feature file")
     with tempfile.TemporaryDirectory(prefix="featpipe-predict-") as tmp:
         out = Path(features_out) if features_out else Path(tmp) / "features.h5"
-        config = ExtractConfig(
-            input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
-            layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
-            dtype=ex["dtype"], device=device, batch_size=batch_size,
-            resampler=ex["data_config"].get("resampler", "pil"),
-        )
-        extract(config)
+        extract(_extract_config(mf, Path(model), source, out, device, batch_size))
+        # The new features are checked like any feature file: the same extractor identity, or a refusal.
         return _predict_features(mf, out)
+
+
+def _extract_config(mf, model: Path, source: Path, out: Path, device: str, batch_size: int) -> ExtractConfig:
+    """The extraction that made the model's training features, asked for again (their identity.request),
+    for the model's one layer."""
+    req = mf.request
+    if req:
+        return ExtractConfig(
+            input=source, output=out, model=req["model"], weights=req["weights"], seed=req.get("seed") or 0,
+            layers=(mf.layer,), pool=req["pool"], precision=req["precision"], dtype=req["dtype"],
+            resampler=req["resampler"], device=device, batch_size=batch_size)
+    # A model file written before it stored the request: its extractor settings.
+    ex = mf.extractor
+    if not ex.get("weights"):
+        raise UsageError(f"{model.name} does not record the extractor's weights; extract the images "
+                         "yourself with the same settings and predict on the feature file")
+    return ExtractConfig(
+        input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
+        layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
+        dtype=ex["dtype"], device=device, batch_size=batch_size,
+        resampler=ex["data_config"].get("resampler", "pil"),
+    )
 
 
 def _predict_features(mf, path: Path) -> Predictions:
     fs = load(path)
     mf.check_features(fs)
-    layer = mf.extractor["layer"]
+    layer = mf.layer
     valid = np.flatnonzero(fs.valid)
     # A block at a time: a feature file larger than memory predicts too.
     rows = FileRows(fs.path, f"features/{layer}", valid, np.zeros(len(valid), np.int64), fs.dim(layer))

@@ -65,8 +65,10 @@ def evaluate_file(mf, fs, name: str = "the model") -> tuple[dict, int, int, list
         UsageError: features of another extractor, no valid labelled rows, a class the model never saw.
     """
     from .metrics import evaluate_rows
+    from .modelfile import same_images_warning
 
     mf.check_features(fs)
-    rows, skipped = rows_for_model(fs, mf.extractor["layer"], mf.classes, "evaluation", name)
+    rows, skipped = rows_for_model(fs, mf.layer, mf.classes, "evaluation", name)
     warnings = classes_without_rows(rows.labels, mf.classes, "evaluation")
+    warnings += same_images_warning(mf.images_digest, fs, "evaluation")
     return evaluate_rows(mf.pipeline, rows, mf.classes), len(rows), skipped, warnings

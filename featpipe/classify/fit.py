@@ -140,7 +140,7 @@ def _labelled(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[FileRows, 
     if config.test is None:
         return rows, None, skipped
     test_fs = load(config.test)
-    modelfile.check_same_extractor(modelfile.extractor_config(fs, layer), test_fs)
+    modelfile.check_same_extractor(modelfile.features_identity(fs, layer), test_fs, f"the training file {fs.path.name}")
     test, skipped_te = rows_for_model(test_fs, layer, fs.classes, "test", f"the training file {fs.path.name}")
     unseen = sorted(set(test.labels.tolist()) - set(y.tolist()))
     if unseen:
@@ -366,6 +366,8 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     warnings = [f"{len(missing)} class(es) have no test rows: {', '.join(map(repr, missing[:5]))}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                 + "; their precision and recall are not measured, and the macro averages leave them out"] if missing else []
+    if config.test is not None:
+        warnings += modelfile.same_images_warning(str(fs.meta.get("images_digest", "")), load(config.test), "test")
     for w in warnings:
         log.info(w)  # the caller shows FitResult.warnings
     compare = len(config.classifiers) > 1
@@ -412,7 +414,6 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
         raise UsageError("no classifier could run on these rows: "
                          + "; ".join(f"{r.classifier}: {r.reason}" for r in rows))
     best, rule = choose(rows, by) if compare or folds else (rows[0].classifier, "the only classifier")
-    extractor = modelfile.extractor_config(fs, layer)
     train = plus_views(train)
     fitted = {}
     for row in rows:
@@ -425,7 +426,7 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
         fitted[row.classifier] = model
         row.path = config.output if row.classifier == best else config.output.with_name(
             f"{config.output.stem}.{row.classifier}{config.output.suffix}")
-        modelfile.save(row.path, model, fs.classes, extractor, row.classifier, row.metrics, fingerprint)
+        modelfile.save(row.path, model, fs.classes, fs, layer, row.classifier, row.metrics, fingerprint)
         log.info("%s: test accuracy %.4f%s", row.classifier, row.metrics["accuracy"],
                  " (streamed from the file)" if stream and row.classifier in STREAMING else "")
     if config.report is not None:

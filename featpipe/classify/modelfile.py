@@ -1,25 +1,28 @@
-"""The model file: a fitted pipeline in skops format, with the extractor's configuration inside.
+"""The model file: a fitted pipeline in skops format, with the identity of its features inside.
 
 skops loads without running arbitrary code; featpipe refuses any type in the
-file beyond the ones its own classifiers use. The extractor configuration pins
-the model to the features it was trained on: applying it to features of
-another model, weights, layer, preprocessing or dtype is refused.
+file beyond the ones its own classifiers use. The model file keeps the
+extractor identity of the features it was trained on (``identity.of_layer``:
+model, weights and their sha256, layer, node, pooling, preprocessing,
+precision, dtype) with its ``config_hash``, and the identity of the training
+images (``images_digest``, ``features_fingerprint``). `fit --test`, `evaluate`
+and `predict` ask featpipe/identity.py whether other features come from the
+same extractor, and refuse them naming the fields that differ.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import identity
 from ..errors import FormatError, UsageError
 from ..models.data_config import upgrade as data_config_upgrade
 from ..store import FeatureSet
 
 MODEL_FORMAT = "featpipe-model"
 MODEL_FORMAT_VERSION = 1
-# What must match between training features and features to predict on.
-EXTRACTOR_FIELDS = ("model", "weights_sha256", "layer", "node", "pool", "data_config", "precision", "dtype")
 # Types our pipelines hold that skops does not trust by default.
 TRUSTED = frozenset({
     "featpipe.classify.heads.LinearHead",
@@ -33,7 +36,9 @@ TRUSTED = frozenset({
 
 
 def extractor_config(fs: FeatureSet, layer: str) -> dict:
-    """The fields of a feature file that a classifier trained on it depends on."""
+    """How the features of ``layer`` were made, as settings: enough for `predict` to extract images the same
+    way (weights argument, seed), and for `featpipe info`. Whether two feature files match is not decided
+    from these but from :func:`features_identity`."""
     info = fs.layer_info(layer)
     return {
         "model": fs.meta["model"],
@@ -51,6 +56,28 @@ def extractor_config(fs: FeatureSet, layer: str) -> dict:
     }
 
 
+def features_identity(fs: FeatureSet, layer: str) -> dict:
+    """The extractor identity of ``fs``'s ``layer`` (featpipe/identity.py)."""
+    return identity.of_layer(fs.meta, layer, fs.layer_info(layer))
+
+
+def _identity_of_old_model(extractor: dict) -> dict:
+    """The extractor identity of a model file written before it stored one, from its extractor fields
+    (the same attributes identity.of_layer reads from a feature file)."""
+    meta = {k: extractor.get(k, "") for k in ("model", "weights_source", "weights_sha256", "data_config",
+                                              "precision", "dtype")}
+    return identity.of_layer(meta, extractor["layer"], {"node": extractor.get("node", ""),
+                                                        "pool": extractor.get("pool", "")})
+
+
+def same_images_warning(images_digest: str, fs: FeatureSet, role: str) -> list[str]:
+    """A warning when ``fs`` holds the very images (identity.images_digest) a model learns or learned from."""
+    if images_digest and fs.meta.get("images_digest") == images_digest:
+        return [f"{fs.path.name} holds the same images as the training features (equal images_digest): "
+                f"its {role} metrics measure how well the model fits its own training images, not new ones"]
+    return []
+
+
 @dataclass
 class ModelFile:
     """A loaded model file."""
@@ -61,45 +88,65 @@ class ModelFile:
     classifier: str
     metrics: dict
     fit_fingerprint: str = ""  # set by pipelines: which settings and features made this model
+    # The extractor identity of the training features (identity.of_layer) and its sha256.
+    identity: dict = field(default_factory=dict)
+    config_hash: str = ""
+    # The training images: identity.images_digest and identity.features_fingerprint of the training file
+    # ("" in model files written before they were recorded).
+    images_digest: str = ""
+    features_fingerprint: str = ""
+    # What the training features' extraction asked for (identity.request): `predict` extracts images with it.
+    request: dict = field(default_factory=dict)
+
+    @property
+    def layer(self) -> str:
+        return self.extractor["layer"]
 
     def check_features(self, fs: FeatureSet) -> None:
         """Raise if ``fs`` was not made by the extractor this model was trained on."""
-        check_same_extractor(self.extractor, fs)
+        check_same_extractor(self.identity, fs, "the features this model was trained on")
 
 
-def check_same_extractor(expected: dict, fs: FeatureSet) -> None:
-    """Raise UsageError, naming the field, if ``fs`` was not made by the extractor described by ``expected``."""
-    layer = expected["layer"]
+def check_same_extractor(expected: dict, fs: FeatureSet, trained_on: str) -> None:
+    """Raise UsageError, naming the fields that differ in words, if ``fs`` was not made by the extractor
+    whose identity (of one layer, identity.of_layer) is ``expected``."""
+    layer = expected["layers"][0][0]
     if layer not in fs.layers:
         raise UsageError(
-            f"{fs.path.name} has no layer {layer!r} (it has {', '.join(fs.layers)}); this model was trained "
-            f"on {layer!r}: extract it with --layer {layer}"
+            f"{fs.path.name} has no layer {layer!r} (it has {', '.join(fs.layers)}); {trained_on} are "
+            f"{layer!r}: extract it with --layer {layer}"
         )
-    got = extractor_config(fs, layer)
-    for field in EXTRACTOR_FIELDS:
-        if got[field] != expected[field]:
-            raise UsageError(
-                f"{fs.path.name} differs from the features this model was trained on in {field}: "
-                f"{str(got[field])[:80]!r} vs {str(expected[field])[:80]!r}; extract with the "
-                f"model's configuration (featpipe predict on images does it for you)"
-            )
+    diff = identity.extractor_differences(expected, features_identity(fs, layer))
+    if diff:
+        raise UsageError(
+            f"{fs.path.name} was made by another extractor than {trained_on} ({diff}); extract with the "
+            "model's configuration (featpipe predict on images does it for you)"
+        )
 
 
-def save(path: str | os.PathLike, pipeline, classes, extractor: dict, classifier: str, metrics: dict,
+def save(path: str | os.PathLike, pipeline, classes, fs: FeatureSet, layer: str, classifier: str, metrics: dict,
          fit_fingerprint: str = "") -> None:
+    """Write a model file for ``pipeline``, trained on ``layer`` of the feature file ``fs``."""
     import skops.io as sio
 
     path = Path(path)
+    features = features_identity(fs, layer)
+    request = fs.meta.get("request", "")
     payload = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "pipeline": pipeline,
         "classes": list(classes),
-        "extractor": extractor,
+        "extractor": extractor_config(fs, layer),
         "classifier": classifier,
         # As JSON text: skops stores nested dicts and lists node by node, slowly.
         "metrics": json.dumps(metrics),
         "fit_fingerprint": fit_fingerprint,
+        "identity": json.dumps(features, sort_keys=True),
+        "config_hash": identity.config_hash(features),
+        "images_digest": str(fs.meta.get("images_digest", "")),
+        "features_fingerprint": identity.features_fingerprint(fs.meta),
+        "request": request if isinstance(request, str) else json.dumps(request, sort_keys=True),
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sio.dump(payload, tmp)
@@ -146,5 +193,14 @@ def load(path: str | os.PathLike) -> ModelFile:
     extractor = dict(payload["extractor"])
     if isinstance(extractor.get("data_config"), dict):  # fields added since the model was saved
         extractor["data_config"] = data_config_upgrade(extractor["data_config"])
+    # Model files written before the identity was stored: built from their extractor fields (identity.upgrade
+    # then fills in fields added since), so they keep working; they know nothing of their training images.
+    stored = payload.get("identity")
+    features = identity.upgrade(json.loads(stored)) if stored else _identity_of_old_model(extractor)
+    request = payload.get("request") or ""
     return ModelFile(payload["pipeline"], list(payload["classes"]), extractor,
-                     str(payload["classifier"]), _metrics(payload["metrics"]), str(payload.get("fit_fingerprint", "")))
+                     str(payload["classifier"]), _metrics(payload["metrics"]), str(payload.get("fit_fingerprint", "")),
+                     identity=features, config_hash=identity.config_hash(features),
+                     images_digest=str(payload.get("images_digest", "")),
+                     features_fingerprint=str(payload.get("features_fingerprint", "")),
+                     request=json.loads(request) if request else {})
