@@ -63,6 +63,15 @@ def test_lower_stages_learn_more_slowly():
     assert rates == {"layer3": 2.5e-4, "layer4": 5e-4, "neck": 1e-3, "head": 1e-3}
 
 
+def test_a_barely_varying_feature_gets_no_huge_weight_in_the_probe():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    X = np.column_stack([rng.normal(size=(80, 4)) + y[:, None], 1e-8 * rng.normal(size=80)])  # a dead channel
+    head = nn.Linear(5, 2)
+    _linear_probe(head, X, y, 2)
+    assert head.weight.abs().max() < 100  # 1/std would be ~1e8: the first step that wakes it explodes the logits
+
+
 def test_the_linear_probe_folds_its_scaler_into_the_head():
     from sklearn.linear_model import LogisticRegression
 
@@ -71,7 +80,7 @@ def test_the_linear_probe_folds_its_scaler_into_the_head():
     X = rng.normal(5, 3, size=(90, 6)) + y[:, None] * rng.normal(size=6)
     head = nn.Linear(6, 4)  # class 3 has no training rows: never predicted
     _linear_probe(head, X, y, 4)
-    mean, std = X.mean(0), X.std(0)
+    mean, std = X.mean(0), np.maximum(X.std(0), np.median(X.std(0)))  # spreads floored at the median
     clf = LogisticRegression(max_iter=1000).fit((X - mean) / std, y)
     with torch.no_grad():
         logits = head(torch.from_numpy(X).float()).numpy()
