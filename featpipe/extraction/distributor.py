@@ -109,6 +109,11 @@ def run_partitions(
     workers write the shards, and the results carry no features."""
     import distributed
 
+    if plan.torch_threads is None:  # workers size their torch threads by how many task threads share their host
+        per_host: dict[str, int] = {}
+        for w in client.scheduler_info()["workers"].values():
+            per_host[w["host"]] = per_host.get(w["host"], 0) + w["nthreads"]
+        plan = replace(plan, host_threads=tuple(sorted(per_host.items())))
     futures = [
         client.submit(
             *((run_partition, spec, task, plan) if writes is None else (run_and_write, spec, task, plan, writes[k])),

@@ -287,7 +287,11 @@ class WorkPlan:
     batch_size: int
     max_pixels: int = MAX_PIXELS
     decode_threads: int | None = None  # GPU: threads decoding ahead of the forward pass; None: the cores
-    torch_threads: int | None = None  # CPU: intra-op threads per stream; None: worker cores / worker threads
+    torch_threads: int | None = None  # CPU: intra-op threads per stream; None: host cores / task threads on the host
+    # On a cluster: (host, task threads of every Dask worker on it). Workers that share a machine share its
+    # cores: two one-thread workers on 2 cores run 1 torch thread each, not 2 (4 OpenMP threads on 2 cores
+    # spin-wait for each other). A host not listed (a worker that joined later) counts its own threads only.
+    host_threads: tuple[tuple[str, int], ...] = ()
 
 
 def cpu_cores() -> int:
@@ -311,9 +315,12 @@ def _set_torch_threads(plan: WorkPlan) -> None:
         try:
             import distributed
 
-            threads = max(1, cpu_cores() // distributed.get_worker().state.nthreads)
+            worker = distributed.get_worker()
         except (ImportError, ValueError):
             return
+        own = worker.state.nthreads
+        shared = dict(plan.host_threads).get(distributed.comm.get_address_host(worker.address), own)
+        threads = max(1, cpu_cores() // max(own, shared))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
