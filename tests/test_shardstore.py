@@ -109,3 +109,44 @@ def test_store_publishes_whole_files_only(tmp_path):
         assert store.names() == ["a.txt"] and store.read_text("a.txt") == "whole"
         store.remove()
         assert not store.exists() and store.names() == []
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """s3://featpipe-shards on moto's S3 server on a free loopback port (a test dependency; skipped without it)."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("featpipe-shards")
+        yield "s3://featpipe-shards/runs"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def s3fs_exists(path: str) -> bool:
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True).exists(path)
+
+
+def test_shard_dir_on_s3(tmp_path, s3_bucket):
+    """The same partial run and resume with the shards in a bucket, through a real S3 API (no renames there)."""
+    images, bad, cfg = partial_run(tmp_path, shard_dir=s3_bucket)
+    kept = kept_shards(s3_bucket)
+    resumed = extract(cfg)
+    assert resumed.resumed_partitions == len(kept) and resumed.computed == 9 - sum(kept.values())
+    assert ShardStore(s3_bucket).names() == [] and extract(cfg).already_complete
+    clean = extract(ExtractConfig(images, tmp_path / "clean.h5", model="test_resnet", weights="random"))
+    np.testing.assert_allclose(featpipe.load(cfg.output).X(), featpipe.load(clean.output).X(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(featpipe.errors.UsageError, match="'no-such-bucket' does not exist"):
+        extract(ExtractConfig(images, tmp_path / "nowhere.h5", model="test_resnet", weights="random",
+                              shard_dir="s3://no-such-bucket/x"))
+    assert not s3fs_exists("no-such-bucket"), "no bucket is made by mistake"

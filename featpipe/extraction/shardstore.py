@@ -125,10 +125,20 @@ class ShardStore:
         return self._fs.exists(self._path)
 
     def makedirs(self) -> None:
+        """Create the folder; on a URL its first part (an object store's bucket) must exist already: s3fs would
+        create a bucket, and a typo in its name would go unnoticed."""
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
-        else:
+            return
+        bucket = self._path.split("/", 1)[0]
+        try:
+            if bucket and not self._fs.exists(bucket):
+                raise UsageError(f"shard folder {self.location!r}: {bucket!r} does not exist (featpipe does not "
+                                 "create buckets); create it or give another --shard-dir")
             self._fs.makedirs(self._path, exist_ok=True)  # a no-op on object stores
+        except PermissionError as exc:  # s3fs: bad or missing credentials; its message names no secret
+            raise UsageError(f"shard folder {self.location!r}: access denied ({exc}); check the credentials in "
+                             "the environment or give another --shard-dir") from None
 
     def remove(self) -> None:
         """The folder and everything in it; nothing when it is not there."""
