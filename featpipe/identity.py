@@ -129,7 +129,7 @@ def of_layer(meta: dict, layer: str, layer_attrs: dict) -> dict:
     config = meta.get("config")
     if isinstance(config, dict) and config.get("layers"):
         layers = [list(x) for x in config["layers"] if x[0] == layer]
-        return upgrade({**config, "layers": layers})
+        return features_identity(upgrade({**config, "layers": layers}))
     return upgrade(extractor(
         str(meta.get("model", "")), str(meta.get("weights_source", "")).split(" ")[0],
         str(meta.get("weights_sha256", "")), [(layer, str(layer_attrs.get("node", "")),

@@ -183,3 +183,18 @@ def test_cli_extract_views_and_fit_on_them(tmp_path):
     r = runner.invoke(app, ["fit", str(out), "-o", str(tmp_path / "m.skops"), "--use-augmented"])
     assert r.exit_code == 0, r.output
     assert "9 training rows plus 18 augmented views of the training images, 3 test rows" in r.output
+
+
+def test_predict_on_images_applies_the_tta_of_the_training_features(tmp_path, image_folder):
+    from featpipe.predict import predict
+
+    out = extract(config(image_folder, tmp_path / "f.h5", augment=2, tta="flip")).output
+    fit(FitConfig(out, tmp_path / "m.skops", use_augmented=True))
+    on_file = predict(tmp_path / "m.skops", out)
+    on_images = predict(tmp_path / "m.skops", image_folder, features_out=tmp_path / "again.h5")
+    again = featpipe.load(tmp_path / "again.h5")
+    assert again.tta == "flip" and not again.augmented_layers  # the same features; no views computed
+    np.testing.assert_allclose(on_images.proba, on_file.proba, atol=1e-5)
+    plain = extract(config(image_folder, tmp_path / "plain.h5")).output
+    with pytest.raises(UsageError, match="views"):  # features without the TTA are another extractor's
+        predict(tmp_path / "m.skops", plain)
