@@ -12,8 +12,9 @@ made the same way from the same images. The answer is defined here, and only her
   request into an extractor. Equal requests give equal extractors, so a finished
   run is recognised from the request alone, without building the network (the
   feature file's ``request`` attribute).
-* the **images**: each image's path, size and modification time, and with
-  ``--verify-content`` the sha256 of its bytes (:func:`row_keys`). A row whose key
+* the **images**: each image's path, size, modification time and version (a remote
+  file's ETag; a tar member's shard identity), and with ``--verify-content`` the
+  sha256 of its bytes (:func:`row_keys`). A row whose key
   is unchanged keeps its features; the others are computed again. Labels are not
   part of it: a relabelled image keeps its features.
 
@@ -24,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from . import remote
 from ._version import __version__
 from .models.data_config import upgrade as data_config_upgrade
 
@@ -203,45 +205,95 @@ def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: st
 # --- images --------------------------------------------------------------------------
 
 
-def image_stats(root: Path, paths: Sequence[str], verify_content: bool = False) -> dict[str, np.ndarray]:
-    """What identifies each image file: its size and modification time (ns), and with ``verify_content``
-    the sha256 of its bytes. A file that cannot be read gets size -1 (decoding will record why)."""
+def _stat_local(location: str) -> tuple[int, int, str]:
+    st = os.stat(location)
+    return st.st_size, st.st_mtime_ns, ""
+
+
+def _sha256_location(location: str, storage_options) -> str:
+    if not remote.is_url(location):
+        return sha256_file(Path(remote.local_path(location)))
+    return hashlib.sha256(remote.read_bytes(location, storage_options)).hexdigest()
+
+
+def image_stats(root: Path | str, paths: Sequence[str], verify_content: bool = False, known: dict | None = None,
+                locations: Callable[[int], str] | None = None, storage_options=None) -> dict[str, np.ndarray]:
+    """What identifies each image: its size, modification time (ns) and version (a remote file's ETag or
+    generation; for a tar member its shard's identity; '' for local files), and with ``verify_content`` the
+    sha256 of its bytes. ``known`` holds what a listing already gave (remote folders, tar shards);
+    ``locations(i)`` says where row i is read (default ``root / paths[i]``). Remote files are asked with
+    fsspec ``info()``, a few at a time. A file that cannot be read gets size -1 (decoding will record why).
+
+    Raises:
+        UsageError: a remote file refused access (credentials), which no image row can fix.
+    """
     n = len(paths)
-    size = np.full(n, -1, np.int64)
-    mtime = np.zeros(n, np.int64)
+    where = locations or (lambda i: str(Path(root) / paths[i]) if not remote.is_url(str(root))
+                          else remote.join(str(root), paths[i]))
     sha = np.full(n, "", dtype=object)
-    for i, p in enumerate(paths):
-        full = root / p
+    if known is not None:
+        size, mtime = known["size"].copy(), known["mtime"].copy()
+        version = known["version"].copy()
+        if verify_content and "sha256" in known:
+            return {"size": size, "mtime": mtime, "version": version, "sha256": known["sha256"].copy()}
+    else:
+        size, mtime = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+        version = np.full(n, "", dtype=object)
+
+    def one(i: int) -> None:
+        location = where(i)
         try:
-            st = os.stat(full)
+            if known is None:
+                size[i], mtime[i], version[i] = (remote.stat(location, storage_options) if remote.is_url(location)
+                                                 else _stat_local(remote.local_path(location)))
+            if verify_content and size[i] >= 0:
+                sha[i] = _sha256_location(location, storage_options)
+        except PermissionError as exc:
+            raise remote.access_error(location, exc, storage_options) from None
         except OSError:
-            continue
-        size[i], mtime[i] = st.st_size, st.st_mtime_ns
-        if verify_content:
-            try:
-                sha[i] = sha256_file(full)
-            except OSError:
-                size[i] = -1
-    return {"size": size, "mtime": mtime, "sha256": sha}
+            size[i] = -1
+
+    remote_rows = [i for i in range(n) if remote.is_url(where(i))] if (known is None or verify_content) else []
+    if remote_rows:  # each a round trip: a few in flight hide the latency
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, remote_rows))
+    if known is None or verify_content:
+        remote_set = set(remote_rows)
+        for i in range(n):
+            if i not in remote_set:
+                one(i)
+    return {"size": size, "mtime": mtime, "version": version, "sha256": sha}
+
+
+def _versions(stats: dict[str, np.ndarray], n: int) -> list[str]:
+    """Each row's version ('' where none, and for files recorded before featpipe kept versions)."""
+    version = stats.get("version")
+    return [""] * n if version is None else [str(v) for v in version]
 
 
 def row_keys(paths: Sequence[str], stats: dict[str, np.ndarray], verify_content: bool) -> list[tuple]:
     """One key per image: rows with equal keys hold the same features (of the same extractor).
-    Without ``verify_content`` a file is the same when its path, size and modification time are."""
+    Without ``verify_content`` a file is the same when its path, size, modification time and version are."""
     size, mtime = stats["size"].tolist(), stats["mtime"].tolist()
+    version = _versions(stats, len(paths))
     if verify_content:
         sha = [str(s) for s in stats["sha256"]]
-        return list(zip(paths, size, mtime, sha, strict=True))
-    return list(zip(paths, size, mtime, strict=True))
+        return list(zip(paths, size, mtime, version, sha, strict=True))
+    return list(zip(paths, size, mtime, version, strict=True))
 
 
 def images_digest(paths: Sequence[str], labels: np.ndarray, classes: Sequence[str],
                   stats: dict[str, np.ndarray]) -> str:
-    """Identifies the images of a run: paths, labels, classes, sizes, modification times (and content digests)."""
+    """Identifies the images of a run: paths, labels, classes, sizes, modification times, versions (and
+    content digests). A row without a version hashes as before versions were recorded."""
     h = hashlib.sha256()
-    for path, label, size, mtime, sha in zip(paths, labels.tolist(), stats["size"].tolist(), stats["mtime"].tolist(),
-                                             stats["sha256"], strict=True):
-        h.update(f"{path}\0{label}\0{size}\0{mtime}\0{sha}\n".encode())
+    for path, label, size, mtime, sha, version in zip(paths, labels.tolist(), stats["size"].tolist(),
+                                                      stats["mtime"].tolist(), stats["sha256"],
+                                                      _versions(stats, len(paths)), strict=True):
+        tail = f"\0{version}" if version else ""
+        h.update(f"{path}\0{label}\0{size}\0{mtime}\0{sha}{tail}\n".encode())
     h.update("\0".join(classes).encode())
     return h.hexdigest()
 

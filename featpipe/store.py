@@ -43,12 +43,16 @@ def write_samples(f: h5py.File, paths, labels: np.ndarray, valid: np.ndarray, cl
 
 
 def write_images(f: h5py.File, images: dict) -> None:
-    """Each row's image identity (featpipe/identity.py): file size, modification time (ns), content sha256."""
+    """Each row's image identity (featpipe/identity.py): file size, modification time (ns), content sha256,
+    and the version of remote files and tar members."""
     g = f["samples"]
     g.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
     g.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
     n = len(images["size"])
     g.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
+    version = images.get("version")
+    if version is not None and any(version):  # remote files and tar members; local files have none
+        g.create_dataset("version", data=np.asarray(version, dtype=object), dtype=STR, shape=(n,))
 
 
 def decode_strings(values) -> list[str]:

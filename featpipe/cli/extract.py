@@ -76,6 +76,31 @@ def parse_max_failures(text: Optional[str]) -> int | float | None:
     return value
 
 
+def parse_storage_options(items: list[str]) -> dict:
+    """['anon=true', 'client_kwargs.endpoint_url=http://x'] -> {'anon': True, 'client_kwargs': {'endpoint_url': ...}}.
+    Values are JSON where they parse as JSON (true, 3, {...}), else strings."""
+    import json
+
+    options: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError("--storage-option must be KEY=VALUE, got one without '=' (not shown: it may be a "
+                             "secret); for example --storage-option anon=true")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.strip().split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--storage-option {key!r}: {part!r} is set both as a value and as a group")
+        node[leaf] = value
+    return options
+
+
 def print_summary(s: ExtractSummary, console: Console) -> None:
     if s.already_complete:
         console.print(f"{s.output} is already complete ({s.images} images, {s.valid} valid, {s.failed} failed): "
@@ -179,7 +204,7 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
 @app.command("extract")
 @user_errors
 def extract_command(
-    input: Annotated[Path, typer.Argument(help="Image folder (class subfolders = labels), flat folder, or CSV with path[,label].")],
+    input: Annotated[str, typer.Argument(help="Image folder (class subfolders = labels) or flat folder, a CSV or Parquet list with path[,label], or WebDataset tar shards ('shards/{00000..00099}.tar'); local or an fsspec URL (s3://, gs://, https://).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Feature file to write (HDF5).")],
     model: Annotated[Optional[str], typer.Option(help="timm or torchvision model; `featpipe models` lists them. Optional with --weights CHECKPOINT.pt from `featpipe finetune`.", show_default=False)] = None,
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint (state dict) path.")] = "pretrained",
@@ -204,6 +229,8 @@ def extract_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
     verify_content: Annotated[bool, typer.Option(help="Hash every image's bytes to tell changed images apart (default: path, size and modification time).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try images that failed in an earlier run again (default: a failure is kept as a result).")] = False,
+    label_key: Annotated[Optional[str], typer.Option(help="Tar shards: where a sample's label is: .cls (default), .txt, another member extension, or a field of its .json member.")] = None,
+    storage_option: Annotated[list[str], typer.Option("--storage-option", help="KEY=VALUE for fsspec URLs (e.g. anon=true, client_kwargs.endpoint_url=http://...); repeat for several. Credentials are better left to the environment.")] = [],  # noqa: B006 - Typer needs a literal default
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Extract CNN features of every image into one HDF5 file (resumable)."""
@@ -236,6 +263,8 @@ def extract_command(
             augment=augment,
             augment_strength=augment_strength.value,
             flip=flip,
+            label_key=label_key,
+            storage_options=parse_storage_options(storage_option),
         )
         summary = with_progress(lambda progress: extract(config, progress=progress), quiet)
     print_summary(summary, Console(soft_wrap=True))

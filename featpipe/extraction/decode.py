@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,18 +51,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_rgb(path: Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, check and decode ``path`` as an 8-bit RGB image, EXIF-rotated.
+
+    ``path`` is a local file, or a binary file object already opened on the bytes (a remote file, a tar
+    member: see extraction/inputs.py, which also reports missing and empty ones).
 
     Raises:
         BadImage: with the reason the file cannot be used.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadImage(f"unreadable: {exc.strerror or exc}") from None
-    if size == 0:
-        raise BadImage("empty file (0 bytes)")
+    if isinstance(path, Path):
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+        if size == 0:
+            raise BadImage("empty file (0 bytes)")
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -15,10 +15,10 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -52,7 +52,7 @@ OPTIMIZE_MIN_IMAGES = 256
 class ExtractConfig:
     """Settings of one extraction (the CLI's options, as one typed object)."""
 
-    input: Path
+    input: str | Path  # a local path, an fsspec URL, or a brace pattern of tar shards
     output: Path
     model: str = ""  # "": the base model recorded in a `featpipe finetune` checkpoint given as weights
     weights: str = "pretrained"
@@ -84,6 +84,10 @@ class ExtractConfig:
     augment: int = 0
     augment_strength: str = "standard"
     flip: bool = True  # augmented views may be mirrored; off for digits, text, left/right signs
+
+    label_key: str | None = None  # tar shards: where a sample's label is (.cls, .txt, or a .json field)
+    # fsspec options for URLs (credentials among them: never printed, never stored).
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def views(self) -> ViewSpec:
@@ -249,7 +253,8 @@ def _read_images(f: h5py.File, n: int) -> dict | None:
     if "size" not in g or "mtime" not in g:  # written before featpipe recorded image identity: nothing to match
         return None
     sha = store_decode(g["sha256"][:]) if "sha256" in g else [""] * n
-    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(sha, dtype=object)}
+    version = np.asarray(store_decode(g["version"][:]), dtype=object) if "version" in g else None
+    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(sha, dtype=object), "version": version}
 
 
 def _previous_file(config: ExtractConfig, run_config: dict, prev: _Previous) -> None:
@@ -377,9 +382,9 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
         TooManyFailuresError: more failed images than ``max_failures``; finished work is kept.
     """
     t_start = time.perf_counter()
-    config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
+    config = replace(config, output=Path(config.output).expanduser().absolute())
     _check_config(config)
-    samples = discover(config.input)
+    samples = discover(config.input, config.storage_options, config.label_key)
     model = models.resolve(config.model or _checkpoint_model(config.weights)).name
     request = identity.request(model, _weights_argument(config), config.seed, config.layers, config.pool,
                                config.precision, config.dtype, config.resampler, config.views.identity())
@@ -425,7 +430,7 @@ def _already_complete(config: ExtractConfig, request: dict, samples: SampleList)
             return False
         if stored != request or (config.retry_failed and failures):
             return False
-        images = identity.image_stats(samples.root, samples.paths, config.verify_content)
+        images = samples.image_stats(config.verify_content)
         if digest != identity.images_digest(samples.paths, samples.labels, samples.classes, images):
             return False
         _remove_leftovers(config.output)
@@ -555,7 +560,7 @@ def _extract(
     with contextlib.ExitStack() as held:
         held.enter_context(OutputLock(config.output))
         _remove_leftovers(config.output)
-        images = identity.image_stats(samples.root, samples.paths, config.verify_content)
+        images = samples.image_stats(config.verify_content)
         keys = identity.row_keys(samples.paths, images, config.verify_content)
         prev = _Previous()
         _previous_file(config, run_config, prev)
@@ -576,10 +581,8 @@ def _extract(
             held.enter_context(extractor_in_use(spec, ex))
         plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu")
         part_size = _partition_size(config, len(todo), slots)
-        tasks = [
-            PartitionTask(k, start, str(samples.root), tuple(samples.paths[r] for r in todo[start:start + part_size]))
-            for k, start in enumerate(range(0, len(todo), part_size))
-        ]
+        tasks = [PartitionTask(k, start, **samples.task_input(todo[start:stop]))
+                 for k, (start, stop) in enumerate(samples.partitions(todo, part_size))]
         run_id = uuid.uuid4().hex
 
         def shard_of(task: PartitionTask) -> tuple[writer.Shard, np.ndarray, dict]:
@@ -587,7 +590,7 @@ def _extract(
             rows = todo[task.start:task.start + len(task.paths)]
             return writer.Shard(parts, writer.shard_name(task.index, run_id[:8])), rows, {
                 "path": [samples.paths[r] for r in rows], "size": images["size"][rows],
-                "mtime": images["mtime"][rows], "sha256": images["sha256"][rows]}
+                "mtime": images["mtime"][rows], "sha256": images["sha256"][rows], "version": images["version"][rows]}
 
         # With --shard-dir the workers write the shards (the user says they reach it); else the client does.
         writes = [writer.ShardWrite(shard, config.dtype, ids) for shard, _, ids in map(shard_of, tasks)] \

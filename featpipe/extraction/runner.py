@@ -23,7 +23,6 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig
 from ..store import augmented_name
 from .decode import MAX_PIXELS, BadImage, load_rgb
+from .inputs import open_partition
 from .preprocess import Preprocessor, resolve_resampler
 from .views import ViewMaker, ViewSpec
 
@@ -333,6 +333,9 @@ class PartitionTask:
     start: int
     root: str
     paths: tuple[str, ...]
+    shard: str | None = None  # a tar shard, whose members the rows are (see inputs.py)
+    sources: tuple[str | None, ...] | None = None  # where rows are read when not root/path: members, signed URLs
+    storage_options: dict = field(default_factory=dict, repr=False)  # fsspec options for URLs
 
 
 def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> PartitionResult:
@@ -341,7 +344,9 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     on_cpu = ex.device.type == "cpu"
     if on_cpu:
         _set_torch_threads(plan)
-    root = Path(task.root)
+    # Local paths, URLs or one tar shard's members; a shard left half-read by an exception closes when
+    # the reader is collected.
+    read = open_partition(task.root, task.sources or task.paths, task.shard, task.storage_options)
     n = len(task.paths)
     batch_size = plan.batch_size
 
@@ -350,7 +355,7 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     def decode(i: int) -> tuple[np.ndarray | None, str | None, float]:
         t0 = time.perf_counter()
         try:
-            img = load_rgb(root / task.paths[i], plan.max_pixels)
+            img = load_rgb(read(i), plan.max_pixels)
             pixels = ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
             return pixels, None, time.perf_counter() - t0
         except BadImage as exc:
@@ -406,6 +411,7 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
         if views > tta:
             features.update({augmented_name(k): np.full((n, (views - tta) * v.shape[1]), np.nan, np.float32)
                              for k, v in out.items()})
+    read.close()
     return PartitionResult(task.index, task.start, features, valid, errors, timings)
 
 

@@ -1,7 +1,7 @@
 """Write: each finished partition becomes one shard file, made visible under its final name only when complete.
 
 A shard holds its rows' features, validity and errors, and each row's image
-identity (path, size, modification time, content digest): a later run reuses
+identity (path, size, modification time, version, content digest): a later run reuses
 every row whose image is unchanged, whichever partition it was computed in.
 
 A shard that exists under its final name is complete, whatever happened to the
@@ -63,7 +63,7 @@ class Shard:
 
 
 def write_shard(shard: Shard, result: PartitionResult, dtype: str, images: dict) -> Shard:
-    """``result`` as ``shard``; ``images`` holds its rows' identity (path, size, mtime, sha256),
+    """``result`` as ``shard``; ``images`` holds its rows' identity (path, size, mtime, version, sha256),
     by which a later run finds rows it can reuse (see featpipe/identity.py)."""
     with shard.store.writing(shard.name) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["rows"] = len(result)
@@ -81,6 +81,7 @@ def write_shard(shard: Shard, result: PartitionResult, dtype: str, images: dict)
         f.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
         f.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
         f.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
+        f.create_dataset("version", data=np.asarray(images["version"], dtype=object), dtype=STR, shape=(n,))
     return shard
 
 
@@ -103,12 +104,14 @@ def _read_images(f: h5py.File) -> tuple[dict, np.ndarray]:
         "size": f["size"][:],
         "mtime": f["mtime"][:],
         "sha256": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["sha256"][:]], dtype=object),
+        "version": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["version"][:]], dtype=object)
+        if "version" in f else None,  # shards of an older featpipe: no versions
     }
     return images, f["valid"][:]
 
 
 def finished_shards(store: ShardStore) -> Iterator[tuple[Shard, dict, np.ndarray]]:
-    """Each complete shard with its rows' identity ({path, size, mtime, sha256}) and which rows are valid.
+    """Each complete shard with its rows' identity ({path, size, mtime, version, sha256}) and which rows are valid.
 
     Temporary files of a killed run are removed (the caller holds the output's lock, and this run's tasks have
     not started). So is a shard that cannot be read: only on a store without atomic uploads can a shard be cut
