@@ -50,9 +50,9 @@ def write_images(f: h5py.File, images: dict) -> None:
     g.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
     n = len(images["size"])
     g.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
-    version = images.get("version")
-    if version is not None and any(version):  # remote files and tar members; local files have none
-        g.create_dataset("version", data=np.asarray(version, dtype=object), dtype=STR, shape=(n,))
+    version = images.get("version")  # remote files and tar members; '' for local files
+    version = [""] * n if version is None else version
+    g.create_dataset("version", data=np.asarray(version, dtype=object), dtype=STR, shape=(n,))
 
 
 def decode_strings(values) -> list[str]:

@@ -1,6 +1,8 @@
 """discover: ImageFolder trees, flat folders and CSV lists become ordered sample lists."""
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +289,28 @@ def test_digest_sensitive_to_labels(tmp_path: Path) -> None:
     three = _text(tmp_path / "three.csv", "path\na.png\n")
     digests = {discover(p).digest() for p in (one, two, three)}
     assert len(digests) == 3
+
+
+def test_a_missing_cloud_package_names_the_extra(monkeypatch, tmp_path):
+    from featpipe import remote
+
+    registry = importlib.import_module("fsspec.registry")
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
+    for name in ("s3", "s3a"):
+        monkeypatch.delitem(registry._registry, name, raising=False)  # nor imported before
+    with pytest.raises(UsageError, match=r"needs s3fs: pip install 'featpipe\[cloud\]'"):
+        discover("s3://bucket/images")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "l.parquet").write_bytes(b"PAR1")
+    with pytest.raises(UsageError, match=r"needs pyarrow: pip install 'featpipe\[cloud\]'"):
+        discover(tmp_path / "l.parquet")
+    assert remote.local_path("file:///data/a%20b.jpg") == "/data/a b.jpg"
+
+
+def test_file_urls_are_local_paths(image_folder, tmp_path):
+    by_url = discover(f"file://{image_folder}")
+    assert by_url.paths == discover(image_folder).paths and by_url.root == image_folder.resolve()
+    (tmp_path / "l.csv").write_text(f"path,label\nfile://{image_folder}/class_0/img_000.jpg,a\n")
+    listed = discover(tmp_path / "l.csv")
+    assert listed.paths == ("images/class_0/img_000.jpg",)

@@ -85,6 +85,9 @@ class ShardListing:
     version: str
     members: list[Member] = field(default_factory=list)
     broken: str | None = None
+    # The shard broke off inside its last listed member, whose row then carries the error; else the part
+    # that could not be listed fails as one row of its own (see sources.py).
+    broken_in_member: bool = False
 
     @property
     def identity(self) -> str:
@@ -193,10 +196,11 @@ def list_shard(location: str, options: Mapping[str, Any] | None = None,
                 finish()
                 current, image, label = key, None, None
             if ext in IMAGE_SUFFIXES and image is None:
+                image = (info.name, info.size, int(info.mtime) * 1_000_000_000, "")  # a row even if cut short
                 h = hashlib.sha256()
                 for block in iter(lambda fobj=fobj: fobj.read(1 << 20), b""):
                     h.update(block)
-                image = (info.name, info.size, int(info.mtime) * 1_000_000_000, h.hexdigest())
+                image = (*image[:3], h.hexdigest())
             elif ext == label_ext and label is None:
                 try:
                     label = _label_of(ext, fobj.read(), key_label)
@@ -206,6 +210,8 @@ def list_shard(location: str, options: Mapping[str, Any] | None = None,
     except (FileNotFoundError, PermissionError) as exc:
         raise remote.access_error(location, exc, options) from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        listing.broken_in_member = image is not None and not image[3]
+        finish()  # the sample being read stays a row (its label may have been cut off)
         # From here on the shard cannot be read: one failed row stands for the rest (see sources.py).
         listing.broken = _reason(exc, options)
     return listing

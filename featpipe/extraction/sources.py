@@ -307,7 +307,8 @@ def _common_folder(locations: Sequence[str]) -> str:
 
 def _from_shards(locations: Sequence[str], options: Mapping[str, Any], label_key: str | None) -> SampleList:
     """Tar shards, listed in parallel (the listing streams each shard once; see shards.py)."""
-    cleaned = [remote.clean_url(loc) if remote.is_url(loc) else str(Path(remote.local_path(loc)).resolve())
+    # Shards keep the names given (symlinks are not followed): a row's path is the shard as named.
+    cleaned = [remote.clean_url(loc) if remote.is_url(loc) else os.path.abspath(remote.local_path(loc))
                for loc in locations]
     root = _common_folder(cleaned)
     with ThreadPoolExecutor(max(1, min(8, len(locations)))) as pool:
@@ -321,7 +322,8 @@ def _from_shards(locations: Sequence[str], options: Mapping[str, Any], label_key
             names.append(m.label or "")
             members.append(m.name)
             size.append(m.size), mtime.append(m.mtime_ns), sha.append(m.sha256)
-        if listing.broken is not None:  # the rest of the shard: one row that fails with the shard's error
+        if listing.broken is not None and not listing.broken_in_member:
+            # The part of the shard that could not be listed: one row that fails with the shard's error.
             paths.append(rel)
             names.append("")
             members.append(None)
@@ -384,9 +386,7 @@ def _discover(source: str, options: Mapping[str, Any], label_key: str | None) ->
     if remote.is_url(source):
         fs, path = remote.filesystem(source, options)
         try:
-            is_dir = fs.isdir(path)
-            if not is_dir:
-                fs.info(path)  # raises when it does not exist, or is not ours to read
+            is_dir = fs.info(path).get("type") == "directory"  # raises when missing, or not ours to read
         except OSError as exc:
             raise remote.access_error(source, exc, options) from None
         if is_dir:
