@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +22,8 @@ from .conftest import make_images
 
 
 @contextlib.contextmanager
-def loopback_cluster(tmp_path: Path, workers: int, nthreads: int) -> Iterator[tuple[str, dict]]:
+def loopback_cluster(tmp_path: Path, workers: int, nthreads: int,
+                     scheduler_env: dict | None = None) -> Iterator[tuple[str, dict]]:
     """A `dask scheduler` and ``workers`` `dask worker` processes (named w0, w1, ...; no nanny, so a killed
     worker stays dead) on 127.0.0.1; yields the scheduler's address and the workers' processes by name."""
     sched_file = tmp_path / "scheduler.json"
@@ -29,7 +31,7 @@ def loopback_cluster(tmp_path: Path, workers: int, nthreads: int) -> Iterator[tu
         subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
              "--no-dashboard", "--scheduler-file", str(sched_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(scheduler_env or {})},
         )
     ]
     try:
@@ -155,3 +157,34 @@ def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path):
     assert a.valid.all()
     np.testing.assert_allclose(a.X(), b.X(), rtol=1e-4, atol=1e-5)
     assert not list(shards.iterdir()), "the run's shard folder is removed once the file is merged"
+
+
+def test_a_partition_whose_workers_all_die_stops_the_run_with_one_line(tmp_path):
+    """Past Dask's allowed-failures (0 here: the first death) the run stops with one line, keeping its shards."""
+    images = make_images(tmp_path / "images", classes=3, per_class=8)
+    out = tmp_path / "f.h5"
+    parts = tmp_path / "f.h5.parts"
+    with loopback_cluster(tmp_path, workers=1, nthreads=1,
+                          scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as (address, workers):
+        outcome: dict = {}
+
+        def run():
+            try:
+                outcome["summary"] = extract(ExtractConfig(images, out, model="test_resnet", weights="random",
+                                                           batch_size=2, partition_size=2, scheduler=address))
+            except Exception as exc:  # noqa: BLE001 - checked below
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        deadline = time.time() + 240
+        while not list(parts.glob("part-*.h5")):
+            assert time.time() < deadline and runner.is_alive(), outcome
+            time.sleep(0.01)
+        workers["w0"].kill()
+        runner.join(timeout=120)
+    error = outcome.get("error")
+    assert isinstance(error, featpipe.FeatpipeError), outcome
+    assert str(error).startswith("Dask gave up on partition ") and "\n" not in str(error)
+    assert "1 worker died" in str(error) and "finished partitions are kept" in str(error)
+    assert list(parts.glob("part-*.h5")) and not out.exists()

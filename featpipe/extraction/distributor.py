@@ -129,9 +129,12 @@ def run_partitions(
             try:
                 result = future.result()
             except distributed.KilledWorker as exc:
+                tries = exc.args[2] + 1 if len(exc.args) > 2 else 0  # allowed_failures + 1 (Dask >= 2023)
+                died = f"{tries} worker{'s' if tries != 1 else ''}" if tries else "several workers"
                 raise FeatpipeError(
-                    f"Dask gave up on a partition after the workers running it died ({exc}); check the workers' "
-                    "memory and logs, then run the same command again: finished partitions are kept"
+                    f"Dask gave up on partition {str(exc.args[0]).rsplit('-', 1)[-1]}: {died} died while "
+                    "running it (distributed.scheduler.allowed-failures); check the workers' memory and logs, then "
+                    "run the same command again: finished partitions are kept"
                 ) from None
             # Drop every reference, so the cluster frees the result right away.
             del pending[future.key]

@@ -119,9 +119,14 @@ class ShardStore:
     def _key(self, name: str) -> str:
         return f"{self._path}/{name}"
 
+    def _fresh(self) -> None:
+        # fsspec caches listings per process; the workers' uploads happen in other processes.
+        self._fs.invalidate_cache(self._path)
+
     def exists(self) -> bool:
         if self.local is not None:
             return self.local.is_dir()
+        self._fresh()
         return self._fs.exists(self._path)
 
     def makedirs(self) -> None:
@@ -145,6 +150,7 @@ class ShardStore:
         if self.local is not None:
             shutil.rmtree(self.local, ignore_errors=True)
             return
+        self._fresh()
         with contextlib.suppress(FileNotFoundError):
             self._fs.rm(self._path, recursive=True)
 
@@ -155,6 +161,7 @@ class ShardStore:
                 return [entry.name for entry in os.scandir(self.local)]
             except FileNotFoundError:
                 return []
+        self._fresh()
         try:
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(self._path, detail=False)]
         except FileNotFoundError:
