@@ -58,6 +58,21 @@ def loopback_cluster(tmp_path: Path, workers: int, nthreads: int,
             p.wait()
 
 
+def in_thread(config: ExtractConfig) -> tuple[threading.Thread, dict]:
+    """``extract(config)`` running in a thread; the dict gets its "summary" or its "error"."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["summary"] = extract(config)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
 @pytest.fixture
 def dask_cluster(tmp_path):
     with loopback_cluster(tmp_path, workers=1, nthreads=2) as (address, _):
@@ -116,17 +131,8 @@ def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path):
     with loopback_cluster(tmp_path, workers=2, nthreads=1) as (address, workers):
         cfg = ExtractConfig(images, tmp_path / "remote.h5", model="test_resnet", weights="random", batch_size=3,
                             partition_size=3, scheduler=address, shard_dir=str(shards))
-        outcome: dict = {}
-
-        def run():
-            try:
-                outcome["summary"] = extract(cfg)
-            except Exception as exc:  # noqa: BLE001 - reported below
-                outcome["error"] = exc
-
         with distributed.Client(address, timeout="30s") as client, distributed.get_task_stream(client) as stream:
-            runner = threading.Thread(target=run)
-            runner.start()
+            runner, outcome = in_thread(cfg)
             # The first finished shard: both workers are now busy with partitions (each holds two, one running).
             deadline = time.time() + 240
             while not list(shards.glob("*/part-*.h5")):
@@ -166,17 +172,8 @@ def test_a_partition_whose_workers_all_die_stops_the_run_with_one_line(tmp_path)
     parts = tmp_path / "f.h5.parts"
     with loopback_cluster(tmp_path, workers=1, nthreads=1,
                           scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as (address, workers):
-        outcome: dict = {}
-
-        def run():
-            try:
-                outcome["summary"] = extract(ExtractConfig(images, out, model="test_resnet", weights="random",
-                                                           batch_size=2, partition_size=2, scheduler=address))
-            except Exception as exc:  # noqa: BLE001 - checked below
-                outcome["error"] = exc
-
-        runner = threading.Thread(target=run)
-        runner.start()
+        runner, outcome = in_thread(ExtractConfig(images, out, model="test_resnet", weights="random", batch_size=2,
+                                                  partition_size=2, scheduler=address))
         deadline = time.time() + 240
         while not list(parts.glob("part-*.h5")):
             assert time.time() < deadline and runner.is_alive(), outcome
