@@ -129,6 +129,6 @@ def _predict_finetuned(checkpoint: Path, source: Path, device: str, batch_size: 
                          "give an image folder or a CSV list")
     tuned = load_checkpoint(checkpoint)
     samples = discover(source)
-    proba, reasons = predict_proba(tuned, [samples.root / p for p in samples.paths], batch_size, device)
+    proba, reasons = predict_proba(tuned, samples.files("predict with a checkpoint"), batch_size, device)
     valid = np.array([r is None for r in reasons])
     return Predictions(list(samples.paths), valid, proba, tuned.classes, [r or "" for r in reasons])

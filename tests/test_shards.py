@@ -234,3 +234,10 @@ def test_resume_runs_only_unfinished_shards_and_updates_only_changed_ones(shard_
     fs = featpipe.load(cfg.output)
     assert fs.paths == [r for r, _ in rows] and fs.valid.all()
     assert fs.meta["image_root"] == str(shards.resolve())
+
+
+def test_commands_that_open_files_themselves_refuse_shards_in_one_line(shard_set):
+    root, images, _ = shard_set
+    assert discover(images).files("guide")[0].is_file()
+    with pytest.raises(UsageError, match="guide reads local image files; .* `featpipe extract` only"):
+        discover(str(root / "shards" / "{00000..00002}.tar")).files("guide")

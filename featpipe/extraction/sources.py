@@ -81,6 +81,18 @@ class SampleList:
             return str(self.root / path)
         return remote.join(self.root, path)
 
+    def files(self, command: str) -> list[Path]:
+        """Each row as a local file, for commands that open the files themselves (guide, finetune, predict
+        with a checkpoint).
+
+        Raises:
+            UsageError: the images are at URLs or in tar shards, which only `featpipe extract` reads.
+        """
+        if self.shard_of is not None or not isinstance(self.root, Path) or any(map(remote.is_url, self.paths)):
+            raise UsageError(f"{command} reads local image files; images at URLs or in tar shards are read by "
+                             "`featpipe extract` only: extract their features, or copy the images to a local folder")
+        return [self.root / p for p in self.paths]
+
     def image_stats(self, verify_content: bool = False) -> dict[str, np.ndarray]:
         """Each row's image identity (featpipe/identity.py): what the listing knows, or else stat'ed."""
         return identity.image_stats(self.root, self.paths, verify_content, known=self.known,

@@ -261,7 +261,7 @@ def finetune(config: FinetuneConfig,
     samples = discover(config.input)
     classes = list(samples.classes)
     train_rows, val_rows = _split(samples.labels, classes, config.val_size, config.seed)
-    paths = [samples.root / p for p in samples.paths]
+    paths = samples.files("finetune")
 
     spec = models.resolve(config.model)
     net, weights = models.load_model(spec, config.weights, config.seed)

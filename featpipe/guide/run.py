@@ -194,7 +194,8 @@ def _image_sample(config: GuideConfig) -> _Sample:
     counts = check_labels(samples.labels, samples.classes, config.cv, f"input {str(config.input)!r}")
     rows = stratified_sample(samples.labels, config.sample, config.seed, min_per_class=config.cv)
     labels = samples.labels[rows]
-    paths = [str(samples.root / samples.paths[i]) for i in rows]
+    files = samples.files("guide")
+    paths = [str(files[i]) for i in rows]
     return _Sample(labels, list(samples.classes), _data_summary(counts, labels), paths=paths)
 
 
