@@ -185,3 +185,30 @@ def test_a_partition_whose_workers_all_die_stops_the_run_with_one_line(tmp_path)
     assert str(error).startswith("Dask gave up on partition ") and "\n" not in str(error)
     assert "1 worker died" in str(error) and "finished partitions are kept" in str(error)
     assert list(parts.glob("part-*.h5")) and not out.exists()
+
+
+def test_client_killed_on_a_cluster_then_rerun_on_it(tmp_path):
+    """SIGKILL the client of a --scheduler --shard-dir run; the task a worker was running finishes anyway and
+    writes its shard (under the dead run's tag, so it can never overwrite one of the next run). The same
+    command again on the same cluster gives the clean run's file."""
+    images = make_images(tmp_path / "images", classes=3, per_class=16)
+    out, shards = tmp_path / "out.h5", tmp_path / "shards"
+    with loopback_cluster(tmp_path, workers=1, nthreads=1) as (address, _):
+        args = [sys.executable, "-m", "featpipe", "extract", str(images), "-o", str(out), "--model", "test_resnet",
+                "--weights", "random", "--partition-size", "2", "--batch-size", "2", "--scheduler", address,
+                "--shard-dir", str(shards), "--quiet"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 240
+        while not list(shards.glob("*/part-*.h5")):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stdout
+    assert not list(shards.iterdir())
+    clean = extract(ExtractConfig(images, tmp_path / "clean.h5", model="test_resnet", weights="random"))
+    a, b = featpipe.load(out), featpipe.load(clean.output)
+    assert a.paths == b.paths and len(set(a.paths)) == 48 and a.valid.all()
+    np.testing.assert_allclose(a.X(), b.X(), rtol=1e-5, atol=1e-6)
