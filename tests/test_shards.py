@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -241,3 +242,34 @@ def test_commands_that_open_files_themselves_refuse_shards_in_one_line(shard_set
     assert discover(images).files("guide")[0].is_file()
     with pytest.raises(UsageError, match="guide reads local image files; .* `featpipe extract` only"):
         discover(str(root / "shards" / "{00000..00002}.tar")).files("guide")
+
+
+def test_unchanged_shards_are_not_read_again(shard_set, tmp_path, monkeypatch):
+    root, _, _ = shard_set
+    for k in range(3):
+        (tmp_path / f"{k:05d}.tar").write_bytes((root / "shards" / f"{k:05d}.tar").read_bytes())
+    pattern, cache = str(tmp_path / "{00000..00002}.tar"), tmp_path / "f.h5.shards.json"
+    read = []
+    real = tar_shards._walk
+
+    def spy(location, *args):
+        read.append(Path(location).name)
+        return real(location, *args)
+
+    monkeypatch.setattr(tar_shards, "_walk", spy)
+    first = discover(pattern, listings=cache)
+    assert sorted(read) == ["00000.tar", "00001.tar", "00002.tar"] and cache.is_file()
+    read.clear()
+    again = discover(pattern, listings=cache)
+    assert read == []  # one stat per shard, no read
+    assert again.paths == first.paths and again.classes == first.classes
+    np.testing.assert_array_equal(again.labels, first.labels)
+    for key, value in first.image_stats(verify_content=True).items():
+        np.testing.assert_array_equal(again.image_stats(verify_content=True)[key], value)
+    st = (tmp_path / "00001.tar").stat()
+    os.utime(tmp_path / "00001.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    discover(pattern, listings=cache)
+    assert read == ["00001.tar"]  # only the shard that changed
+    read.clear()
+    assert discover(pattern, label_key=".txt", listings=cache).classes == ("class_0", "class_1", "class_2")
+    assert len(read) == 3  # labels from another member: every shard is read again

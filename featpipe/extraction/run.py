@@ -384,7 +384,8 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
     t_start = time.perf_counter()
     config = replace(config, output=Path(config.output).expanduser().absolute())
     _check_config(config)
-    samples = discover(config.input, config.storage_options, config.label_key)
+    samples = discover(config.input, config.storage_options, config.label_key,
+                       listings=config.output.with_name(config.output.name + ".shards.json"))
     model = models.resolve(config.model or _checkpoint_model(config.weights)).name
     request = identity.request(model, _weights_argument(config), config.seed, config.layers, config.pool,
                                config.precision, config.dtype, config.resampler, config.views.identity())

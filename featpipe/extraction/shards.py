@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import tarfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import remote
+
+log = logging.getLogger(__name__)
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
@@ -160,25 +166,32 @@ def _label_of(ext: str, data: bytes, label_key: str) -> str | None:
 def _stat(location: str, options: Mapping[str, Any] | None) -> tuple[int, int, str]:
     if remote.is_url(location):
         return remote.stat(location, options)
-    import os
-
     st = os.stat(remote.local_path(location))
     return st.st_size, st.st_mtime_ns, ""
 
 
+def stat_shard(location: str, options: Mapping[str, Any] | None = None) -> tuple[int, int, str]:
+    """A shard file's (size, mtime ns, version): one request, without reading it.
+
+    Raises:
+        UsageError: the shard does not exist or cannot be reached.
+    """
+    try:
+        return _stat(location, options)
+    except OSError as exc:
+        raise remote.access_error(location, exc, options) from None
+
+
 def list_shard(location: str, options: Mapping[str, Any] | None = None,
-               label_key: str | None = None) -> ShardListing:
+               label_key: str | None = None, stat: tuple[int, int, str] | None = None) -> ShardListing:
     """The samples of one shard, with their labels and each image member's sha256 (the bytes stream past
     anyway). A shard that breaks off (truncated, corrupt, not a tar at all) is listed up to there, with
-    ``broken`` set.
+    ``broken`` set. ``stat`` is the shard's :func:`stat_shard`, when the caller has it.
 
     Raises:
         UsageError: the shard does not exist or cannot be opened at all.
     """
-    try:
-        size, mtime, version = _stat(location, options)
-    except OSError as exc:
-        raise remote.access_error(location, exc, options) from None
+    size, mtime, version = stat or stat_shard(location, options)
     listing = ShardListing(remote.clean_url(location), size, mtime, version)
     key_label = label_key or DEFAULT_LABEL_KEY
     label_ext = key_label[1:].lower() if key_label.startswith(".") else "json"
@@ -244,3 +257,56 @@ def read_members(location: str, options: Mapping[str, Any] | None,
         reason = _reason(exc, options)
     for i in sorted(left):
         yield i, reason
+
+
+# --- listings kept between runs ------------------------------------------------------------------
+
+LISTINGS_FORMAT = 1
+
+
+def list_shards(locations: Sequence[str], options: Mapping[str, Any] | None, label_key: str | None,
+                cache: Path | None = None, threads: int = 8) -> list[ShardListing]:
+    """The listings of ``locations``, in parallel. With ``cache`` (a JSON file next to the output), a shard
+    whose file is unchanged (size, time, version: one request) is not read again; the others are, and the
+    cache is rewritten. A rerun over unchanged shards, "already complete" included, then reads no shard."""
+    known = _read_cache(cache, label_key)
+
+    def one(location: str) -> tuple[ShardListing, bool]:
+        stat = stat_shard(location, options)
+        entry = known.get(remote.clean_url(location))
+        if entry is not None and tuple(entry["stat"]) == stat:
+            listing = ShardListing(remote.clean_url(location), *stat, [Member(*m) for m in entry["members"]],
+                                   entry["broken"], entry["broken_in_member"])
+            return listing, False
+        return list_shard(location, options, label_key, stat), True
+
+    with ThreadPoolExecutor(max(1, min(threads, len(locations)))) as pool:
+        done = list(pool.map(one, locations))
+    listings = [listing for listing, _ in done]
+    if cache is not None and any(fresh for _, fresh in done):
+        _write_cache(cache, label_key, listings)
+    return listings
+
+
+def _read_cache(cache: Path | None, label_key: str | None) -> dict:
+    if cache is None:
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    if data.get("format") != LISTINGS_FORMAT or data.get("label_key") != label_key:
+        return {}  # labels from another member: every shard is listed again
+    return data.get("shards", {})
+
+
+def _write_cache(cache: Path, label_key: str | None, listings: list[ShardListing]) -> None:
+    shards = {x.location: {"stat": [x.size, x.mtime_ns, x.version], "members": [list(astuple(m)) for m in x.members],
+                           "broken": x.broken, "broken_in_member": x.broken_in_member} for x in listings}
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"format": LISTINGS_FORMAT, "label_key": label_key, "shards": shards}))
+        os.replace(tmp, cache)
+    except OSError as exc:  # only a cache: the next run lists the shards again
+        log.warning("could not keep the shards' listings in %s (%s)", cache, exc)
+        tmp.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ import io
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,14 +316,15 @@ def _common_folder(locations: Sequence[str]) -> str:
     return "/".join(common) or "/"
 
 
-def _from_shards(locations: Sequence[str], options: Mapping[str, Any], label_key: str | None) -> SampleList:
-    """Tar shards, listed in parallel (the listing streams each shard once; see shards.py)."""
+def _from_shards(locations: Sequence[str], options: Mapping[str, Any], label_key: str | None,
+                 listings: Path | None) -> SampleList:
+    """Tar shards, listed in parallel (the listing streams each shard once, unless ``listings`` knows it
+    unchanged; see shards.py)."""
     # Shards keep the names given (symlinks are not followed): a row's path is the shard as named.
     cleaned = [remote.clean_url(loc) if remote.is_url(loc) else os.path.abspath(remote.local_path(loc))
                for loc in locations]
     root = _common_folder(cleaned)
-    with ThreadPoolExecutor(max(1, min(8, len(locations)))) as pool:
-        listings = list(pool.map(lambda loc: tar_shards.list_shard(loc, options, label_key), locations))
+    listings = tar_shards.list_shards(locations, options, label_key, listings)
     paths, names, shard_of, members = [], [], [], []
     size, mtime, version, sha = [], [], [], []
     for k, (shard, listing) in enumerate(zip(cleaned, listings, strict=True)):
@@ -380,7 +380,7 @@ def _kind(location: str) -> str:
     return "shards" if tar_shards.is_shard(name) else ""
 
 
-def _discover(source: str, options: Mapping[str, Any], label_key: str | None) -> SampleList:
+def _discover(source: str, options: Mapping[str, Any], label_key: str | None, listings: Path | None) -> SampleList:
     expanded = tar_shards.expand_braces(source)
     if len(expanded) > 1 or tar_shards.is_shard(source):
         others = [e for e in expanded if not tar_shards.is_shard(e)]
@@ -393,7 +393,7 @@ def _discover(source: str, options: Mapping[str, Any], label_key: str | None) ->
                 raise UsageError(f"input {source!r}: {len(missing)} of {len(expanded)} shards do not exist, such as "
                                  f"{missing[0]!r}; check the pattern")
             expanded = [str(Path(remote.local_path(e)).expanduser()) for e in expanded]
-        return _from_shards(expanded, options, label_key)
+        return _from_shards(expanded, options, label_key, listings)
     kind = _kind(source)
     if remote.is_url(source):
         fs, path = remote.filesystem(source, options)
@@ -425,17 +425,18 @@ def _discover(source: str, options: Mapping[str, Any], label_key: str | None) ->
 
 
 def discover(source: str | os.PathLike, storage_options: Mapping[str, Any] | None = None,
-             label_key: str | None = None) -> SampleList:
+             label_key: str | None = None, listings: Path | None = None) -> SampleList:
     """List the samples of ``source``: an image folder (local or a URL), a CSV or Parquet list, or tar shards
     (a brace pattern). ``storage_options`` go to fsspec for URLs; ``label_key`` says where a shard sample's
-    label is (``.cls``, ``.txt``, or a field of its ``.json``).
+    label is (``.cls``, ``.txt``, or a field of its ``.json``); ``listings`` is a JSON file that keeps tar
+    shards' listings between runs (a shard is read again only when its file changed).
 
     Raises:
         UsageError: the input is missing, unreachable, of an unknown kind, or holds no image.
     """
     options = dict(storage_options or {})
     text = os.fspath(source)
-    samples = _discover(text, options, label_key)
+    samples = _discover(text, options, label_key, listings)
     _check_names(samples)
     if not len(samples):
         raise UsageError(
