@@ -62,7 +62,8 @@ class Pipeline:
 
 
 def _line_of(text: str, section: str, key: str | None) -> int:
-    """The line of ``key`` in ``[section]`` (or of the section header), for error messages."""
+    """The line of ``key`` in ``[section]`` (or of the section header). tomllib gives no positions, so
+    the source is scanned: the first ``key =`` after the ``[section]`` header, before the next header."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[{re.escape(section)}\]", line)), None)
     if start is None or key is None:
@@ -70,43 +71,71 @@ def _line_of(text: str, section: str, key: str | None) -> int:
     for i in range(start + 1, len(lines)):
         if re.match(r"\s*\[", lines[i]):
             break
-        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[i]):
             return i + 1
     return start + 1
+
+
+def _error_at(where: Path, text: str, section: str, key: str | None, message: str) -> UsageError:
+    """Every error of a pipeline file, placed at its line: 'x.toml:12: fit.epochs must be an integer ...'.
+    The one place that turns a key (or a section, ``key=None``) into a line, for bad keys and bad values."""
+    return UsageError(f"{where}:{_line_of(text, section, key)}: {message}")
+
+
+# A key whose command-line option is not --<key> (the library's checks name the option).
+_OPTION = {"layers": "--layer", "classifiers": "--classifier"}
+
+
+def _value_error(where: Path, text: str, section: str, keys, exc: UsageError) -> UsageError:
+    """A library check's message, which names the command-line option (``--batch-size``), told as the
+    pipeline spells it (``extract.batch_size``) at that key's line."""
+    message = str(exc)
+    for key in sorted(keys, key=len, reverse=True):  # --test-size before --test
+        option = _OPTION.get(key, f"--{key.replace('_', '-')}")
+        if re.search(rf"{re.escape(option)}(?![\w-])", message):
+            message = re.sub(rf"{re.escape(option)}(?![\w-])", f"{section}.{key}", message)
+            return _error_at(where, text, section, key, message)
+    return _error_at(where, text, section, None, message)
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list of strings"}
 
 
 def _section(doc: dict, text: str, where: Path, name: str, schema: dict) -> dict:
     table = doc.get(name)
     if not isinstance(table, dict):
-        raise UsageError(f"{where}:{_line_of(text, name, None)}: [{name}] must be a table of settings")
+        raise _error_at(where, text, name, None, f"[{name}] must be a table of settings")
     out = {}
     for key, value in table.items():
-        line = _line_of(text, name, key)
         if key not in schema:
-            raise UsageError(f"{where}:{line}: unknown key {key!r} in [{name}]; known: {', '.join(schema)}")
+            raise _error_at(where, text, name, key, f"unknown key {key!r} in [{name}]; known: {', '.join(schema)}")
         types, is_path = schema[key]
         if isinstance(value, bool) and types is not bool:
             ok = False
         else:
             ok = isinstance(value, types) or (types is float and isinstance(value, int))
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
         if not ok:
-            want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-            raise UsageError(f"{where}:{line}: {name}.{key} must be a {want}, got {value!r}")
-        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise UsageError(f"{where}:{line}: {name}.{key} must be a list of strings, got {value!r}")
+            want = " or ".join(_TYPE_WORDS[t] for t in (types if isinstance(types, tuple) else (types,)))
+            raise _error_at(where, text, name, key, f"{name}.{key} must be {want}, got {value!r}")
         out[key] = Path(os.path.normpath(where.parent / value)) if is_path else value
     missing = [k for k in _REQUIRED[name] if k not in out]
     if missing:
-        raise UsageError(f"{where}:{_line_of(text, name, None)}: [{name}] needs {', '.join(missing)}")
+        raise _error_at(where, text, name, None, f"[{name}] needs {', '.join(missing)}")
     return out
 
 
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
-    """Read and check a pipeline file.
+    """Read and check a pipeline file: its keys, their types and their values (with the checks `extract`
+    and `fit` make of their options), before any work starts.
 
     Raises:
         UsageError: a missing file, invalid TOML, or a bad key or value (with its line).
     """
+    from .classify.fit import check_settings as check_fit
+    from .extraction.run import check_settings as check_extract
+
     where = Path(path)
     if not where.is_file():
         raise UsageError(f"pipeline {str(where)!r} does not exist; see pipelines/ for ready-made ones")
@@ -117,25 +146,27 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         raise UsageError(f"{where}: invalid TOML: {exc}") from None
     unknown = [k for k in doc if k not in ("extract", "fit")]
     if unknown:
-        raise UsageError(f"{where}:{_line_of(text, unknown[0], None)}: unknown section [{unknown[0]}]; "
-                         "use [extract] and [fit]")
+        raise _error_at(where, text, unknown[0], None, f"unknown section [{unknown[0]}]; use [extract] and [fit]")
     ex = _section(doc, text, where, "extract", _EXTRACT_KEYS)
     if "layers" in ex:
         ex["layers"] = tuple(ex["layers"])
     extract_config = ExtractConfig(**ex)
+    try:
+        check_extract(extract_config)
+    except UsageError as exc:
+        raise _value_error(where, text, "extract", ex, exc) from None
     fit_config = None
     if "fit" in doc:
         ft = _section(doc, text, where, "fit", _FIT_KEYS)
+        keys = list(ft)
         if "classifiers" in ft:
             ft["classifiers"] = tuple(ft["classifiers"])
         head = HeadSettings(**{k: ft.pop(k) for k in _HEAD_KEYS if k in ft})
-        try:
-            head.check()
-        except UsageError as exc:  # the option's name as the pipeline spells it, with its line
-            key = next(k for k in _HEAD_KEYS if f"--{k.replace('_', '-')}" in str(exc))
-            message = str(exc).replace(f"--{key.replace('_', '-')}", f"fit.{key}")
-            raise UsageError(f"{where}:{_line_of(text, 'fit', key)}: {message}") from None
         fit_config = FitConfig(features=extract_config.output, **ft, head=head)
+        try:
+            check_fit(fit_config)
+        except UsageError as exc:
+            raise _value_error(where, text, "fit", keys, exc) from None
     return Pipeline(where, extract_config, fit_config)
 
 

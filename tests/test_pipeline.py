@@ -35,12 +35,25 @@ def test_ready_made_pipelines_cover_the_recipes():
     "body, match",
     [
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nbatchsize = 3\n', r":5: unknown key 'batchsize'"),
-        ('[extract]\ninput = "i"\noutput = "o.h5"\n\nmodel = 3\n', r":5: extract.model must be a str"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\n\nmodel = 3\n', r":5: extract.model must be a string, got 3"),
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\ntest_size = "big"\n',
-         r":7: fit.test_size must be a float"),
+         r":7: fit.test_size must be a number, got 'big'"),
         ('[extract]\ninput = "i"\nmodel = "m"\n', r":1: \[extract\] needs output"),
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[train]\nx = 1\n', r":5: unknown section \[train\]"),
         ('[extract\n', "invalid TOML"),
+        # Bad values, checked by extract's and fit's own checks, at their line in their table
+        ('[fit]\noutput = "m.skops"\nepochs = "ten"\n[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n',
+         r":3: fit.epochs must be an integer, got 'ten'"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n# the batch\nbatch_size = -4\n',
+         r"p.toml:6: extract.batch_size must be at least 1, got -4"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nbatch_size = 8\n[fit]\noutput = "m.skops"\n'
+         'classifiers = ["linear"]\nbatch_size = 0\n', r":9: fit.batch_size must be greater than 0, got 0"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\ntest_size = 1.5\n',
+         r":7: fit.test_size must be between 0 and 1, got 1.5"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\n\nclassifiers = ["xgb"]\n',
+         r":8: fit.classifiers: unknown classifier 'xgb'"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\ndtype = "float64"\n',
+         r":5: extract.dtype must be one of float32, float16, got 'float64'"),
     ],
 )
 def test_bad_pipelines_name_the_line(tmp_path, body, match):

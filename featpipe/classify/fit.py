@@ -155,9 +155,7 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
     """Training and test rows: the --test file's, or a stratified split of ``rows``."""
     if test is not None:
         return rows, test
-    if not 0 < config.test_size < 1:
-        raise UsageError(f"--test-size must be between 0 and 1, got {config.test_size}")
-    y = rows.labels
+    y = rows.labels  # (config's values are checked by check_settings)
     counts = np.bincount(y)
     small = [fs.classes[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
     if small:
@@ -286,6 +284,29 @@ def _with_paths(config: FitConfig) -> FitConfig:
     return replace(config, **as_path)
 
 
+def check_settings(config: FitConfig) -> None:
+    """The settings' own values, checked before any file is read (`fit` first of all; a pipeline when it is
+    loaded, so that a bad value gets its TOML line). Messages name the command-line option.
+
+    Raises:
+        UsageError: an unknown classifier, a size outside (0, 1), --cv below 2, --search below 1, bad head settings.
+    """
+    for name in config.classifiers:
+        try:
+            make_classifier(name)  # unknown names fail before any training
+        except UsageError as exc:
+            raise UsageError(f"--classifier: {exc}") from None
+    if config.test is None and not 0 < config.test_size < 1:
+        raise UsageError(f"--test-size must be between 0 and 1, got {config.test_size}")
+    if not 0 < config.validation_size < 1:
+        raise UsageError(f"--validation-size must be between 0 and 1, got {config.validation_size}")
+    if config.cv is not None and config.cv < 2:
+        raise UsageError(f"--cv must be at least 2, got {config.cv}")
+    if config.search is not None and config.search < 1:
+        raise UsageError(f"--search must be at least 1, got {config.search}")
+    _head_params(config)
+
+
 def _head_params(config: FitConfig) -> dict:
     """The heads' settings from ``config.head``, checked; refused when no head is fitted."""
     config.head.check()
@@ -331,11 +352,10 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     config = _with_paths(config)
     if config.output is None:
         raise UsageError("fit needs --output/-o, the model file to write (only --sanity runs without one)")
+    check_settings(config)
+    head = config.head.params()
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
-    for name in config.classifiers:
-        make_classifier(name)  # unknown names fail before any training
-    head = _head_params(config)
     if not config.output.parent.is_dir():
         raise UsageError(f"output folder {str(config.output.parent)!r} does not exist; create it or choose another -o")
     labelled, test_file, skipped = _labelled(config, fs, layer)
@@ -355,8 +375,6 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
 
     folds = config.cv or (5 if config.search else None)
     if folds is not None:
-        if folds < 2:
-            raise UsageError(f"--cv must be at least 2, got {folds}")
         check_folds(train.labels, folds, fs.classes)
     if not len(test):
         raise UsageError(f"no valid, labelled test rows in {(config.test or config.features).name}; "

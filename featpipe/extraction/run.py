@@ -122,7 +122,13 @@ class ExtractSummary:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
-def _check_config(config: ExtractConfig) -> None:
+def check_settings(config: ExtractConfig) -> None:
+    """The settings' own values, checked before any file is touched (`extract` first of all; a pipeline when
+    it is loaded, so that a bad value gets its TOML line). Messages name the command-line option.
+
+    Raises:
+        UsageError: a value out of its range or not one of its choices.
+    """
     if config.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     check_resampler(config.resampler)
@@ -142,6 +148,10 @@ def _check_config(config: ExtractConfig) -> None:
         raise UsageError(
             f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {mf!r}"
         )
+
+
+def _check_config(config: ExtractConfig) -> None:
+    check_settings(config)
     out = config.output
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
