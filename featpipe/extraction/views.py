@@ -19,15 +19,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF2
-from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from ..errors import UsageError
-from .preprocess import Preprocessor
+
+# torch and torchvision are imported by ViewMaker, on a worker: extraction/run.py reads ViewSpec, and a
+# finished run is recognised without loading torch (identity.request).
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from .preprocess import Preprocessor
 
 AUGMENTS = ("none", "light", "standard", "strong")
 # strength -> (random resized crop's area scale, rotation in degrees, colour jitter); the lecture's
@@ -126,6 +130,8 @@ class ViewMaker:
         self.spec = spec
         self.preprocess = preprocess
         self.size = list(preprocess.config.crop)
+        from torchvision.transforms import InterpolationMode
+
         self.interpolation = InterpolationMode(preprocess.config.interpolation)
 
     @property
@@ -133,6 +139,9 @@ class ViewMaker:
         return self.spec.tta_views + self.spec.augment
 
     def crops(self, img: Image.Image, key: str) -> np.ndarray:
+        import torch
+        import torchvision.transforms.v2.functional as TF2
+
         spec = self.spec
         if spec.tta == "crops":
             resized = self.preprocess.resize(img)
@@ -148,6 +157,9 @@ class ViewMaker:
 
     def _augmented(self, chw: torch.Tensor, key: str, view: int) -> np.ndarray:
         """One augmented view: random resized crop, flip, rotation, colour jitter (and grey), as in training."""
+        import torchvision.transforms.v2.functional as TF2
+        from torchvision.transforms import InterpolationMode
+
         scale, degrees, jitter = STRENGTHS[self.spec.strength]
         rng = view_generator(self.spec.seed, key, view)
         _, height, width = chw.shape
