@@ -222,3 +222,24 @@ def test_wrong_credentials_are_one_line_that_names_no_secret(s3, authentication,
         with pytest.raises(UsageError, match="access to .* was refused") as err:
             discover(source, {"key": s3["key"]["AccessKeyId"], "secret": WRONG_SECRET})
         assert WRONG_SECRET not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_workers_read_the_images_themselves(s3, local_features, tmp_path, monkeypatch):
+    """On a cluster (a scheduler and a worker process on loopback) the client lists the bucket and reads no
+    image: the worker process fetches the bytes from S3 itself."""
+    from featpipe.extraction import inputs
+
+    from .test_distributed import loopback_cluster
+
+    fetched = []
+    real = remote.read_bytes
+    monkeypatch.setattr(remote, "read_bytes", lambda *a, **k: fetched.append(a[0]) or real(*a, **k))
+    inputs.FileReader("s3://featpipe-test/images", (s3["files"][0],), {})(0)
+    assert len(fetched) == 1  # the spy sees a read where a partition's reader makes it
+    fetched.clear()
+    with loopback_cluster(tmp_path, workers=1, nthreads=1) as (address, _):  # the worker inherits the environment
+        out = tmp_path / "cluster.h5"
+        extract(ExtractConfig(input="s3://featpipe-test/images", output=out, scheduler=address, **CFG))
+    fs = featpipe.load(out)
+    assert fetched == [] and fs.valid.all()
+    _same(fs, slice(None), local_features, slice(None))
