@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import identity
+from . import identity, remote
 from .classify import FitConfig, FitResult, fit, load_model
 from .classify.fit import HeadSettings
 from .errors import FeatpipeError, UsageError
@@ -39,7 +39,7 @@ _EXTRACT_KEYS = {
     "partition_size": (int, False), "streams": (int, False), "decode_threads": (int, False),
     "scheduler": (str, False), "overwrite": (bool, False), "verify_content": (bool, False),
     "retry_failed": (bool, False), "tta": (str, False), "augment": (int, False), "augment_strength": (str, False),
-    "flip": (bool, False),
+    "flip": (bool, False), "label_key": (str, False),
 }
 _FIT_KEYS = {
     "output": (str, True), "classifiers": (list, False), "layer": (str, False), "test_size": (float, False),
@@ -119,7 +119,8 @@ def _section(doc: dict, text: str, where: Path, name: str, schema: dict) -> dict
         if not ok:
             want = " or ".join(_TYPE_WORDS[t] for t in (types if isinstance(types, tuple) else (types,)))
             raise _error_at(where, text, name, key, f"{name}.{key} must be {want}, got {value!r}")
-        out[key] = Path(os.path.normpath(where.parent / value)) if is_path else value
+        # URLs (s3://bucket/images, shards/{0..9}.tar at a URL) stay as they are.
+        out[key] = Path(os.path.normpath(where.parent / value)) if is_path and not remote.is_url(value) else value
     missing = [k for k in _REQUIRED[name] if k not in out]
     if missing:
         raise _error_at(where, text, name, None, f"[{name}] needs {', '.join(missing)}")

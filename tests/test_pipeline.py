@@ -117,3 +117,11 @@ def test_views_in_a_pipeline(tmp_path):
     p = load_pipeline(path)
     assert (p.extract.augment, p.extract.augment_strength, p.extract.flip, p.extract.tta) == (4, "light", False, "flip")
     assert p.fit.use_augmented
+
+
+def test_urls_and_shard_patterns_are_not_made_relative(tmp_path):
+    (tmp_path / "p.toml").write_text('[extract]\ninput = "s3://bucket/shards/{00000..00009}.tar"\n'
+                                     'output = "f.h5"\nmodel = "resnet18"\nlabel_key = "label"\n')
+    p = load_pipeline(tmp_path / "p.toml")
+    assert p.extract.input == "s3://bucket/shards/{00000..00009}.tar" and p.extract.label_key == "label"
+    assert p.extract.output == tmp_path / "f.h5"
