@@ -314,3 +314,17 @@ def test_file_urls_are_local_paths(image_folder, tmp_path):
     (tmp_path / "l.csv").write_text(f"path,label\nfile://{image_folder}/class_0/img_000.jpg,a\n")
     listed = discover(tmp_path / "l.csv")
     assert listed.paths == ("images/class_0/img_000.jpg",)
+
+
+def test_parquet_list_like_a_csv(image_folder, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in image_folder.rglob("*.jpg"))
+    labels = [int(f.split("/")[1][-1]) * 5 for f in files]  # 0, 5, 10: numeric classes in numeric order
+    pq.write_table(pa.table({"PATH": files, "Label": labels}), tmp_path / "l.parquet", row_group_size=2)
+    s = discover(tmp_path / "l.parquet")
+    assert s.paths == tuple(files) and s.root == tmp_path.resolve() and s.classes == ("0", "5", "10")
+    assert [s.classes[k] for k in s.labels] == [str(x) for x in labels]
+    pq.write_table(pa.table({"file": files}), tmp_path / "bad.parquet")
+    with pytest.raises(UsageError, match="needs a 'path' column"):
+        discover(tmp_path / "bad.parquet")
