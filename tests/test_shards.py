@@ -273,3 +273,23 @@ def test_unchanged_shards_are_not_read_again(shard_set, tmp_path, monkeypatch):
     read.clear()
     assert discover(pattern, label_key=".txt", listings=cache).classes == ("class_0", "class_1", "class_2")
     assert len(read) == 3  # labels from another member: every shard is read again
+
+
+def test_a_shard_read_by_many_decode_threads_gives_each_its_own_member(shard_set):
+    """GPU decoding asks for a partition's rows from a pool of threads, in any order; the shard is still
+    streamed once, and each row gets its own member's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featpipe.extraction.inputs import open_partition
+
+    root, _, _ = shard_set
+    shard = str(root / "shards" / "00001.tar")
+    names = [m.name for m in tar_shards.list_shard(shard).members]
+    with tarfile.open(shard) as t:
+        want = {name: t.extractfile(name).read() for name in names}
+    read = open_partition(str(root / "shards"), tuple(names), shard, {})
+    order = [3, 0, 2, 1]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: (i, read(i).read()), order))
+    read.close()
+    assert all(data == want[names[i]] for i, data in got) and len(got) == 4
