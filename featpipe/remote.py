@@ -153,6 +153,7 @@ def stat(url: str, options: Mapping[str, Any] | None = None) -> tuple[int, int, 
         OSError: the file cannot be found or read (FileNotFoundError, PermissionError ...).
     """
     fs, path = filesystem(url, options)
+    fs.invalidate_cache(path)  # fsspec keeps listings per process: a notebook's rerun must see changes
     info = fs.info(path)
     if info.get("type") == "directory":
         raise IsADirectoryError(f"{clean_url(url)} is a folder")

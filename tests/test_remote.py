@@ -116,7 +116,8 @@ def test_bucket_folder_gives_local_features_and_updates_by_etag(s3, local_featur
     changed = s3["files"][5]
     img = io.BytesIO()
     Image.new("RGB", (50, 40), "blue").save(img, "PNG")
-    s3["fs"].pipe(f"featpipe-test/images/{changed}", img.getvalue())
+    # Changed by another client: this process's fsspec listings must not hide it.
+    boto3.client("s3").put_object(Bucket="featpipe-test", Key=f"images/{changed}", Body=img.getvalue())
     try:
         update = extract(ExtractConfig(input="s3://featpipe-test/images", output=out, **CFG))
     finally:
@@ -243,3 +244,22 @@ def test_workers_read_the_images_themselves(s3, local_features, tmp_path, monkey
     fs = featpipe.load(out)
     assert fetched == [] and fs.valid.all()
     _same(fs, slice(None), local_features, slice(None))
+
+
+def test_a_rerun_in_the_same_process_sees_objects_changed_by_others(s3):
+    """fsspec keeps listings per process (a notebook's): an object changed by another client after the bucket
+    was listed must not keep its old identity."""
+    discover("s3://featpipe-test/images")  # a recursive listing, which s3fs keeps
+    before = discover("s3://featpipe-test/lists/list.csv").image_stats()
+    img = io.BytesIO()
+    Image.new("RGB", (50, 40), "blue").save(img, "PNG")
+    changed = s3["files"][0]
+    boto3.client("s3").put_object(Bucket="featpipe-test", Key=f"images/{changed}", Body=img.getvalue())
+    try:
+        after = discover("s3://featpipe-test/lists/list.csv").image_stats()
+        again = discover("s3://featpipe-test/images").image_stats()
+    finally:
+        s3["fs"].put(str(s3["images"] / changed), f"featpipe-test/images/{changed}")
+    assert after["size"][0] == len(img.getvalue()) != before["size"][0]
+    assert after["version"][0] != before["version"][0]
+    assert again["size"][0] == len(img.getvalue())

@@ -161,6 +161,7 @@ def _from_remote_folder(url: str, options: Mapping[str, Any]) -> SampleList:
     """A folder at a URL, laid out like a local one; one recursive listing gives names, sizes and versions."""
     fs, base = remote.filesystem(url, options)
     try:
+        fs.invalidate_cache(base)  # fsspec keeps listings per process: a rerun must see what changed since
         found = fs.find(base, detail=True)
     except OSError as exc:
         raise remote.access_error(url, exc, options) from None
@@ -398,6 +399,7 @@ def _discover(source: str, options: Mapping[str, Any], label_key: str | None, li
     if remote.is_url(source):
         fs, path = remote.filesystem(source, options)
         try:
+            fs.invalidate_cache(path)
             is_dir = fs.info(path).get("type") == "directory"  # raises when missing, or not ours to read
         except OSError as exc:
             raise remote.access_error(source, exc, options) from None
