@@ -231,3 +231,14 @@ def test_unreadable_missing_file(tmp_path: Path) -> None:
 def test_bad_image_is_an_exception() -> None:
     assert issubclass(BadImage, Exception)
     assert str(BadImage("empty file")) == "empty file"
+
+
+def test_bytes_decode_as_the_file_does_and_str_paths_are_checked_like_paths(tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(np.arange(48 * 40 * 3, dtype=np.uint8).reshape(40, 48, 3)).save(src)
+    np.testing.assert_array_equal(np.asarray(load_rgb(io.BytesIO(src.read_bytes()))), np.asarray(load_rgb(src)))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(BadImage, match="empty file"):
+        load_rgb(str(tmp_path / "empty.jpg"))
+    with pytest.raises(BadImage, match="unreadable"):
+        load_rgb(str(tmp_path / "missing.jpg"))

@@ -8,6 +8,7 @@ the row and records the reason.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -51,7 +52,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, check and decode ``path`` as an 8-bit RGB image, EXIF-rotated.
 
     ``path`` is a local file, or a binary file object already opened on the bytes (a remote file, a tar
@@ -60,7 +61,8 @@ def load_rgb(path: Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image
     Raises:
         BadImage: with the reason the file cannot be used.
     """
-    if isinstance(path, Path):
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
         try:
             size = path.stat().st_size
         except OSError as exc:
