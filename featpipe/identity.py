@@ -8,7 +8,7 @@ made the same way from the same images. The answer is defined here, and only her
   the feature file's ``config`` attribute; ``config_hash`` is its sha256. Features
   of two extractors never mix.
 * the **request**: what the user asked for (model, weights, seed, layers, pool,
-  precision, dtype, resampler) plus the versions of the libraries that turn a
+  precision, dtype, resampler, decode) plus the versions of the libraries that turn a
   request into an extractor. Equal requests give equal extractors, so a finished
   run is recognised from the request alone, without building the network (the
   feature file's ``request`` attribute).
@@ -181,7 +181,7 @@ def _weights_file(model: str, weights: str) -> Path | None:
 
 
 def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: str, precision: str, dtype: str,
-            resampler: str, views: dict | None = None) -> dict:
+            resampler: str, decode: str, views: dict | None = None) -> dict:
     """What was asked for, with the digest of the weights file and the versions that build the extractor.
 
     ``model`` is a resolved name (``timm:resnet18``); ``weights`` 'pretrained', 'random' or an absolute path.
@@ -198,6 +198,7 @@ def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: st
         "precision": precision,
         "dtype": dtype,
         "resampler": resampler,
+        "decode": decode,
         "versions": {"featpipe": __version__, **{d: _version(d) for d in ("torch", "timm", "torchvision")}},
     }
 

@@ -87,8 +87,8 @@ def _extract_config(mf, model: Path, source: Path, out: Path, device: str, batch
         return ExtractConfig(
             input=source, output=out, model=req["model"], weights=req["weights"], seed=req.get("seed") or 0,
             layers=(mf.layer,), pool=req["pool"], precision=req["precision"], dtype=req["dtype"],
-            resampler=req["resampler"], device=device, batch_size=batch_size,
-            tta=(req.get("views") or {}).get("tta", "none"))  # augmented views: training rows only, not needed
+            resampler=req["resampler"], decode=req.get("decode", "exact").split(":")[0], device=device,
+            batch_size=batch_size, tta=(req.get("views") or {}).get("tta", "none"))  # augmented views: training rows only, not needed
     # A model file written before it stored the request: its extractor settings.
     ex = mf.extractor
     if not ex.get("weights"):
@@ -98,7 +98,7 @@ def _extract_config(mf, model: Path, source: Path, out: Path, device: str, batch
         input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
         layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
         dtype=ex["dtype"], device=device, batch_size=batch_size,
-        resampler=ex["data_config"].get("resampler", "pil"),
+        resampler=ex["data_config"].get("resampler", "pil"), decode=ex["data_config"].get("decode", "exact"),
     )
 
 

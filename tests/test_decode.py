@@ -242,3 +242,114 @@ def test_bytes_decode_as_the_file_does_and_str_paths_are_checked_like_paths(tmp_
         load_rgb(str(tmp_path / "empty.jpg"))
     with pytest.raises(BadImage, match="unreadable"):
         load_rgb(str(tmp_path / "missing.jpg"))
+
+
+# ---------------------------------------------------------------- --decode fast (JPEG scaled decoding)
+
+
+def _noisy_jpeg(path: Path, w: int, h: int, exif_orientation: int | None = None) -> Path:
+    """A photo-like JPEG: smooth colour fields plus noise (scaled decoding must not alias it)."""
+    rng = np.random.default_rng(1)
+    small = rng.uniform(0, 255, (h // 64 + 2, w // 64 + 2, 3)).astype(np.uint8)
+    im = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    arr = np.clip(np.asarray(im, np.float32) + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    Image.fromarray(arr).save(path, quality=90, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(("size", "at_least"), [
+    ((4000, 3000), 256), ((3000, 4000), 256), ((4000, 3000), 235), ((640, 480), 256), ((257, 1000), 256),
+    ((4000, 3000), (384, 384)), ((5000, 700), (224, 224)), ((300, 200), 256),
+])
+def test_draft_never_goes_below_the_resize_target(size, at_least) -> None:
+    from featpipe.extraction.decode import draft_request
+
+    w, h = size
+    rw, rh = draft_request(size, at_least)
+    scale = min(w // rw, h // rh)
+    s = next(s for s in (8, 4, 2, 1) if scale >= s)  # what Pillow's JpegImageFile.draft picks
+    dw, dh = -(-w // s), -(-h // s)
+    if isinstance(at_least, int):
+        assert min(dw, dh) >= min(at_least, w, h)
+        if s < 8:  # a larger scale would have gone below the target: less than twice the target remains
+            assert min(dw, dh) < 2 * at_least or s == 1
+    else:
+        assert dh >= min(at_least[0], h) and dw >= min(at_least[1], w)
+
+
+def test_fast_decoding_decodes_fewer_pixels_and_keeps_the_target(tmp_path: Path) -> None:
+    path = _noisy_jpeg(tmp_path / "camera.jpg", 2400, 1800)
+    seen = []
+    exact = load_rgb(path, reserve=seen.append)
+    fast = load_rgb(path, at_least=256, reserve=seen.append)
+    assert exact.size == (2400, 1800)
+    # 1800 // 256 = 7: libjpeg scales by 1/4 (1/8 would leave 225 < 256 rows).
+    assert fast.size == (600, 450)
+    assert seen == [2400 * 1800, 600 * 450]  # the reservation names the pixels really decoded
+    # The scaled decode is the same picture: compare with the exact one shrunk alike.
+    ref = np.asarray(exact.resize((600, 450), Image.BOX), np.float32)
+    assert np.abs(np.asarray(fast, np.float32) - ref).mean() < 3.0
+
+
+def test_fast_decoding_of_other_formats_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1200, 900), RED).save(path)
+    seen = []
+    assert load_rgb(path, at_least=64, reserve=seen.append).size == (1200, 900)
+    assert seen == [1200 * 900]
+
+
+def test_fast_decoding_squash_target_follows_exif_rotation(tmp_path: Path) -> None:
+    # Stored 2000x800, shown 800x2000 (orientation 6): a squash to 300 high x 200 wide needs
+    # 300 rows upright, which are 300 columns in the file.
+    path = _noisy_jpeg(tmp_path / "turned.jpg", 2000, 800, exif_orientation=6)
+    im = load_rgb(path, at_least=(300, 200))
+    assert im.size[1] >= 300 and im.size[0] >= 200
+    assert im.size[1] > im.size[0]  # turned upright
+    assert im.size == (200, 500)  # min(2000 // 300, 800 // 200) = 4: 500x200 in the file, turned
+
+
+def test_preprocessor_fast_gives_the_exact_crop_shape_close_to_exact(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from featpipe.extraction.preprocess import Preprocessor
+    from featpipe.models import DataConfig
+
+    path = _noisy_jpeg(tmp_path / "camera.jpg", 3200, 2400)
+    base = DataConfig(crop=(224, 224), resize=256, crop_mode="center", interpolation="bicubic",
+                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resampler="torch")
+    exact = Preprocessor(base).load(path)
+    fast = Preprocessor(replace(base, decode="fast")).load(path)
+    assert exact.shape == fast.shape == (224, 224, 3)
+    diff = np.abs(exact.astype(np.float32) - fast.astype(np.float32))
+    assert diff.mean() < 4.0, diff.mean()
+
+
+def test_pixel_budget_bounds_decodes_in_flight() -> None:
+    import threading
+    import time
+
+    from featpipe.extraction.decode import PixelBudget
+
+    budget = PixelBudget(capacity=30)
+    inside = []
+
+    def work(pixels: int) -> None:
+        with budget.hold() as reserve:
+            reserve(pixels)
+            inside.append(budget.used)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=work, args=(12,)) for _ in range(6)]
+    threads.append(threading.Thread(target=work, args=(100,)))  # larger than the budget: goes alone
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert budget.used == 0
+    assert 24 <= max(x for x in inside if x != 100) <= 30  # two 12s at once, never three
+    assert budget.peak == 100  # the large one alone

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import featpipe
 from featpipe import ExtractConfig, extract
@@ -337,3 +338,29 @@ def test_a_small_run_gives_every_stream_a_partition(tmp_path):
     assert _partition_size(cfg, 20, slots=4) == 5
     assert _partition_size(cfg, 3200, slots=2) == 64  # large runs: about 50 partitions of whole batches
     assert _partition_size(replace(cfg, partition_size=100), 20, slots=2) == 100  # the user's choice stands
+
+
+def test_decode_choice_is_part_of_the_extractor(tmp_path):
+    from featpipe.errors import RunConflictError
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # large enough for libjpeg to scale by 1/2 or more (resize target 182 px)
+        arr = np.clip(rng.normal(120, 40, (33, 44, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).resize((880, 660), Image.BICUBIC).save(images / f"p{i}.jpg", quality=90)
+    out = tmp_path / "f.h5"
+    fast = extract(config(tmp_path, images, output=out, decode="fast"))
+    with h5py.File(fast.output) as f:
+        assert json.loads(f.attrs["data_config"])["decode"] == "fast"
+        assert json.loads(f.attrs["request"])["decode"] == "fast"
+    assert extract(config(tmp_path, images, output=out, decode="fast")).already_complete
+    # An exact request is another extractor: never "already complete" from a fast file.
+    with pytest.raises(RunConflictError, match="decode fast -> exact"):
+        extract(config(tmp_path, images, output=out, decode="exact"))
+    exact = extract(config(tmp_path, images, output=tmp_path / "e.h5"))
+    a, b = featpipe.load(fast.output).X(), featpipe.load(exact.output).X()
+    assert not np.array_equal(a, b)  # really decoded another way
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99, cos
+

@@ -32,6 +32,11 @@ class Resampler(str, Enum):
     pil = "pil"
 
 
+class Decode(str, Enum):
+    exact = "exact"
+    fast = "fast"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -215,6 +220,7 @@ def extract_command(
     precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
+    decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos).")] = Decode.exact,
     seed: Annotated[int, typer.Option(help="Seed of --weights random and of the --augment views.")] = 0,
     tta: Annotated[TTA, typer.Option(help="Store each image's features averaged over deterministic views: flip (the crop and its mirror) or crops (four corners and centre).")] = TTA.none,
     augment: Annotated[int, typer.Option(help="Also store K seeded augmented views per image in /augmented/<layer> (for `fit --use-augmented`).")] = 0,
@@ -249,6 +255,7 @@ def extract_command(
             precision=precision.value,
             dtype=dtype.value,
             resampler=resampler.value,
+            decode=decode.value,
             seed=seed,
             max_failures=parse_max_failures(max_failures),
             partition_size=partition_size,

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from ..errors import UsageError
 from ..models import DataConfig
 from ..models.data_config import RESAMPLERS, check_resampler  # noqa: F401 - RESAMPLERS: public here too
+from .decode import MAX_PIXELS, load_rgb
 
 # Interpolations torchvision resizes uint8 tensors with natively (antialiased).
 TORCH_INTERPOLATIONS = ("bilinear", "bicubic")
@@ -65,6 +66,21 @@ class Preprocessor:
         self._mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.image = self._torch_image if config.resampler == "torch" else self._pil_image
+        # --decode fast: JPEGs decode scaled down by libjpeg, to no less than the resize target.
+        self.at_least: int | tuple[int, int] | None = resize if config.decode == "fast" else None
+
+    def decode(self, path, max_pixels: int = MAX_PIXELS, reserve=None) -> Image.Image:
+        """Decode ``path`` as this config decodes on the CPU (``--decode fast``: scaled, to no less than
+        the resize target). ``reserve``: see :func:`load_rgb`.
+
+        Raises:
+            BadImage: the file cannot be used.
+        """
+        return load_rgb(path, max_pixels, at_least=self.at_least, reserve=reserve)
+
+    def load(self, path, max_pixels: int = MAX_PIXELS, reserve=None) -> np.ndarray:
+        """:meth:`decode`, then resize and crop: uint8 (H, W, 3)."""
+        return self.image(self.decode(path, max_pixels, reserve))
 
     def _pil_image(self, img: Image.Image) -> np.ndarray:
         img = TF.resize(img, self._resize, interpolation=self._interp)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import __version__, identity, models
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
-from ..models.data_config import check_resampler
+from ..models.data_config import check_decode, check_resampler, resolve_decode
 from ..store import FORMAT, FORMAT_VERSION, augmented_name, load
 from ..store import decode_strings as store_decode
 from . import writer
@@ -62,6 +62,7 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "fp32"
     resampler: str = "auto"  # auto, torch or pil: see extraction/preprocess.py
+    decode: str = "exact"  # exact, fast, gpu or auto: see models/data_config.py DECODES
     dtype: str = "float32"
     seed: int = 0
     partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
@@ -133,6 +134,7 @@ def check_settings(config: ExtractConfig) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     check_resampler(config.resampler)
     config.views.check()
+    check_decode(config.decode)
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     for name in ("streams", "decode_threads"):
@@ -398,7 +400,8 @@ def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None =
                        listings=config.output.with_name(config.output.name + ".shards.json"))
     model = models.resolve(config.model or _checkpoint_model(config.weights)).name
     request = identity.request(model, _weights_argument(config), config.seed, config.layers, config.pool,
-                               config.precision, config.dtype, config.resampler, config.views.identity())
+                               config.precision, config.dtype, config.resampler, _request_decode(config),
+                               config.views.identity())
     if _already_complete(config, request, samples):
         log.info("%s is already complete", config.output)
         wall = time.perf_counter() - t_start
@@ -419,6 +422,21 @@ def _checkpoint_model(weights: str) -> str:
         raise UsageError(f"--model is missing, and {weights!r} is a plain state dict that does not say which model it "
                          "belongs to; pass --model")
     return str(meta["model"])
+
+
+def _request_decode(config: ExtractConfig) -> str:
+    """--decode as the request records it: resolved, so 'auto' run on a GPU (GPU-decoded) is not taken for
+    'auto' on a CPU (exact). Only --decode auto with --device auto needs torch to tell."""
+    if config.decode != "auto":
+        return config.decode
+    device = config.device
+    if device == "auto" and not config.scheduler:
+        from .runner import resolve_device
+
+        device = resolve_device(device)
+    if device == "auto":  # a cluster's workers decide: the request says so, the extractor records the outcome
+        return "auto"
+    return resolve_decode("auto", device.split(":")[0])
 
 
 def _weights_argument(config: ExtractConfig) -> str:
@@ -466,6 +484,7 @@ def _build_and_extract(config: ExtractConfig, samples: SampleList, model: str, r
         precision=config.precision,
         resampler=config.resampler,
         views=config.views,
+        decode=config.decode,
     )
     # Layers are checked on a weightless copy first (a forward on the meta device
     # computes nothing), so a typo costs no weight loading.

@@ -29,9 +29,9 @@ import torch
 
 from .. import models
 from ..errors import UsageError, WeightsError
-from ..models.data_config import DataConfig
+from ..models.data_config import DataConfig, resolve_decode
 from ..store import augmented_name
-from .decode import MAX_PIXELS, BadImage, load_rgb
+from .decode import MAX_PIXELS, BadImage, PixelBudget
 from .inputs import open_partition
 from .preprocess import Preprocessor, resolve_resampler
 from .views import ViewMaker, ViewSpec
@@ -53,6 +53,7 @@ class ExtractorSpec:
     device: str
     precision: str
     resampler: str = "auto"
+    decode: str = "exact"  # exact, fast, gpu or auto: see models/data_config.py DECODES
     # Set by the client once it has built the model: every worker checks its
     # weights against it, so no worker can silently use other weights.
     weights_sha256: str | None = None
@@ -105,13 +106,14 @@ class Extractor:
         # A fine-tuned checkpoint is fed as it was trained (its own image size); any other network as its base model.
         data_config = DataConfig.from_json(self.weights.data_config) if self.weights.data_config \
             else models.data_config(model, self.model_spec)
+        self.device = torch.device(resolve_device(spec.device))
         self.data_config = replace(
             data_config,
             resampler=resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode),
+            decode=resolve_decode(spec.decode, self.device.type),
         )
         self.preprocess = Preprocessor(self.data_config)
         self.views = ViewMaker(spec.views, self.preprocess)
-        self.device = torch.device(resolve_device(spec.device))
         # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
         model = model.to(self.device, memory_format=torch.channels_last)
         self.tapped = models.TappedModel(model, self.model_spec, self.layers)
@@ -198,6 +200,9 @@ _extractors: dict[ExtractorSpec, Extractor] = {}
 _extractors_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _runs = 0  # extractions of this process in progress (register/release pairs)
+# Full-size decoded images alive at once, over every stream and decode thread of the process:
+# a 12 MP photo is 36 MB before it is resized (crops waiting for their batch are small).
+_pixel_budget = PixelBudget()
 
 
 def _free_device_memory() -> None:
@@ -355,8 +360,10 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     def decode(i: int) -> tuple[np.ndarray | None, str | None, float]:
         t0 = time.perf_counter()
         try:
-            img = load_rgb(read(i), plan.max_pixels)
-            pixels = ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
+            source = read(i)
+            with _pixel_budget.hold() as reserve:
+                img = ex.preprocess.decode(source, plan.max_pixels, reserve)
+                pixels = ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
             return pixels, None, time.perf_counter() - t0
         except BadImage as exc:
             return None, str(exc), time.perf_counter() - t0

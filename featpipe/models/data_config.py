@@ -14,12 +14,32 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 
 RESAMPLERS = ("auto", "torch", "pil")
+# How JPEG bytes become pixels (--decode): 'exact' decodes every pixel (Pillow); 'fast' lets
+# libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below the resize target.
+DECODES = ("exact", "fast")
 
 
 def check_resampler(choice: str) -> None:
     """--resampler: 'auto', 'torch' or 'pil' (see extraction/preprocess.py)."""
     if choice not in RESAMPLERS:
         raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
+
+
+def check_decode(choice: str) -> None:
+    """--decode: one of :data:`DECODES` (see extraction/decode.py)."""
+    if choice not in DECODES:
+        raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {choice!r}")
+
+
+def resolve_decode(choice: str, device_type: str) -> str:
+    """'auto' -> 'gpu' on a CUDA device, else 'exact'; 'gpu' needs a CUDA device."""
+    check_decode(choice)
+    if choice == "auto":
+        return "gpu" if device_type == "cuda" else "exact"
+    if choice == "gpu" and device_type != "cuda":
+        raise UsageError(f"--decode gpu needs a CUDA device, but the device is {device_type!r}; "
+                         "use --decode exact or fast, or --device cuda")
+    return choice
 
 
 if TYPE_CHECKING:  # this module is read without torch (feature files store a DataConfig)
@@ -37,7 +57,9 @@ class DataConfig:
     the implementation that resizes: ``'pil'`` (Pillow, what timm's and
     torchvision's PIL transforms do, bit for bit) or ``'torch'`` (torchvision's
     antialiased uint8 tensor resize: its tensor transforms exactly, within 2/255
-    of Pillow, several times faster).
+    of Pillow, several times faster). ``decode`` is how JPEGs became pixels
+    (``'exact'``, ``'fast'`` or ``'gpu'``, resolved; see :data:`DECODES`): fast and GPU
+    decoding change the pixels a little, so they are part of the extractor.
     """
 
     crop: tuple[int, int]
@@ -47,6 +69,7 @@ class DataConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resampler: str = "pil"
+    decode: str = "exact"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -63,12 +86,13 @@ class DataConfig:
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             resampler=d.get("resampler", "pil"),  # files written before the choice existed used Pillow
+            decode=d.get("decode", "exact"),  # ... and decoded every pixel
         )
 
 
 def upgrade(stored: dict) -> dict:
     """A data config read from a file, with fields added since it was written filled in
-    as that older featpipe behaved (``resampler``: Pillow), so comparisons see equals."""
+    as that older featpipe behaved (``resampler``: Pillow; ``decode``: exact), so comparisons see equals."""
     if "crop" not in stored:  # not one of ours (features made elsewhere): leave it
         return stored
     return json.loads(DataConfig.from_json(json.dumps(stored)).to_json())
