@@ -35,6 +35,8 @@ class Resampler(str, Enum):
 class Decode(str, Enum):
     exact = "exact"
     fast = "fast"
+    gpu = "gpu"
+    auto = "auto"
 
 
 class Precision(str, Enum):
@@ -58,6 +60,16 @@ class Strength(str, Enum):
     light = "light"
     standard = "standard"
     strong = "strong"
+
+
+def parse_batch_size(text: str) -> int | str:
+    """'64' -> 64; 'auto' stays 'auto' (the extraction checks the range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--batch-size must be a number of images or auto, got {text!r}") from None
 
 
 def parse_max_failures(text: Optional[str]) -> int | float | None:
@@ -215,12 +227,12 @@ def extract_command(
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint (state dict) path.")] = "pretrained",
     layer: Annotated[list[str], typer.Option("--layer", "-l", help="pooled, fc7, logits or a module name (`featpipe layers MODEL`); repeat for several.")] = ["pooled"],  # noqa: B006 - Typer needs a literal default
     pool: Annotated[Pool, typer.Option(help="How intermediate layers become vectors.")] = Pool.avg,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    batch_size: Annotated[str, typer.Option(help="Images per forward pass, or auto: the largest that fits (halved on out-of-memory).")] = "32",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
-    decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos).")] = Decode.exact,
+    decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos), gpu (nvJPEG batches, resized on the GPU; the CPU takes what it refuses), auto (gpu on CUDA, else exact).")] = Decode.exact,
     seed: Annotated[int, typer.Option(help="Seed of --weights random and of the --augment views.")] = 0,
     tta: Annotated[TTA, typer.Option(help="Store each image's features averaged over deterministic views: flip (the crop and its mirror) or crops (four corners and centre).")] = TTA.none,
     augment: Annotated[int, typer.Option(help="Also store K seeded augmented views per image in /augmented/<layer> (for `fit --use-augmented`).")] = 0,
@@ -250,7 +262,7 @@ def extract_command(
             weights=weights,
             layers=tuple(layer),
             pool=pool.value,
-            batch_size=batch_size,
+            batch_size=parse_batch_size(batch_size),
             device=device,
             precision=precision.value,
             dtype=dtype.value,

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import __version__, identity, models
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
-from ..models.data_config import check_decode, check_resampler, resolve_decode
+from ..models.data_config import check_decode, check_resampler
 from ..store import FORMAT, FORMAT_VERSION, augmented_name, load
 from ..store import decode_strings as store_decode
 from . import writer
@@ -58,7 +58,7 @@ class ExtractConfig:
     weights: str = "pretrained"
     layers: tuple[str, ...] = ("pooled",)
     pool: str = "avg"
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto": the largest that fits, halved on out-of-memory
     device: str = "auto"
     precision: str = "fp32"
     resampler: str = "auto"  # auto, torch or pil: see extraction/preprocess.py
@@ -130,8 +130,9 @@ def check_settings(config: ExtractConfig) -> None:
     Raises:
         UsageError: a value out of its range or not one of its choices.
     """
-    if config.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
+    bs = config.batch_size
+    if bs != "auto" and not (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
+        raise UsageError(f"--batch-size must be a number of images (at least 1) or auto, got {bs!r}")
     check_resampler(config.resampler)
     config.views.check()
     check_decode(config.decode)
@@ -166,13 +167,22 @@ def _check_config(config: ExtractConfig) -> None:
         raise UsageError(f"--shard-dir {config.shard_dir!r} is a file; give a folder (or an fsspec URL)")
 
 
-def _partition_size(config: ExtractConfig, n: int, slots: int) -> int:
+def _first_batch(config: ExtractConfig, on_cpu: bool) -> int:
+    """The batch size to start with: --batch-size, or for auto the largest worth trying (see runner.AUTO_BATCH)."""
+    if config.batch_size != "auto":
+        return config.batch_size
+    from .runner import AUTO_BATCH
+
+    return AUTO_BATCH["cpu" if on_cpu else "cuda"]
+
+
+def _partition_size(config: ExtractConfig, n: int, slots: int, on_cpu: bool = True) -> int:
     """Rows per partition, for ``n`` rows to compute on ``slots`` task slots (0: a cluster's own)."""
     if config.partition_size:
         return config.partition_size
     # About 50 partitions keep the progress bar moving and a crash cheap;
     # whole batches keep the forward passes full.
-    bs = config.batch_size
+    bs = _first_batch(config, on_cpu)
     size = max(bs, min(math.ceil(n / 50 / bs) * bs, max(bs, MAX_PARTITION // bs * bs)))
     # But never fewer partitions than slots: a small run (an incremental update of 20 images) in one
     # partition ran on one CPU stream, with one core of two idle. Features do not depend on the batch size.
@@ -185,15 +195,17 @@ def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
     """How partitions run, and how many task slots the local Dask worker gets."""
     from .runner import WorkPlan, cpu_cores
 
+    batch = {"batch_size": _first_batch(config, on_cpu), "max_pixels": config.max_pixels,
+             "auto_batch": config.batch_size == "auto"}
     if config.scheduler:  # each worker sizes itself from its own cores and threads
-        return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads), 0
+        return WorkPlan(**batch, decode_threads=config.decode_threads), 0
     cores = cpu_cores()
     if on_cpu:
         # A few streams, each with a share of the cores: enough to keep every
         # core busy while others decode, few enough to bound activation memory.
         streams = config.streams or min(cores, 4)
-        return WorkPlan(config.batch_size, config.max_pixels, torch_threads=max(1, cores // streams)), streams
-    return WorkPlan(config.batch_size, config.max_pixels, decode_threads=config.decode_threads or cores), 2
+        return WorkPlan(**batch, torch_threads=max(1, cores // streams)), streams
+    return WorkPlan(**batch, decode_threads=config.decode_threads or cores), 2
 
 
 def _max_failures(config: ExtractConfig, n: int) -> int | None:
@@ -425,8 +437,8 @@ def _checkpoint_model(weights: str) -> str:
 
 
 def _request_decode(config: ExtractConfig) -> str:
-    """--decode as the request records it: resolved, so 'auto' run on a GPU (GPU-decoded) is not taken for
-    'auto' on a CPU (exact). Only --decode auto with --device auto needs torch to tell."""
+    """--decode as the request records it; 'auto' with the device type ('auto:cuda'), so a GPU-decoded file
+    is never taken for what 'auto' asks of a CPU. Only --decode auto with --device auto needs torch to tell."""
     if config.decode != "auto":
         return config.decode
     device = config.device
@@ -434,9 +446,9 @@ def _request_decode(config: ExtractConfig) -> str:
         from .runner import resolve_device
 
         device = resolve_device(device)
-    if device == "auto":  # a cluster's workers decide: the request says so, the extractor records the outcome
-        return "auto"
-    return resolve_decode("auto", device.split(":")[0])
+    # What auto turns into depends on the device type (and the model, which the request names):
+    # 'auto' on a GPU and 'auto' on a CPU are different requests. On a cluster its workers decide.
+    return "auto" if device == "auto" else f"auto:{device.split(':')[0]}"
 
 
 def _weights_argument(config: ExtractConfig) -> str:
@@ -610,7 +622,7 @@ def _extract(
         if not config.scheduler:  # the in-process worker reuses the client's network; released at the end
             held.enter_context(extractor_in_use(spec, ex))
         plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu")
-        part_size = _partition_size(config, len(todo), slots)
+        part_size = _partition_size(config, len(todo), slots, on_cpu=spec.device == "cpu")
         tasks = [PartitionTask(k, start, **samples.task_input(todo[start:stop]))
                  for k, (start, stop) in enumerate(samples.partitions(todo, part_size))]
         run_id = uuid.uuid4().hex

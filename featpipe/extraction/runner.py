@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
 from ..store import augmented_name
 from .decode import MAX_PIXELS, BadImage, PixelBudget
+from .gpu_decode import GpuDecoder, gpu_refusal
 from .inputs import open_partition
 from .preprocess import Preprocessor, resolve_resampler
 from .views import ViewMaker, ViewSpec
@@ -39,6 +42,10 @@ from .views import ViewMaker, ViewSpec
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --batch-size auto starts here and halves on out-of-memory. A GPU gains little past a few hundred
+# images (ResNet-50 in bf16 needs about 5 GB at 1024); a CPU's throughput peaks at small batches
+# and it has no out-of-memory error to learn from (the OS kills the process instead).
+AUTO_BATCH = {"cuda": 1024, "cpu": 32}
 
 
 @dataclass(frozen=True)
@@ -107,11 +114,14 @@ class Extractor:
         data_config = DataConfig.from_json(self.weights.data_config) if self.weights.data_config \
             else models.data_config(model, self.model_spec)
         self.device = torch.device(resolve_device(spec.device))
-        self.data_config = replace(
-            data_config,
-            resampler=resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode),
-            decode=resolve_decode(spec.decode, self.device.type),
-        )
+        resampler = resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode)
+        decode = resolve_decode(spec.decode, self.device.type, resampler)
+        if decode == "gpu" and spec.views.tta_views + spec.views.augment > 1:  # views need the whole picture, on the CPU
+            if spec.decode == "gpu":
+                raise UsageError("--decode gpu makes one crop per image; --tta and --augment views need "
+                                 "--decode exact or fast")
+            decode = "exact"
+        self.data_config = replace(data_config, resampler=resampler, decode=decode)
         self.preprocess = Preprocessor(self.data_config)
         self.views = ViewMaker(spec.views, self.preprocess)
         # Channels-last is the layout oneDNN and cuDNN convolutions run fastest in.
@@ -125,6 +135,10 @@ class Extractor:
         )
         self.network: torch.nn.Module = self.tapped
         self.optimized = False
+        self.copy_seconds = 0.0
+        self.batch_limits: dict[tuple[int, bool], BatchLimit] = {}  # see _batch_limit
+        # --decode gpu: nvJPEG and the GPU's resize for the JPEGs it takes (see gpu_decode.py).
+        self.gpu_decoder = GpuDecoder(self.data_config, self.device) if self.data_config.decode == "gpu" else None
         if spec.optimize:
             self.optimize()
 
@@ -181,11 +195,21 @@ class Extractor:
             (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
              torch.backends.cuda.matmul.allow_tf32) = saved
 
-    def forward(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        """uint8 (B, H, W, 3) crops -> ({layer: float32 (B, D)}, seconds on the device)."""
+    def forward(self, pixels: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
+        """uint8 (B, H, W, 3) crops (host or device) -> ({layer: float32 (B, D)}, seconds on the device).
+
+        On a GPU the seconds are the forward pass alone; ``self.copy_seconds`` adds up the
+        host-to-device copies (waited for, so the two are told apart).
+        """
         with self._lock, torch.inference_mode(), self._cuda_flags():
             t0 = time.perf_counter()
-            x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+            x = x.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                t1 = time.perf_counter()
+                self.copy_seconds += t1 - t0
+                t0 = t1
             x = self.preprocess.batch(x)
             with self._autocast():
                 out = self.network(x)
@@ -289,8 +313,9 @@ class PartitionResult:
 class WorkPlan:
     """How a worker runs partitions (picklable; the same for every partition of a run)."""
 
-    batch_size: int
+    batch_size: int  # with auto_batch, the first batch size tried
     max_pixels: int = MAX_PIXELS
+    auto_batch: bool = False  # --batch-size auto: halve on out-of-memory and carry on
     decode_threads: int | None = None  # GPU: threads decoding ahead of the forward pass; None: the cores
     torch_threads: int | None = None  # CPU: intra-op threads per stream; None: host cores / task threads on the host
     # On a cluster: (host, task threads of every Dask worker on it). Workers that share a machine share its
@@ -353,55 +378,75 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
     # the reader is collected.
     read = open_partition(task.root, task.sources or task.paths, task.shard, task.storage_options)
     n = len(task.paths)
-    batch_size = plan.batch_size
+    limit = _batch_limit(ex, plan)
 
     views, tta = ex.views.count, ex.views.spec.tta_views
 
-    def decode(i: int) -> tuple[np.ndarray | None, str | None, float]:
+    def cpu_crops(i: int, source) -> np.ndarray:
+        """(views, H, W, 3) of row i from ``source`` (a path, a file object), decoded on the CPU within the
+        process's pixel budget; or BadImage."""
+        try:
+            with _pixel_budget.hold() as reserve:
+                img = ex.preprocess.decode(source, plan.max_pixels, reserve)
+                return ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
+        except BadImage:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a strange file must not stop the run
+            raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+    def decode(i: int) -> tuple[np.ndarray | bytes | None, str | None, float]:
+        """The row's crops, or with --decode gpu the bytes of a JPEG the GPU will decode; or why not."""
         t0 = time.perf_counter()
         try:
             source = read(i)
-            with _pixel_budget.hold() as reserve:
-                img = ex.preprocess.decode(source, plan.max_pixels, reserve)
-                pixels = ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
-            return pixels, None, time.perf_counter() - t0
+            if ex.gpu_decoder is not None:
+                data, source = _gpu_bytes(source, plan.max_pixels)
+                if data is not None:
+                    return data, None, time.perf_counter() - t0
+            return cpu_crops(i, source), None, time.perf_counter() - t0
         except BadImage as exc:
             return None, str(exc), time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 - a strange file must not stop the run
-            return None, f"cannot decode: {type(exc).__name__}: {exc}", time.perf_counter() - t0
 
     features: dict[str, np.ndarray] = {}
     valid = np.zeros(n, dtype=bool)
     errors: list[tuple[int, str]] = []
     timings = {"decode": 0.0, "forward": 0.0}
     rows: list[int] = []
-    crops: list[np.ndarray] = []  # (views, H, W, 3) per row
+    crops: list[np.ndarray | bytes] = []  # (views, H, W, 3) per row, or JPEG bytes for the GPU
 
     def flush() -> None:
         if not rows:
             return
-        out, seconds = ex.forward(np.concatenate(crops))
+        # A JPEG nvJPEG rejects decodes on the CPU from the bytes already read (a tar member is read once).
+        batch, failed = _to_batch(ex, crops, lambda k, data: cpu_crops(rows[k], io.BytesIO(data)), timings)
+        for k, reason in failed.items():
+            errors.append((task.start + rows[k], reason))
+        done = [r for k, r in enumerate(rows) if k not in failed]
+        rows.clear()
+        crops.clear()
+        if not done:
+            return
+        out, seconds = forward_adaptive(ex.forward, batch, limit)
         timings["forward"] += seconds
         for name, values in out.items():
-            per_row = values.reshape(len(rows), views, -1)  # a row's views are consecutive
+            per_row = values.reshape(len(done), views, -1)  # a row's views are consecutive
             if name not in features:
                 features[name] = np.full((n, per_row.shape[2]), np.nan, dtype=np.float32)
             # TTA: the mean over the row's deterministic views (one view: the eval crop itself).
-            features[name][rows] = per_row[:, 0] if tta == 1 else per_row[:, :tta].mean(axis=1)
+            features[name][done] = per_row[:, 0] if tta == 1 else per_row[:, :tta].mean(axis=1)
             if views > tta:  # augmented views, stored per row as (views x dim) and laid out by the merge
                 aug = augmented_name(name)
                 if aug not in features:
                     features[aug] = np.full((n, (views - tta) * per_row.shape[2]), np.nan, dtype=np.float32)
-                features[aug][rows] = per_row[:, tta:].reshape(len(rows), -1)
-        valid[rows] = True
-        rows.clear()
-        crops.clear()
+                features[aug][done] = per_row[:, tta:].reshape(len(done), -1)
+        valid[done] = True
 
+    copy_before = ex.copy_seconds
     if on_cpu:
         decoded = (decode(i) for i in range(n))  # this stream decodes, the others compute
     else:
         pool = _decode_pool(plan.decode_threads or cpu_cores())
-        decoded = _decode_ahead(decode, n, pool, lookahead=max(2, 2 * batch_size // views))
+        decoded = _decode_ahead(decode, n, pool, lookahead=max(2, 2 * limit.size // views))
     for i, (pixels, reason, seconds) in enumerate(decoded):
         timings["decode"] += seconds
         if reason is not None:
@@ -409,9 +454,11 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
             continue
         rows.append(i)
         crops.append(pixels)
-        if len(rows) * views >= batch_size:  # --batch-size counts network inputs, views included
+        if len(rows) * views >= limit.size:  # --batch-size counts network inputs, views included
             flush()
     flush()
+    if not on_cpu:
+        timings["copy"] = ex.copy_seconds - copy_before  # this partition's share, give or take a concurrent one
     if not features:  # every image failed: shapes come from a dry forward
         out, _ = ex.forward(np.zeros((1, *ex.data_config.crop, 3), np.uint8))
         features = {k: np.full((n, v.shape[1]), np.nan, np.float32) for k, v in out.items()}
@@ -419,7 +466,111 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
             features.update({augmented_name(k): np.full((n, (views - tta) * v.shape[1]), np.nan, np.float32)
                              for k, v in out.items()})
     read.close()
+    errors.sort()
     return PartitionResult(task.index, task.start, features, valid, errors, timings)
+
+
+def _gpu_bytes(source, max_pixels: int) -> tuple[bytes | None, object]:
+    """(the bytes, None) when the GPU decoder should take ``source`` (a path or a file object); else (None,
+    what the CPU decodes instead: the path itself, or the bytes read), and the CPU says why it fails, if it does."""
+    if isinstance(source, Path):
+        try:
+            data = source.read_bytes()
+        except OSError:
+            return None, source
+    else:
+        data = source.read()
+    if gpu_refusal(data, max_pixels) is None:
+        return data, None
+    return None, source if isinstance(source, Path) else io.BytesIO(data)
+
+
+def _to_batch(ex: Extractor, items: list, cpu_crops, timings: dict) -> tuple[np.ndarray | torch.Tensor, dict]:
+    """One uint8 (B, H, W, 3) batch from rows' CPU crops (views, H, W, 3) and (--decode gpu) JPEG bytes, in order.
+
+    JPEGs decode together on the GPU; one the GPU decoder rejects decodes on the CPU by
+    ``cpu_crops(k, its bytes)``, and one that fails there too is returned in ``{k: reason}``, left out of the batch.
+    """
+    jpegs = [k for k, item in enumerate(items) if isinstance(item, bytes)]
+    if not jpegs:
+        host = np.concatenate(items)
+        return (torch.from_numpy(host).pin_memory() if ex.device.type == "cuda" else host), {}
+    t0 = time.perf_counter()
+    on_gpu = dict(zip(jpegs, ex.gpu_decoder([items[k] for k in jpegs]), strict=True))
+    failed: dict[int, str] = {}
+    for k, crop in on_gpu.items():
+        if crop is None:
+            try:
+                items[k] = cpu_crops(k, items[k])
+            except BadImage as exc:
+                failed[k] = str(exc)
+        else:
+            items[k] = crop[None]
+    keep = [k for k in range(len(items)) if k not in failed]
+    if not keep:
+        return np.zeros((0, *ex.data_config.crop, 3), np.uint8), failed
+    batch = torch.cat([torch.as_tensor(items[k]).to(ex.device, non_blocking=True) for k in keep])
+    timings["gpu_decode"] = timings.get("gpu_decode", 0.0) + time.perf_counter() - t0
+    return batch, failed
+
+
+class BatchLimit:
+    """The largest batch the device has held so far (``--batch-size auto``): halved on out-of-memory."""
+
+    def __init__(self, size: int, adaptive: bool):
+        self.size = size
+        self.adaptive = adaptive
+        self._lock = threading.Lock()
+
+    def shrink(self, failed: int) -> None:
+        with self._lock:
+            new = max(1, min(self.size, failed // 2))
+            if new < self.size:
+                log.warning("out of memory at a batch of %d images: continuing with %d", failed, new)
+                self.size = new
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's (and other devices') out-of-memory errors, told from any other failure."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def forward_adaptive(forward, pixels, limit: BatchLimit) -> tuple[dict[str, np.ndarray], float]:
+    """``forward`` over ``pixels`` in slices of at most ``limit.size``; with an adaptive limit an
+    out-of-memory error halves it and the slice runs again, so every row comes out once, in order."""
+    pieces: list[dict[str, np.ndarray]] = []
+    seconds, i, n = 0.0, 0, len(pixels)
+    while i < n:
+        size = min(limit.size, n - i)
+        try:
+            out, sec = forward(pixels[i:i + size])
+        except Exception as exc:
+            if not (limit.adaptive and is_out_of_memory(exc)) or size == 1:
+                raise
+            _free_device_memory()
+            limit.shrink(size)
+            continue
+        pieces.append(out)
+        seconds += sec
+        i += size
+    if len(pieces) == 1:
+        return pieces[0], seconds
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}, seconds
+
+
+def _batch_limit(ex: Extractor, plan: WorkPlan) -> BatchLimit:
+    """The extractor's batch limit for this plan, shared by every partition it runs: what one
+    partition learns about the device's memory, the next one knows."""
+    with _extractors_lock:
+        key = (plan.batch_size, plan.auto_batch)
+        if key not in ex.batch_limits:
+            first = plan.batch_size
+            if plan.auto_batch and ex.device.type == "cpu":  # a cluster's client may not know its workers' devices
+                first = min(first, AUTO_BATCH["cpu"])
+            ex.batch_limits[key] = BatchLimit(first, plan.auto_batch)
+        return ex.batch_limits[key]
 
 
 def _decode_ahead(decode, n: int, pool: ThreadPoolExecutor, lookahead: int):

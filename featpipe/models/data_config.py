@@ -15,8 +15,9 @@ from ..errors import UsageError
 
 RESAMPLERS = ("auto", "torch", "pil")
 # How JPEG bytes become pixels (--decode): 'exact' decodes every pixel (Pillow); 'fast' lets
-# libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below the resize target.
-DECODES = ("exact", "fast")
+# libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below the resize target; 'gpu'
+# decodes batches with nvJPEG and resizes on the GPU; 'auto' is 'gpu' on a CUDA device, else 'exact'.
+DECODES = ("exact", "fast", "gpu", "auto")
 
 
 def check_resampler(choice: str) -> None:
@@ -31,14 +32,18 @@ def check_decode(choice: str) -> None:
         raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {choice!r}")
 
 
-def resolve_decode(choice: str, device_type: str) -> str:
-    """'auto' -> 'gpu' on a CUDA device, else 'exact'; 'gpu' needs a CUDA device."""
+def resolve_decode(choice: str, device_type: str, resampler: str = "torch") -> str:
+    """'auto' -> 'gpu' on a CUDA device where the GPU can resize as ``resampler`` does ('torch'), else 'exact';
+    'gpu' needs both."""
     check_decode(choice)
     if choice == "auto":
-        return "gpu" if device_type == "cuda" else "exact"
+        return "gpu" if device_type == "cuda" and resampler == "torch" else "exact"
     if choice == "gpu" and device_type != "cuda":
         raise UsageError(f"--decode gpu needs a CUDA device, but the device is {device_type!r}; "
                          "use --decode exact or fast, or --device cuda")
+    if choice == "gpu" and resampler != "torch":
+        raise UsageError("--decode gpu resizes with torch on the GPU, but this run resizes with Pillow "
+                         "(--resampler pil, or a model torch cannot resize for); use --decode exact")
     return choice
 
 

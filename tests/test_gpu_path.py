@@ -1,0 +1,246 @@
+"""--decode gpu and --batch-size auto: what can be checked without a GPU.
+
+The decisions are plain functions tested here with fake decoders and a simulated
+out-of-memory error; the GPU itself is tested in tests/test_gpu.py (skipped without CUDA).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import featpipe
+from featpipe import ExtractConfig, extract
+from featpipe.extraction.gpu_decode import GpuDecoder, decode_with_fallback, gpu_refusal
+from featpipe.extraction.runner import BatchLimit, forward_adaptive, is_out_of_memory
+from featpipe.models import DataConfig
+
+from .conftest import TINY_MODEL, make_images
+
+CPU = torch.device("cpu")
+
+
+def _jpeg(size=(64, 48), **save) -> bytes:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(save.pop("mode", "RGB")).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def _rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg(exif=exif.tobytes())
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (_jpeg(), None),
+    (_jpeg(quality=60), None),
+    (_png(), "not a JPEG"),
+    (_jpeg(mode="CMYK"), "CMYK JPEG"),
+    (_jpeg(mode="L"), "L JPEG"),
+    (_jpeg(progressive=True), "progressive JPEG"),
+    (_rotated(), "EXIF-rotated"),
+    (b"\xff\xd8\xff\xe0 garbage", "unreadable header"),
+    (b"", "not a JPEG"),
+], ids=["baseline", "q60", "png", "cmyk", "gray", "progressive", "exif", "garbage", "empty"])
+def test_which_files_the_gpu_decodes(data, reason):
+    assert gpu_refusal(data, max_pixels=10**8) == reason
+
+
+def test_too_many_pixels_go_to_the_cpu_which_calls_them_a_bomb():
+    assert gpu_refusal(_jpeg((64, 48)), max_pixels=1000) == "too many pixels"
+
+
+class FakeDecoder:
+    """torchvision.io.decode_jpeg's contract on the CPU, refusing bytes that start with b'BAD'
+    (as nvJPEG refuses a corrupt file: the whole batch fails, no partial results)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, datas, device):
+        self.calls.append(len(datas))
+        if any(bytes(d[:3].tolist()) == b"BAD" for d in datas):
+            raise RuntimeError("nvjpegDecodeBatched failed")
+        return [torch.full((3, 4, 4), int(d[0]), dtype=torch.uint8) for d in datas]
+
+
+def test_a_batch_the_decoder_rejects_is_retried_file_by_file():
+    datas = [torch.tensor(list(b), dtype=torch.uint8) for b in (b"\x01ok", b"BAD", b"\x03ok")]
+    fake = FakeDecoder()
+    out = decode_with_fallback(datas, fake, CPU)
+    assert fake.calls == [3, 1, 1, 1]  # the batch, then each file
+    assert out[1] is None  # the CPU takes it
+    assert int(out[0][0, 0, 0]) == 1 and int(out[2][0, 0, 0]) == 3
+    fake = FakeDecoder()
+    assert len(decode_with_fallback(datas[::2], fake, CPU)) == 2 and fake.calls == [2]  # one call when all go
+
+
+def test_gpu_crops_match_the_cpu_torch_resampler(tmp_path):
+    """The GPU path's arithmetic (torchvision's decoder, then resize in float), run on the CPU."""
+    from featpipe.extraction.preprocess import Preprocessor
+
+    config = DataConfig(crop=(32, 32), resize=36, crop_mode="center", interpolation="bicubic",
+                        mean=(0.5,) * 3, std=(0.5,) * 3, resampler="torch")
+    decoder = GpuDecoder(config, CPU, decoder=lambda datas, device: __import__("torchvision").io.decode_jpeg(
+        datas, mode=__import__("torchvision").io.ImageReadMode.RGB, device=device))
+    paths = []
+    for i, size in enumerate([(120, 90), (90, 160), (300, 200)]):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(_jpeg(size, quality=90))
+    crops = decoder([p.read_bytes() for p in paths])
+    cpu = Preprocessor(config)
+    for path, crop in zip(paths, crops, strict=True):
+        want = cpu.load(path).astype(int)
+        got = crop.numpy().astype(int)
+        assert got.shape == want.shape == (32, 32, 3)
+        assert np.abs(got - want).max() <= 2  # libjpeg both ways; the resize within rounding
+
+
+def _odd_files(folder: Path) -> dict[str, str | None]:
+    """Files each decoder must handle, and the failure reason expected (None: a valid row)."""
+    good = (folder / "class_0" / "img_000.jpg").read_bytes()
+    (folder / "class_0" / "cmyk.jpg").write_bytes(_jpeg((70, 50), mode="CMYK"))
+    (folder / "class_0" / "progressive.jpg").write_bytes(_jpeg((70, 50), progressive=True))
+    (folder / "class_0" / "rotated.jpg").write_bytes(_rotated())
+    (folder / "class_1" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "class_1" / "nvjpeg_says_no.jpg").write_bytes(_jpeg((60, 60), quality=80))
+    return {"cut.jpg": "truncated"}
+
+
+def test_gpu_path_end_to_end_on_cpu_with_a_fake_gpu_decoder(tmp_path, monkeypatch):
+    """run_partition with --decode gpu's plumbing on the CPU: torchvision's CPU decoder plays nvJPEG and
+    refuses one file it could decode; every row comes out once, close to the exact path, failures kept."""
+    import torchvision
+
+    from featpipe.extraction import runner
+
+    images = make_images(tmp_path / "images", classes=2, per_class=6)
+    _odd_files(images)
+    exact = featpipe.load(extract(ExtractConfig(images, tmp_path / "exact.h5", model=TINY_MODEL, weights="random",
+                                                batch_size=4)).output)
+    calls = []
+
+    def fake_nvjpeg(datas, device):
+        calls.append(len(datas))
+        if any(bytes(d[-8:].tolist()) == (images / "class_1" / "nvjpeg_says_no.jpg").read_bytes()[-8:] for d in datas):
+            raise RuntimeError("nvjpeg: unsupported")
+        return torchvision.io.decode_jpeg(list(datas), mode=torchvision.io.ImageReadMode.RGB, device=device)
+
+    real_init = runner.Extractor.__init__
+
+    def init(self, spec):  # the decode choice as on a GPU, the device a CPU
+        real_init(self, spec)
+        self.gpu_decoder = GpuDecoder(self.data_config, self.device, decoder=fake_nvjpeg)
+
+    monkeypatch.setattr(runner.Extractor, "__init__", init)
+    gpu = featpipe.load(extract(ExtractConfig(images, tmp_path / "gpu.h5", model=TINY_MODEL, weights="random",
+                                              batch_size=4)).output)
+    assert calls and max(calls) > 1  # batches went to the "GPU" decoder
+    assert list(gpu.paths) == list(exact.paths)
+    np.testing.assert_array_equal(gpu.valid, exact.valid)
+    bad = dict(zip(gpu.errors["path"], gpu.errors["reason"], strict=True))
+    assert list(bad) == ["class_1/cut.jpg"] and "truncated" in bad["class_1/cut.jpg"]
+    a, b = exact.X()[exact.valid], gpu.X()[gpu.valid]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos
+
+
+# ---------------------------------------------------------------- --batch-size auto
+
+
+def test_out_of_memory_is_told_from_other_errors():
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_forward_adaptive_halves_and_keeps_every_row_once_in_order():
+    seen = []
+
+    def forward(x):
+        if len(x) > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.append(len(x))
+        return {"f": x[:, None].astype(np.float32)}, 0.1
+
+    limit = BatchLimit(32, adaptive=True)
+    out, seconds = forward_adaptive(forward, np.arange(20), limit)
+    np.testing.assert_array_equal(out["f"][:, 0], np.arange(20))
+    assert limit.size == 5 and seen == [5] * 4 and seconds == pytest.approx(0.4)  # 20 -> 10 -> 5
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a fixed --batch-size does not hide the error
+        forward_adaptive(forward, np.arange(20), BatchLimit(8, adaptive=False))
+    with pytest.raises(RuntimeError, match="shape"):  # nor does auto hide other errors
+
+        def broken(x):
+            raise RuntimeError("shape mismatch")
+
+        forward_adaptive(broken, np.arange(4), BatchLimit(8, adaptive=True))
+
+
+def test_batch_size_auto_survives_out_of_memory_with_the_same_features(tmp_path, monkeypatch):
+    from featpipe.extraction import runner
+
+    images = make_images(tmp_path / "images", classes=2, per_class=15)
+    ref = featpipe.load(extract(ExtractConfig(images, tmp_path / "ref.h5", model=TINY_MODEL, weights="random",
+                                              batch_size=8)).output)
+    real = runner.Extractor.forward
+    sizes = []
+
+    def forward(self, pixels):
+        if len(pixels) > 6:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        sizes.append(len(pixels))
+        return real(self, pixels)
+
+    monkeypatch.setattr(runner.Extractor, "forward", forward)
+    summary = extract(ExtractConfig(images, tmp_path / "auto.h5", model=TINY_MODEL, weights="random",
+                                    batch_size="auto", partition_size=32))
+    got = featpipe.load(summary.output)
+    assert summary.failed == 0 and got.valid.all() and list(got.paths) == list(ref.paths)
+    assert max(sizes) <= 6 and sum(sizes) == 30  # 30 -> 15 -> 7 -> 3: every image forwarded once
+    np.testing.assert_allclose(got.X(), ref.X(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_is_a_count_or_auto(tmp_path, image_folder):
+    from featpipe.errors import UsageError
+
+    for bad in (0, "big", 2.5):
+        with pytest.raises(UsageError, match="--batch-size must be"):
+            extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
+                                  batch_size=bad))
+
+
+def test_decode_auto_on_cpu_is_exact_and_recorded_as_asked(tmp_path, image_folder):
+    import json
+
+    import h5py
+
+    out = extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
+                                decode="auto", device="cpu")).output
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["data_config"])["decode"] == "exact"
+        assert json.loads(f.attrs["request"])["decode"] == "auto:cpu"
+
+
+def test_decode_gpu_needs_cuda(tmp_path, image_folder):
+    from featpipe.errors import UsageError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="--decode gpu needs a CUDA device"):
+        extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
+                              decode="gpu", device="cpu"))
