@@ -244,3 +244,99 @@ def test_decode_gpu_needs_cuda(tmp_path, image_folder):
     with pytest.raises(UsageError, match="--decode gpu needs a CUDA device"):
         extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
                               decode="gpu", device="cpu"))
+
+
+# ---------------------------------------------------------------- --devices
+
+
+def test_device_lists():
+    from featpipe.errors import UsageError
+    from featpipe.extraction.devices import parse_devices
+
+    assert parse_devices("all", 4) == ("cuda:0", "cuda:1", "cuda:2", "cuda:3")
+    assert parse_devices("cuda:1, cuda:0", 2) == ("cuda:1", "cuda:0")
+    assert parse_devices("0,2", 3) == ("cuda:0", "cuda:2")
+    for text, count, message in [("all", 0, "no CUDA GPU"), ("cuda:2", 2, "has 2 GPU"), ("cuda:0,cuda:0", 2, "twice"),
+                                 ("gpu0", 2, "cuda:0,cuda:1"), ("cuda:1", 0, "has 0 GPU")]:
+        with pytest.raises(UsageError, match=message):
+            parse_devices(text, count)
+
+
+def test_devices_all_plans_one_worker_per_visible_gpu(monkeypatch, tmp_path):
+    from featpipe.extraction import run
+    from featpipe.extraction.devices import WorkerSlot, device_of_worker
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    config = ExtractConfig(tmp_path, tmp_path / "f.h5", model=TINY_MODEL, devices="all", batch_size="auto")
+    devices = run._devices(config)
+    assert devices == ("cuda:0", "cuda:1", "cuda:2")
+    plan, slots = run._work_plan(config, on_cpu=False, devices=devices)
+    assert plan.devices == (WorkerSlot("0", "cuda:0"), WorkerSlot("1", "cuda:1"), WorkerSlot("2", "cuda:2"))
+    assert slots == 2 and plan.auto_batch and plan.batch_size == 1024
+    assert device_of_worker(plan.devices, 1) == "cuda:1"  # a LocalCluster names its workers 0, 1, ...
+
+
+def test_devices_conflicting_options(tmp_path, image_folder):
+    from featpipe.errors import UsageError
+
+    for kw, message in [({"scheduler": "tcp://127.0.0.1:1"}, "dask worker"), ({"device": "cpu"}, "disagree")]:
+        with pytest.raises(UsageError, match=message):
+            extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
+                                  devices="all", **kw))
+
+
+def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
+    """Two local workers, each told its own device (both the CPU here): rows complete, none twice,
+    the same features as one worker, and both workers ran partitions."""
+    from featpipe.extraction import devices as devices_mod
+    from featpipe.extraction import distributor, runner
+
+    images = make_images(tmp_path / "images", classes=2, per_class=10)
+    ref = featpipe.load(extract(ExtractConfig(images, tmp_path / "ref.h5", model=TINY_MODEL, weights="random",
+                                              batch_size=4, device="cpu")).output)
+    spec = runner.ExtractorSpec(TINY_MODEL, "random", 0, ("pooled",), "avg", "cpu", "fp32")
+    slots = (devices_mod.WorkerSlot("0", "cpu"), devices_mod.WorkerSlot("1", "cpu"))
+    seen = []
+    real = runner.device_of_worker
+    monkeypatch.setattr(runner, "device_of_worker", lambda s, name: seen.append(name) or real(s, name))
+    paths = tuple(str(p.relative_to(images)) for p in sorted(images.rglob("*.*")))
+    tasks = [runner.PartitionTask(k, start, str(images), paths[start:start + 4]) for k, start in
+             enumerate(range(0, len(paths), 4))]
+    plan = runner.WorkPlan(4, devices=slots, torch_threads=1)
+    with distributor.dask_client(None, slots=1, workers=2) as client:
+        results = sorted(distributor.run_partitions(client, spec, tasks, plan, key_prefix="t"), key=lambda r: r.start)
+    assert sorted(set(seen)) == [0, 1]  # both workers took partitions
+    assert [r.start for r in results] == list(range(0, len(paths), 4))
+    got = np.concatenate([r.features["pooled"] for r in results])
+    order = [paths.index(p) for p in ref.paths]
+    np.testing.assert_allclose(got[order], ref.X(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- what bounded the run
+
+
+def test_bottleneck_weighs_each_stage_by_its_parallel_workers(tmp_path):
+    from featpipe.extraction.run import ExtractSummary, bottleneck
+
+    def summary(timings, parallel):
+        return ExtractSummary(tmp_path, 100, 0, 100, 0, 10.0, timings, parallel=parallel)
+
+    # 16 decode threads busy 60 s in a 10 s run: 37%; one GPU busy 9 s: 90% -> the forward pass.
+    stage, busy, advice = bottleneck(summary({"decode": 60.0, "forward": 9.0, "copy": 0.5, "write": 0.2},
+                                             {"decode": 16, "forward": 1, "copy": 1}))
+    assert stage == "forward" and busy == pytest.approx(0.9) and "bf16" in advice
+    stage, busy, advice = bottleneck(summary({"decode": 150.0, "forward": 4.0}, {"decode": 16, "forward": 1}))
+    assert stage == "decode" and busy == pytest.approx(150 / 160) and "--decode fast" in advice
+    assert bottleneck(ExtractSummary(tmp_path, 5, 0, 0, 1, 0.0, {})) is None  # nothing computed
+
+
+def test_the_summary_says_what_bounded_the_run(tmp_path, image_folder):
+    from typer.testing import CliRunner
+
+    from featpipe.cli import app
+
+    result = CliRunner().invoke(app, ["extract", str(image_folder), "-o", str(tmp_path / "f.h5"), "--model",
+                                      TINY_MODEL, "--weights", "random", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "bounded by " in result.output and "what would help: " in result.output

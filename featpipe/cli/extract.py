@@ -142,6 +142,13 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
             f"{t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, write {t.get('write', 0):.1f} s "
             "(forward and decode summed over parallel streams, overlapped)"
         )
+        from ..extraction.run import bottleneck
+
+        bound = bottleneck(s)
+        if bound is not None:
+            stage, busy, advice = bound
+            console.print(f"bounded by {stage} (busy {100 * min(busy, 1):.0f}% of the compute time); "
+                          f"what would help: {advice}", markup=False, highlight=False)
     for path, reason in s.errors[:5]:
         console.print(f"  failed: {path}: {reason}", markup=False, highlight=False)
     if s.failed > 5:
@@ -242,6 +249,7 @@ def extract_command(
     partition_size: Annotated[Optional[int], typer.Option(help="Rows per partition (unit of work and of resume).")] = None,
     streams: Annotated[Optional[int], typer.Option(help="CPU: partitions computed at once, sharing the cores (default: min(cores, 4)).")] = None,
     decode_threads: Annotated[Optional[int], typer.Option(help="GPU: threads decoding images ahead of the device (default: the cores).")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Several GPUs: all, or a list such as cuda:0,cuda:1; one worker (and one copy of the model) per GPU.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
     shard_dir: Annotated[Optional[str], typer.Option(help="Folder or fsspec URL (s3://...) that every worker reaches: workers write finished partitions there (default: OUTPUT.parts, written by this process).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
@@ -273,6 +281,7 @@ def extract_command(
             partition_size=partition_size,
             streams=streams,
             decode_threads=decode_threads,
+            devices=devices,
             scheduler=scheduler,
             shard_dir=shard_dir,
             overwrite=overwrite,

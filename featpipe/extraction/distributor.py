@@ -59,8 +59,9 @@ def _quiet_dask() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.Client]:  # noqa: F821
-    """A client of the given scheduler, or of a fresh local in-process cluster with ``slots`` threads."""
+def dask_client(scheduler: str | None, slots: int = 2, workers: int = 1) -> Iterator[distributed.Client]:  # noqa: F821
+    """A client of the given scheduler, or of a fresh local in-process cluster of ``workers`` workers
+    (--devices: one per GPU) with ``slots`` threads each."""
     import distributed
 
     if scheduler:
@@ -78,7 +79,7 @@ def dask_client(scheduler: str | None, slots: int = 2) -> Iterator[distributed.C
         stack.enter_context(_quiet_dask())
         with dask.config.set(QUIET_LOCAL_CLUSTER):  # read when the servers are built
             cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=1,
+                n_workers=workers,
                 threads_per_worker=slots,
                 processes=False,
                 # No dashboard (the progress bar reports); its HTTP server on any free port, never 8787.

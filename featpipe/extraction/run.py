@@ -68,6 +68,7 @@ class ExtractConfig:
     partition_size: int | None = None  # default: about 50 partitions, at most MAX_PARTITION rows
     streams: int | None = None  # CPU: partitions computed at once; default min(cores, 4)
     decode_threads: int | None = None  # GPU: decode threads feeding the device; default: the cores
+    devices: str | None = None  # "all" or "cuda:0,cuda:1": one local worker per GPU (see extraction/devices.py)
     # An int is a count of images, a float a fraction of all images (0.05 = 5%); None: no limit.
     max_failures: int | float | None = None
     max_pixels: int = MAX_PIXELS
@@ -113,6 +114,8 @@ class ExtractSummary:
     changes: dict[str, int] = field(default_factory=dict)  # unchanged, added, changed, removed, retried
     layers_added: tuple[str, ...] = ()
     wall_seconds: float = 0.0  # the whole call, model build and merge included
+    # How many of each stage ran side by side (decode threads or CPU streams; forward passes at once).
+    parallel: dict[str, int] = field(default_factory=dict)
 
     @property
     def valid(self) -> int:
@@ -136,6 +139,11 @@ def check_settings(config: ExtractConfig) -> None:
     check_resampler(config.resampler)
     config.views.check()
     check_decode(config.decode)
+    if config.devices is not None and config.scheduler:
+        raise UsageError("--devices builds a local cluster, one worker per GPU; with --scheduler start one "
+                         "`dask worker` per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out --devices")
+    if config.devices is not None and config.device not in ("auto", "cuda"):
+        raise UsageError(f"--devices {config.devices!r} and --device {config.device!r} disagree; give one of them")
     if config.dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     for name in ("streams", "decode_threads"):
@@ -191,8 +199,9 @@ def _partition_size(config: ExtractConfig, n: int, slots: int, on_cpu: bool = Tr
     return size
 
 
-def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
-    """How partitions run, and how many task slots the local Dask worker gets."""
+def _work_plan(config: ExtractConfig, on_cpu: bool, devices: tuple[str, ...] = ()) -> tuple[WorkPlan, int]:
+    """How partitions run, and how many task slots each local Dask worker gets."""
+    from .devices import worker_devices
     from .runner import WorkPlan, cpu_cores
 
     batch = {"batch_size": _first_batch(config, on_cpu), "max_pixels": config.max_pixels,
@@ -205,7 +214,9 @@ def _work_plan(config: ExtractConfig, on_cpu: bool) -> tuple[WorkPlan, int]:
         # core busy while others decode, few enough to bound activation memory.
         streams = config.streams or min(cores, 4)
         return WorkPlan(**batch, torch_threads=max(1, cores // streams)), streams
-    return WorkPlan(**batch, decode_threads=config.decode_threads or cores), 2
+    # A GPU worker has two slots, so the next partition decodes while this one runs; --devices' workers
+    # (one per GPU, in this process) share one pool of decode threads.
+    return WorkPlan(**batch, decode_threads=config.decode_threads or cores, devices=worker_devices(devices)), 2
 
 
 def _max_failures(config: ExtractConfig, n: int) -> int | None:
@@ -485,14 +496,16 @@ def _build_and_extract(config: ExtractConfig, samples: SampleList, model: str, r
 
     from .runner import Extractor, ExtractorSpec, resolve_device
 
+    devices = _devices(config)
     spec = ExtractorSpec(
         model=model,
         weights=config.weights,
         seed=config.seed,
         layers=tuple(config.layers),
         pool=config.pool,
-        # On a cluster each worker resolves the device itself; locally, now.
-        device=config.device if config.scheduler else resolve_device(config.device),
+        # On a cluster each worker resolves the device itself; locally, now (--devices: the client's copy
+        # on the first GPU, each worker its own).
+        device=config.device if config.scheduler else devices[0] if devices else resolve_device(config.device),
         precision=config.precision,
         resampler=config.resampler,
         views=config.views,
@@ -523,6 +536,17 @@ def _optimize_if_worth_it(spec: ExtractorSpec, ex: Extractor, computed: int) -> 
     if worth:
         ex.optimize()
     return replace(spec, optimize=worth)
+
+
+def _devices(config: ExtractConfig) -> tuple[str, ...]:
+    """--devices as device names (checked against the GPUs this machine has); () without it."""
+    if config.devices is None:
+        return ()
+    import torch
+
+    from .devices import parse_devices
+
+    return parse_devices(config.devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def _identity(config: ExtractConfig, ex: Extractor) -> dict:
@@ -621,7 +645,8 @@ def _extract(
         spec = _optimize_if_worth_it(spec, ex, len(todo))
         if not config.scheduler:  # the in-process worker reuses the client's network; released at the end
             held.enter_context(extractor_in_use(spec, ex))
-        plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu")
+        devices = _devices(config)
+        plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu", devices=devices)
         part_size = _partition_size(config, len(todo), slots, on_cpu=spec.device == "cpu")
         tasks = [PartitionTask(k, start, **samples.task_input(todo[start:stop]))
                  for k, (start, stop) in enumerate(samples.partitions(todo, part_size))]
@@ -650,7 +675,7 @@ def _extract(
         if tasks:
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
-                with distributor.dask_client(config.scheduler, slots) as client:
+                with distributor.dask_client(config.scheduler, slots, workers=max(1, len(devices))) as client:
                     timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
@@ -662,8 +687,8 @@ def _extract(
                             writer.write_shard(shard, result, config.dtype, ids)
                         new_shards.append((shard, np.arange(len(result)), rows))
                         timings["write"] += time.perf_counter() - t0
-                        for key in ("decode", "forward"):
-                            timings[key] += result.timings[key]
+                        for key, value in result.timings.items():  # decode, forward; on a GPU copy, gpu_decode
+                            timings[key] = timings.get(key, 0.0) + value
                         failed += len(result.errors)
                         computed += len(result)
                         done_rows += len(result)
@@ -696,9 +721,43 @@ def _extract(
         parts.remove()
         timings["write"] += time.perf_counter() - t0
     summary = _summary(config.output, computed, len(reused), elapsed, timings, wall=time.perf_counter() - t_start)
+    if tasks:
+        on_cpu = spec.device == "cpu"
+        gpus = max(1, len(devices))
+        summary.parallel = {"decode": slots if on_cpu else plan_w.decode_threads or 1,
+                            "forward": slots if on_cpu else gpus, "copy": gpus, "gpu_decode": gpus}
     if prev.file is not None:
         summary.updated, summary.changes, summary.layers_added = True, plan.changes, plan.layers_added
     return summary
+
+
+# What helps when a stage bounds the run (see bottleneck).
+_ADVICE = {
+    "decode": "reading and decoding images (on the CPU): more cores or --decode-threads on a GPU host; "
+              "--decode fast for photos much larger than the network's input; --decode gpu on a GPU",
+    "gpu_decode": "nvJPEG decoding and resizing on the GPU: larger batches (--batch-size auto), or "
+                  "--decode exact to share the work with the CPU's cores",
+    "forward": "the network's forward pass: a GPU instead of the CPU, --precision bf16 or fp16 on a GPU, "
+               "more GPUs (--devices all), or a smaller model",
+    "copy": "host-to-device copies: larger batches; --decode gpu sends compressed JPEGs instead of pixels",
+    "write": "writing features: fewer or smaller layers (--pool, --layer), --dtype float16",
+}
+
+
+def bottleneck(summary: ExtractSummary) -> tuple[str, float, str] | None:
+    """The stage that bounded the run, the share of the compute time it was busy (summed seconds over
+    the workers that ran it side by side), and what would help; None when nothing was computed.
+
+    Reading files is part of ``decode`` (Pillow reads as it decodes)."""
+    t, seconds = summary.timings, summary.seconds
+    if not summary.computed or seconds <= 0:
+        return None
+    busy = {stage: t.get(stage, 0.0) / (seconds * max(1, summary.parallel.get(stage, 1)))
+            for stage in ("decode", "gpu_decode", "forward", "copy", "write") if t.get(stage)}
+    if not busy:
+        return None
+    stage = max(busy, key=busy.get)
+    return stage, busy[stage], _ADVICE[stage]
 
 
 def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleList,

@@ -34,6 +34,7 @@ from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
 from ..store import augmented_name
 from .decode import MAX_PIXELS, BadImage, PixelBudget
+from .devices import WorkerSlot, device_of_worker
 from .gpu_decode import GpuDecoder, gpu_refusal
 from .inputs import open_partition
 from .preprocess import Preprocessor, resolve_resampler
@@ -236,11 +237,12 @@ def _free_device_memory() -> None:
 
 def get_extractor(spec: ExtractorSpec) -> Extractor:
     """The process's extractor for ``spec``, built on first use (each Dask worker loads the model once);
-    building one for another spec lets the previous one go."""
+    building one for another spec lets the previous one on the same device go (--devices: one per GPU)."""
     with _extractors_lock:
         if spec not in _extractors:
-            dropped = bool(_extractors)
-            _extractors.clear()
+            dropped = [s for s in _extractors if s.device == spec.device]
+            for old in dropped:
+                del _extractors[old]
             if dropped:
                 _free_device_memory()
             _extractors[spec] = Extractor(spec)
@@ -264,6 +266,7 @@ def release_extractor(spec: ExtractorSpec) -> None:
         _extractors.pop(spec, None)
         _runs = max(0, _runs - 1)
         if _runs == 0:
+            _extractors.clear()  # --devices: the other GPUs' copies too
             _release_pool()
     _free_device_memory()
 
@@ -322,6 +325,7 @@ class WorkPlan:
     # cores: two one-thread workers on 2 cores run 1 torch thread each, not 2 (4 OpenMP threads on 2 cores
     # spin-wait for each other). A host not listed (a worker that joined later) counts its own threads only.
     host_threads: tuple[tuple[str, int], ...] = ()
+    devices: tuple[WorkerSlot, ...] = ()  # --devices: each local worker's GPU (see devices.py)
 
 
 def cpu_cores() -> int:
@@ -370,6 +374,10 @@ class PartitionTask:
 
 def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> PartitionResult:
     """Decode, preprocess and forward every image of ``task``."""
+    if plan.devices:  # --devices: this worker's own GPU, and its own copy of the network there
+        import distributed
+
+        spec = replace(spec, device=device_of_worker(plan.devices, distributed.get_worker().name))
     ex = get_extractor(spec)
     on_cpu = ex.device.type == "cpu"
     if on_cpu:

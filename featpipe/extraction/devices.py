@@ -1,0 +1,59 @@
+"""--devices: one Dask worker per GPU, each with its own copy of the network.
+
+``parse_devices`` turns the option into device names; ``worker_devices`` is the
+plan the local cluster is built from (worker name -> device). The workers run in
+the client's process and share its decode threads (Pillow and nvJPEG release
+the GIL). Both are plain functions of their inputs (the GPU count is passed in),
+so they are tested without a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+
+def parse_devices(text: str, gpu_count: int) -> tuple[str, ...]:
+    """'all' -> every visible GPU; 'cuda:0,cuda:1' (or '0,1') -> those, checked against ``gpu_count``.
+
+    Raises:
+        UsageError: no GPU, an unknown or repeated device, or a GPU this machine does not have.
+    """
+    if text.strip() == "all":
+        if gpu_count < 1:
+            raise UsageError("--devices all: this machine has no CUDA GPU; leave out --devices (or use --device cpu)")
+        return tuple(f"cuda:{i}" for i in range(gpu_count))
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        index = part.removeprefix("cuda:")
+        if not index.isdigit():
+            raise UsageError(f"--devices takes all or a list such as cuda:0,cuda:1, got {part!r} in {text!r}")
+        if int(index) >= gpu_count:
+            have = f"cuda:0 .. cuda:{gpu_count - 1}" if gpu_count else "none"
+            raise UsageError(f"--devices {text!r}: this machine has {gpu_count} GPU(s) ({have})")
+        name = f"cuda:{int(index)}"
+        if name in out:
+            raise UsageError(f"--devices {text!r} names {name} twice; give each GPU once")
+        out.append(name)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One local Dask worker: its name (a LocalCluster names its workers 0, 1, ...) and its device."""
+
+    name: str
+    device: str
+
+
+def worker_devices(devices: tuple[str, ...]) -> tuple[WorkerSlot, ...]:
+    """One worker per device, in the order given."""
+    return tuple(WorkerSlot(str(i), d) for i, d in enumerate(devices))
+
+
+def device_of_worker(slots: tuple[WorkerSlot, ...], worker_name) -> str:
+    """The device of the local worker called ``worker_name`` (a task asks which worker runs it)."""
+    for slot in slots:
+        if slot.name == str(worker_name):
+            return slot.device
+    raise UsageError(f"worker {worker_name!r} is not one of --devices' workers ({', '.join(s.name for s in slots)})")
