@@ -200,11 +200,11 @@ def test_batch_size_auto_survives_out_of_memory_with_the_same_features(tmp_path,
     real = runner.Extractor.forward
     sizes = []
 
-    def forward(self, pixels):
+    def forward(self, pixels, timings=None):
         if len(pixels) > 6:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
         sizes.append(len(pixels))
-        return real(self, pixels)
+        return real(self, pixels, timings)
 
     monkeypatch.setattr(runner.Extractor, "forward", forward)
     summary = extract(ExtractConfig(images, tmp_path / "auto.h5", model=TINY_MODEL, weights="random",

@@ -136,7 +136,6 @@ class Extractor:
         )
         self.network: torch.nn.Module = self.tapped
         self.optimized = False
-        self.copy_seconds = 0.0
         self.batch_limits: dict[tuple[int, bool], BatchLimit] = {}  # see _batch_limit
         # --decode gpu: nvJPEG and the GPU's resize for the JPEGs it takes (see gpu_decode.py).
         self.gpu_decoder = GpuDecoder(self.data_config, self.device) if self.data_config.decode == "gpu" else None
@@ -196,11 +195,12 @@ class Extractor:
             (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
              torch.backends.cuda.matmul.allow_tf32) = saved
 
-    def forward(self, pixels: np.ndarray | torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
+    def forward(self, pixels: np.ndarray | torch.Tensor, timings: dict | None = None
+                ) -> tuple[dict[str, np.ndarray], float]:
         """uint8 (B, H, W, 3) crops (host or device) -> ({layer: float32 (B, D)}, seconds on the device).
 
-        On a GPU the seconds are the forward pass alone; ``self.copy_seconds`` adds up the
-        host-to-device copies (waited for, so the two are told apart).
+        On a GPU the seconds are the forward pass alone; the host-to-device copy (waited for, so the
+        two are told apart) is added to ``timings['copy']`` when ``timings`` is given.
         """
         with self._lock, torch.inference_mode(), self._cuda_flags():
             t0 = time.perf_counter()
@@ -209,7 +209,8 @@ class Extractor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
                 t1 = time.perf_counter()
-                self.copy_seconds += t1 - t0
+                if timings is not None:
+                    timings["copy"] = timings.get("copy", 0.0) + t1 - t0
                 t0 = t1
             x = self.preprocess.batch(x)
             with self._autocast():
@@ -434,7 +435,7 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
         crops.clear()
         if not done:
             return
-        out, seconds = forward_adaptive(ex.forward, batch, limit)
+        out, seconds = forward_adaptive(lambda x: ex.forward(x, timings), batch, limit)
         timings["forward"] += seconds
         for name, values in out.items():
             per_row = values.reshape(len(done), views, -1)  # a row's views are consecutive
@@ -449,7 +450,6 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
                 features[aug][done] = per_row[:, tta:].reshape(len(done), -1)
         valid[done] = True
 
-    copy_before = ex.copy_seconds
     if on_cpu:
         decoded = (decode(i) for i in range(n))  # this stream decodes, the others compute
     else:
@@ -465,8 +465,6 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
         if len(rows) * views >= limit.size:  # --batch-size counts network inputs, views included
             flush()
     flush()
-    if not on_cpu:
-        timings["copy"] = ex.copy_seconds - copy_before  # this partition's share, give or take a concurrent one
     if not features:  # every image failed: shapes come from a dry forward
         out, _ = ex.forward(np.zeros((1, *ex.data_config.crop, 3), np.uint8))
         features = {k: np.full((n, v.shape[1]), np.nan, np.float32) for k, v in out.items()}
