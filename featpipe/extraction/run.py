@@ -135,7 +135,7 @@ def check_settings(config: ExtractConfig) -> None:
     """
     bs = config.batch_size
     if bs != "auto" and not (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
-        raise UsageError(f"--batch-size must be a number of images (at least 1) or auto, got {bs!r}")
+        raise UsageError(f"--batch-size must be at least 1, got {bs!r} (or auto: the largest that fits)")
     check_resampler(config.resampler)
     config.views.check()
     check_decode(config.decode)
