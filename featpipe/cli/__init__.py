@@ -19,6 +19,12 @@ import typer.main
 
 from ..errors import FeatpipeError
 
+# The parser's own errors (bad option values, missing options, unknown commands) are click's ClickException,
+# which lives in click (older typer), in typer's own copy of click (0.26 on), and there as a subclass of
+# typer.exceptions.TyperException (0.28 on): found by name, it is the right class in every typer
+# pyproject.toml allows (`make test-min` runs the lowest).
+ParseError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 # Every command, in the order --help lists them (the flow): its module here, and the first line
 # of its docstring. `featpipe --help` lists them from this table, and `featpipe CMD` imports only
 # CMD's module, so neither pays for torch, Dask or scikit-learn unless the command uses them.
@@ -120,7 +126,7 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         raise SystemExit(130) from None
-    except typer.exceptions.TyperException as exc:  # bad option values, missing options, unknown commands
+    except ParseError as exc:  # bad option values, missing options, unknown commands
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if not message:  # no arguments at all: the help was shown
             raise SystemExit(getattr(exc, "exit_code", 2)) from None
