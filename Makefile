@@ -46,8 +46,8 @@ MIN_VENV ?= .venv-min
 test-min:
 	$(PYTHON) -m venv --system-site-packages $(MIN_VENV)
 	$(PYTHON) .ci/lowest.py --skip torch,torchvision > $(MIN_VENV)/lowest.txt
-	$(MIN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(MIN_VENV)/lowest.txt \
-		'pytest>=7.4' 'pytest-timeout>=2.2'
+	# With the test extras, so that pip picks test tools (s3fs, moto) that work with the pinned versions.
+	$(MIN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(MIN_VENV)/lowest.txt -e '.[dev]'
 	PYTHONPATH=$(CURDIR) $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: install
