@@ -107,7 +107,19 @@ def test_frozen_stages_and_batchnorm_statistics_are_bit_identical(tmp_path, labe
 
 
 def test_batchnorm_train_policy_updates_only_unfrozen_stages(tmp_path, labelled):
-    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=1))
+    # The policy itself: one training-mode forward pass moves the statistics of unfrozen stages only.
+    net = featpipe.models.create_architecture(featpipe.models.resolve(TINY_MODEL))
+    groups = groups_of_test_resnet()
+    from featpipe.finetune.blocks import set_train_mode
+
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
+    set_train_mode(net, groups, trainable_groups(groups, "1"), "train")
+    net(torch.randn(4, 3, 64, 64))
+    moved = {k for k, v in net.state_dict().items() if "running_" in k and not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("layer4.") for k in moved)
+    # End to end, the audit of the kept weights says the same (two epochs: the probe alone is not kept).
+    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=2))
+    assert result.best_epoch > 0, "the linear probe was kept: the audit below would compare it with itself"
     rows = {r["group"]: r for r in result.audit}
     assert rows["layer4"]["bn_changed"] == rows["layer4"]["bn_statistics"] > 0
     assert rows["layer3"]["bn_changed"] == 0 and rows["layer1"]["bn_changed"] == 0
