@@ -118,7 +118,7 @@ def test_batchnorm_train_policy_updates_only_unfrozen_stages(tmp_path, labelled)
     moved = {k for k, v in net.state_dict().items() if "running_" in k and not torch.equal(v, before[k])}
     assert moved and all(k.startswith("layer4.") for k in moved)
     # End to end, the audit of the kept weights says the same (two epochs: the probe alone is not kept).
-    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=2))
+    result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=2, lr=1e-3))
     assert result.best_epoch > 0, "the linear probe was kept: the audit below would compare it with itself"
     rows = {r["group"]: r for r in result.audit}
     assert rows["layer4"]["bn_changed"] == rows["layer4"]["bn_statistics"] > 0

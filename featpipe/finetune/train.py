@@ -51,7 +51,9 @@ class FinetuneConfig:
     weights: str = "pretrained"
     unfreeze: str = "2"  # head, a number of stages from the top, or all
     epochs: int = 10
-    lr: float = 1e-3
+    # Adam at 1e-3 wrecked the linear probe's features within one epoch on the digits (training loss 7-23,
+    # validation accuracy 0.86 -> 0.10, EfficientNet-Lite0 at 64 and 96 px); 1e-4 keeps them.
+    lr: float = 1e-4
     lr_decay: float = 0.5  # each stage below the top trains at this times its upper neighbour's rate
     optimizer: str = "adam"
     schedule: str = "constant"
