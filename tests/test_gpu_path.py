@@ -274,7 +274,7 @@ def test_devices_all_plans_one_worker_per_visible_gpu(monkeypatch, tmp_path):
     plan, slots = run._work_plan(config, on_cpu=False, devices=devices)
     assert plan.devices == (WorkerSlot("0", "cuda:0"), WorkerSlot("1", "cuda:1"), WorkerSlot("2", "cuda:2"))
     assert slots == 2 and plan.auto_batch and plan.batch_size == 1024
-    assert device_of_worker(plan.devices, 1) == "cuda:1"  # a LocalCluster names its workers 0, 1, ...
+    assert device_of_worker(plan.devices, "1") == "cuda:1"  # localpool names its workers "0", "1", ...
 
 
 def test_devices_conflicting_options(tmp_path, image_folder):
@@ -287,8 +287,8 @@ def test_devices_conflicting_options(tmp_path, image_folder):
 
 
 def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
-    """Two local workers, each told its own device (both the CPU here): rows complete, none twice,
-    the same features as one worker, and both workers ran partitions."""
+    """Two local workers (threads of this process), each told its own device (both the CPU here): rows
+    complete, none twice, the same features as one worker, and both workers ran partitions."""
     from featpipe.extraction import devices as devices_mod
     from featpipe.extraction import distributor, runner
 
@@ -304,9 +304,10 @@ def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
     tasks = [runner.PartitionTask(k, start, str(images), paths[start:start + 4]) for k, start in
              enumerate(range(0, len(paths), 4))]
     plan = runner.WorkPlan(4, devices=slots, torch_threads=1)
-    with distributor.dask_client(None, slots=1, workers=2) as client:
-        results = sorted(distributor.run_partitions(client, spec, tasks, plan, key_prefix="t"), key=lambda r: r.start)
-    assert sorted(set(seen)) == [0, 1]  # both workers took partitions
+    with distributor.executor(None, slots=1, workers=2) as executor:
+        results = sorted(distributor.run_partitions(executor, spec, tasks, plan, key_prefix="t"),
+                         key=lambda r: r.start)
+    assert sorted(set(seen)) == ["0", "1"]  # both workers (each a thread of this process) took partitions
     assert [r.start for r in results] == list(range(0, len(paths), 4))
     got = np.concatenate([r.features["pooled"] for r in results])
     order = [paths.index(p) for p in ref.paths]

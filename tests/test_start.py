@@ -80,6 +80,15 @@ def test_extract_needs_no_sklearn_pandas_or_matplotlib(tmp_path, image_folder):
     assert "torch" in loaded and not loaded & {"sklearn", "pandas", "matplotlib"}, loaded
 
 
+def test_a_local_extract_never_imports_distributed(tmp_path, image_folder):
+    """Importing distributed (1.65 s of CPU) and starting a LocalCluster (0.5-1.2 s) were most of an extraction's
+    fixed cost: without --scheduler the partitions run on threads, and no Dask is imported at all."""
+    loaded = loaded_after("", tmp_path, ["extract", str(image_folder), "-o", str(tmp_path / "f.h5"), "--model",
+                                         "test_resnet", "--weights", "random", "--streams", "2", "-q"])
+    assert "torch" in loaded and not loaded & {"distributed", "dask"}, loaded
+    assert (tmp_path / "f.h5").exists()
+
+
 def test_help_lists_every_command_with_its_own_summary():
     """`featpipe --help` lists commands from a table, without importing them: it must match the commands."""
     import importlib

@@ -200,7 +200,7 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
     """Ctrl-C ends at once with one line: what is kept and how to resume.
 
     Finished partitions are already on disk, each complete under its final name; waiting for the
-    partitions in flight (and the Dask cluster's shutdown) would only delay the exit, so the process
+    partitions in flight (or a Dask client's shutdown) would only delay the exit, so the process
     leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
     """
     from ..extraction.shardstore import ShardStore, is_url

@@ -1,4 +1,4 @@
-"""Extraction: read -> preprocess -> forward -> write (shards) -> merge, distributed by Dask.
+"""Extraction: read -> preprocess -> forward -> write (shards) -> merge, on threads or a Dask cluster.
 
 ``ExtractConfig``, ``ExtractSummary`` and ``extract`` are imported on first use, so
 that ``featpipe.extraction.sources`` (say) does not load torch.

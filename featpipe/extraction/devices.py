@@ -1,9 +1,9 @@
-"""--devices: one Dask worker per GPU, each with its own copy of the network.
+"""--devices: one local worker per GPU, each with its own copy of the network.
 
 ``parse_devices`` turns the option into device names; ``worker_devices`` is the
-plan the local cluster is built from (worker name -> device). The workers run in
-the client's process and share its decode threads (Pillow and nvJPEG release
-the GIL). Both are plain functions of their inputs (the GPU count is passed in),
+plan of the local workers (worker name -> device). A local worker is a set of
+task threads of the client's process (localpool.py), named "0", "1", ...; they
+share its decode threads (Pillow and nvJPEG release the GIL). Both are plain functions of their inputs (the GPU count is passed in),
 so they are tested without a GPU.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parse_devices(text: str, gpu_count: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class WorkerSlot:
-    """One local Dask worker: its name (a LocalCluster names its workers 0, 1, ...) and its device."""
+    """One local worker: its name (localpool names them "0", "1", ...) and its device."""
 
     name: str
     device: str

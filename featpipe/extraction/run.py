@@ -1,8 +1,9 @@
 """Extract: the whole run, from a folder of images to one feature file.
 
 Plans partitions, takes the output's lock, resumes what a previous run of the
-same configuration finished, dispatches the rest to Dask, writes each result as
-a shard, and merges the shards into the final file. See ARCHITECTURE.md, "Crash safety".
+same configuration finished, dispatches the rest (to threads of this process, or
+with --scheduler to a Dask cluster: see distributor), writes each result as a
+shard, and merges the shards into the final file. See ARCHITECTURE.md, "Crash safety".
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .decode import MAX_PIXELS
 from .sources import SampleList, discover
 from .views import ViewSpec
 
-# torch, timm, Dask and the network's modules are imported once a run has work to do:
+# torch, timm, Dask (--scheduler) and the network's modules are imported once a run has work to do:
 # a finished run is recognised without them (see identity.request).
 if TYPE_CHECKING:
     from .runner import Extractor, ExtractorSpec, WorkPlan
@@ -140,7 +141,7 @@ def check_settings(config: ExtractConfig) -> None:
     config.views.check()
     check_decode(config.decode)
     if config.devices is not None and config.scheduler:
-        raise UsageError("--devices builds a local cluster, one worker per GPU; with --scheduler start one "
+        raise UsageError("--devices runs local workers, one per GPU; with --scheduler start one "
                          "`dask worker` per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out --devices")
     if config.devices is not None and config.device not in ("auto", "cuda"):
         raise UsageError(f"--devices {config.devices!r} and --device {config.device!r} disagree; give one of them")
@@ -200,7 +201,7 @@ def _partition_size(config: ExtractConfig, n: int, slots: int, on_cpu: bool = Tr
 
 
 def _work_plan(config: ExtractConfig, on_cpu: bool, devices: tuple[str, ...] = ()) -> tuple[WorkPlan, int]:
-    """How partitions run, and how many task slots each local Dask worker gets."""
+    """How partitions run, and how many task slots (threads) each local worker gets (0 on a cluster)."""
     from .devices import worker_devices
     from .runner import WorkPlan, cpu_cores
 
@@ -643,7 +644,7 @@ def _extract(
                                 already_complete=True, wall=time.perf_counter() - t_start)
         todo = np.flatnonzero(plan.compute)
         spec = _optimize_if_worth_it(spec, ex, len(todo))
-        if not config.scheduler:  # the in-process worker reuses the client's network; released at the end
+        if not config.scheduler:  # the local workers (threads) reuse the client's network; released at the end
             held.enter_context(extractor_in_use(spec, ex))
         devices = _devices(config)
         plan_w, slots = _work_plan(config, on_cpu=spec.device == "cpu", devices=devices)
@@ -675,11 +676,11 @@ def _extract(
         if tasks:
             threads_before = torch.get_num_threads()  # CPU streams change it; the caller's is restored
             try:
-                with distributor.dask_client(config.scheduler, slots, workers=max(1, len(devices))) as client:
+                with distributor.executor(config.scheduler, slots, workers=max(1, len(devices))) as executor:
                     timings["start"] = time.perf_counter() - t_work
                     t_work = time.perf_counter()  # images/s counts the compute phase; start-up is reported apart
                     for result in distributor.run_partitions(
-                        client, spec, tasks, plan_w, key_prefix=f"featpipe-{run_id}", writes=writes
+                        executor, spec, tasks, plan_w, key_prefix=f"featpipe-{run_id}", writes=writes
                     ):
                         t0 = time.perf_counter()
                         shard, rows, ids = shard_of(tasks[result.index])

@@ -33,6 +33,7 @@ from .. import models
 from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
 from ..store import augmented_name
+from . import localpool
 from .decode import MAX_PIXELS, BadImage, PixelBudget
 from .devices import WorkerSlot, device_of_worker
 from .gpu_decode import GpuDecoder, gpu_refusal
@@ -346,7 +347,7 @@ def cpu_cores() -> int:
 
 def _set_torch_threads(plan: WorkPlan) -> None:
     threads = plan.torch_threads
-    if threads is None:
+    if threads is None:  # a Dask worker (--scheduler): local runs set torch_threads (localpool.LocalExecutor.size)
         try:
             import distributed
 
@@ -375,10 +376,8 @@ class PartitionTask:
 
 def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> PartitionResult:
     """Decode, preprocess and forward every image of ``task``."""
-    if plan.devices:  # --devices: this worker's own GPU, and its own copy of the network there
-        import distributed
-
-        spec = replace(spec, device=device_of_worker(plan.devices, distributed.get_worker().name))
+    if plan.devices:  # --devices: this local worker's own GPU (by its thread's slot), and its own network there
+        spec = replace(spec, device=device_of_worker(plan.devices, localpool.worker_name()))
     ex = get_extractor(spec)
     on_cpu = ex.device.type == "cpu"
     if on_cpu:
@@ -456,6 +455,7 @@ def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> P
         pool = _decode_pool(plan.decode_threads or cpu_cores())
         decoded = _decode_ahead(decode, n, pool, lookahead=max(2, 2 * limit.size // views))
     for i, (pixels, reason, seconds) in enumerate(decoded):
+        localpool.check_stop()  # the run ended (an error, Ctrl-C in a notebook): leave now, not after the partition
         timings["decode"] += seconds
         if reason is not None:
             errors.append((task.start + i, reason))
