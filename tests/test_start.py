@@ -89,6 +89,24 @@ def test_a_local_extract_never_imports_distributed(tmp_path, image_folder):
     assert (tmp_path / "f.h5").exists()
 
 
+def test_the_cli_leaves_out_the_last_garbage_collection(tmp_path, feature_file):
+    """After `import torch, timm` the interpreter's final collection costs about 2 s: the CLI freezes the heap
+    as it ends (atexit handlers still run), also when the command failed."""
+    for argv, code in ((["info", str(feature_file)], 0), (["info", str(tmp_path / "missing.h5")], 2)):
+        probe = textwrap.dedent(f"""
+            import atexit, gc, sys
+            atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0))
+            sys.argv = ["featpipe", *{argv!r}]
+            from featpipe.cli import main
+            try:
+                main()
+            except SystemExit as exc:
+                assert (exc.code or 0) == {code}, exc.code
+        """)
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.strip().endswith("frozen True"), (r.stdout, r.stderr)
+
+
 def test_help_lists_every_command_with_its_own_summary():
     """`featpipe --help` lists commands from a table, without importing them: it must match the commands."""
     import importlib
