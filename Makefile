@@ -46,8 +46,9 @@ MIN_VENV ?= .venv-min
 test-min:
 	$(PYTHON) -m venv --system-site-packages $(MIN_VENV)
 	$(PYTHON) .ci/lowest.py --skip torch,torchvision > $(MIN_VENV)/lowest.txt
-	# With the test extras, so that pip picks test tools (s3fs, moto) that work with the pinned versions.
-	$(MIN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(MIN_VENV)/lowest.txt -e '.[dev]'
+	# With the test extras, and the test tools that must match a minimum (s3fs: see .ci/lowest-tools.txt).
+	$(MIN_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(MIN_VENV)/lowest.txt \
+		-r .ci/lowest-tools.txt -e '.[dev]'
 	PYTHONPATH=$(CURDIR) $(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: install

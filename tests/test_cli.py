@@ -139,7 +139,8 @@ def test_summary_counts_valid_images_and_the_whole_time(tmp_path, image_folder):
 
 
 def test_the_library_keeps_dask_quiet(tmp_path, image_folder, caplog):
-    """Finding 8: about 37 INFO lines of distributed on every extract."""
+    """Finding 8: about 37 INFO lines of distributed on every extract. A local run no longer starts a Dask
+    cluster (tests/test_start.py checks that it imports none); this keeps the terminal quiet if one returns."""
     import logging
 
     from featpipe import ExtractConfig, extract
