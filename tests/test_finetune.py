@@ -18,7 +18,7 @@ from featpipe import ExtractConfig, extract
 from featpipe.errors import UsageError
 from featpipe.finetune import FinetuneConfig, finetune
 from featpipe.finetune.blocks import group_parameters, learning_rates, trainable_groups
-from featpipe.finetune.train import _linear_probe
+from featpipe.finetune.train import PROBE_C, _linear_probe, _probe_strength, _with_warmup
 
 from .conftest import TINY_MODEL, make_images
 
@@ -87,6 +87,44 @@ def test_the_linear_probe_folds_its_scaler_into_the_head():
     np.testing.assert_array_equal(logits.argmax(1), clf.predict((X - mean) / std))
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits[:, :3]), 1).numpy(),
                                clf.predict_proba((X - mean) / std), atol=1e-4)
+
+
+def test_warmup_rises_linearly_then_the_cosine_falls_to_zero():
+    from featpipe.classify.heads import make_schedule
+
+    weight = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([{"params": [weight], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 5e-4}])
+    steps_per_epoch, epochs = 4, 3  # one epoch of warm-up, then two of cosine
+    schedule = _with_warmup(opt, steps_per_epoch, lambda: make_schedule("cosine", opt, 1e-3, epochs - 1,
+                                                                        steps_per_epoch, (1,), 1))
+    rates = []
+    for _ in range(epochs * steps_per_epoch):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        schedule.step()
+    top = np.array([r[0] for r in rates])
+    np.testing.assert_allclose(top[:5], 1e-3 * np.arange(1, 6) / 5)  # 1/5 ... 5/5 of the rate, then the cosine
+    assert np.all(np.diff(top[4:]) < 0) and top[-1] < 0.05 * 1e-3  # the last step: (1 - cos(pi/8)) / 2
+    np.testing.assert_allclose([r[1] / r[0] for r in rates], 0.5)  # each group keeps its own share
+
+
+def test_the_probe_strength_is_chosen_on_validation_rows():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    y_val = np.repeat(np.arange(3), 40)
+    signal = np.eye(3)[np.concatenate([y, y_val])] * 0.8
+    X_all = np.column_stack([signal + rng.normal(size=(180, 3)), rng.normal(size=(180, 200))])  # 200 noise columns
+    X, X_val = X_all[:60], X_all[60:]
+    chosen = _probe_strength(X, y, X_val, y_val)
+    assert chosen in PROBE_C and chosen < 1.0  # C=1 memorises the 60 rows through the noise columns
+
+    def val_loss(C):
+        head = nn.Linear(X.shape[1], 3)
+        _linear_probe(head, X, y, 3, C=C)
+        with torch.no_grad():
+            return nn.functional.cross_entropy(head(torch.from_numpy(X_val).float()), torch.from_numpy(y_val)).item()
+
+    assert val_loss(chosen) == min(val_loss(C) for C in PROBE_C)
 
 
 def test_frozen_stages_and_batchnorm_statistics_are_bit_identical(tmp_path, labelled):

@@ -242,7 +242,7 @@ def test_head_keys_in_a_pipeline(tmp_path):
             'batch_size = 128\nweight_decay = 0.0001\n')
     path.write_text(body)
     assert load_pipeline(path).fit.head == HeadSettings(0.003, "nesterov", "sgdr", 40, 128, 0.0001)
-    path.write_text(body.replace('"sgdr"', '"cosine"'))
+    path.write_text(body.replace('"sgdr"', '"exponential"'))
     with pytest.raises(UsageError, match=r":10: fit.schedule must be one of"):
         load_pipeline(path)
 

@@ -24,7 +24,7 @@ from .rows import ArrayRows, Rows
 
 _SEEDED_FIT = threading.Lock()
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
-SCHEDULES = ("constant", "step", "cyclic", "sgdr")
+SCHEDULES = ("constant", "step", "cyclic", "sgdr", "cosine")
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -61,6 +61,8 @@ def make_schedule(name: str, opt: torch.optim.Optimizer, lr: float, epochs: int,
         rates = [group["lr"] for group in opt.param_groups]
         return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=[r / 10 for r in rates], max_lr=rates,
                                                  step_size_up=half, cycle_momentum=False)
+    if name == "cosine":  # one half cosine, from lr down to 0 at the last step
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     # sgdr: cosine annealing with warm restarts every cycle_epochs
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, cycle_epochs * steps_per_epoch))
 
@@ -269,7 +271,7 @@ class LinearHead(_HeadBase):
     Parameters follow the lecture's recipe: ``optimizer`` in sgd, momentum,
     nesterov, rmsprop (decay 0.99), adam; ``schedule`` in constant, step
     (divide by 10 at ``step_epochs``; None: at 1/2 and 3/4 of ``max_epochs``), cyclic (triangular, ``cycle_epochs``
-    long), sgdr (cosine with warm restarts every ``cycle_epochs``);
+    long), sgdr (cosine with warm restarts every ``cycle_epochs``), cosine (one half cosine to 0);
     ``weight_decay``; early stopping on ``validation_fraction`` of the rows
     after ``patience`` epochs without improvement; ``random_state``;
     ``device`` (auto: the GPU when there is one). ``fit_rows`` trains from

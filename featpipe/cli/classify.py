@@ -125,7 +125,7 @@ def fit_command(
     stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="Train the linear and mlp heads from mini-batches read from the file, memory bounded by the batch size (default: when the features would not fit in memory).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Heads: learning rate (`featpipe lr-find` suggests one).", show_default=False)] = None,
     optimizer: Annotated[Optional[Optimizer], typer.Option(help="Heads: the optimizer.", show_default=False)] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="Heads: learning-rate schedule (linear's default step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts).", show_default=False)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Heads: learning-rate schedule (linear's default step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Heads: most epochs.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Heads: rows per mini-batch.", show_default=False)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Heads: L2 penalty (linear default: 1/rows, logistic regression's C=1).", show_default=False)] = None,

@@ -2,8 +2,10 @@
 
 Phase 1 fits the new head by logistic regression on the frozen network's pooled
 features of the training images (no augmentation epoch is wasted on a random
-head; the scaler is folded into the head's weights). Phase 2 trains the chosen
-stages, the neck and the head on augmented views, lower stages at lower rates.
+head; the scaler is folded into the head's weights; its L2 strength is the one
+with the lowest validation log-loss). Phase 2 trains the chosen stages, the neck
+and the head on augmented views, lower stages at lower rates, after a linear
+warm-up of the rates (--warmup, one epoch by default).
 The epoch with the lowest validation loss is kept. After each epoch the whole
 state (weights, optimizer, schedule, best so far, history) is written to
 ``<output>.resume`` by a rename; ``--resume`` continues from it. Every epoch
@@ -57,6 +59,7 @@ class FinetuneConfig:
     lr_decay: float = 0.5  # each stage below the top trains at this times its upper neighbour's rate
     optimizer: str = "adam"
     schedule: str = "constant"
+    warmup: float = 1.0  # epochs over which every rate rises linearly from ~0 to its own (0: none)
     weight_decay: float = 1e-4
     augment: str = "standard"
     flip: bool = True
@@ -106,6 +109,8 @@ def _check(config: FinetuneConfig) -> None:
         raise UsageError(f"--lr must be positive, got {config.lr}")
     if not 0 < config.lr_decay <= 1:
         raise UsageError(f"--lr-decay must be in (0, 1], got {config.lr_decay}")
+    if config.warmup < 0:
+        raise UsageError(f"--warmup must be at least 0 epochs, got {config.warmup}")
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.schedule not in SCHEDULES:
@@ -185,7 +190,7 @@ def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device) -> t
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int) -> None:
+def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int, C: float = 1.0) -> None:
     """Logistic regression on standardised features, folded into the head: w' = w / s, b' = b - w' . m.
 
     Each feature's spread is floored at the median spread: a channel that barely varies on these images
@@ -198,7 +203,7 @@ def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int) -
     mean, std = X.mean(axis=0), X.std(axis=0)
     spread = std[std > 1e-12]
     std = np.maximum(std, np.median(spread) if len(spread) else 1.0)
-    clf = LogisticRegression(max_iter=1000).fit((X - mean) / std, y)
+    clf = LogisticRegression(C=C, max_iter=1000).fit((X - mean) / std, y)
     W = np.zeros((classes, X.shape[1]))
     b = np.full(classes, -1e4)  # a class absent from the training rows is never predicted
     coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
@@ -208,6 +213,32 @@ def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int) -
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(W))
         head.bias.copy_(torch.from_numpy(b))
+
+
+PROBE_C = (0.001, 0.01, 0.1, 1.0)
+
+
+def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> float:
+    """The probe's inverse L2 strength with the lowest validation log-loss.
+
+    A probe that fits the training rows perfectly (C=1 on 1,280 features of 1,150 digits: training loss
+    0.01) leaves fine-tuning no gradient but noise, which Adam scales up to full-size steps: the
+    features drift and validation accuracy fell from 0.88 to 0.77 in the first epoch. A probe that
+    still errs on the training rows gives phase 2 a signal."""
+    from sklearn.metrics import log_loss
+
+    labels = np.unique(y)
+    keep = np.isin(y_val, labels)
+    if keep.sum() == 0:
+        return 1.0
+    losses = {}
+    for C in PROBE_C:
+        head = nn.Linear(X.shape[1], int(max(y.max(), y_val.max())) + 1)
+        _linear_probe(head, X, y, head.out_features, C=C)
+        with torch.no_grad():
+            p = torch.softmax(head(torch.from_numpy(X_val[keep]).float()), 1).numpy()
+        losses[C] = log_loss(y_val[keep], p, labels=np.arange(head.out_features))
+    return min(losses, key=losses.get)
 
 
 def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
@@ -227,6 +258,17 @@ def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
     return float(loss) / max(n, 1), float(correct) / max(n, 1)
+
+
+def _with_warmup(optimizer, steps: int, schedule: Callable):
+    """The schedule after ``steps`` of linear warm-up. Adam's first updates move every weight by about
+    the full rate whatever its gradient (its second-moment estimate starts from nothing): at a constant
+    1e-4 the first epoch cut the probe's validation accuracy from 0.88 to 0.79 on the digits."""
+    if steps <= 0:
+        return schedule()
+    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (steps + 1), total_iters=steps)
+    after = schedule() or torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, after], milestones=[steps])
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -301,7 +343,8 @@ def finetune(config: FinetuneConfig,
     if state is None:
         t0 = time.perf_counter()
         X, y = _pooled(net, spec, _loader(images(train_rows), config.batch_size, False, 0), preprocess, device)
-        _linear_probe(head, X, y, len(classes))
+        X_val, y_val = _pooled(net, spec, val_loader, preprocess, device)
+        _linear_probe(head, X, y, len(classes), C=_probe_strength(X, y, X_val, y_val))
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
         if on_epoch:
@@ -321,8 +364,9 @@ def finetune(config: FinetuneConfig,
                                      "weight_decay": config.weight_decay if decayed else 0.0})
     optimizer = make_optimizer(config.optimizer, param_groups, config.lr, config.weight_decay)
     train_loader_len = math.ceil(len(train_rows) / config.batch_size)
-    scheduler = make_schedule(config.schedule, optimizer, config.lr, max(config.epochs, 1), train_loader_len,
-                          (max(1, config.epochs // 2), max(1, 3 * config.epochs // 4)), max(1, config.epochs // 2))
+    scheduler = _with_warmup(optimizer, round(config.warmup * train_loader_len), lambda: make_schedule(
+        config.schedule, optimizer, config.lr, max(math.ceil(config.epochs - config.warmup), 1), train_loader_len,
+        (max(1, config.epochs // 2), max(1, 3 * config.epochs // 4)), max(1, config.epochs // 2)))
     best_state, best_epoch, best_loss = snapshot_start, 0, history[0].val_loss if history else math.inf
     first = 1
     if state is not None:
