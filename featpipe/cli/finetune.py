@@ -38,7 +38,7 @@ def finetune_command(
     lr: Annotated[float, typer.Option(help="Learning rate of the head and the top stage (Adam; 1e-3 destroyed the probe's accuracy within one epoch on the digits).")] = 1e-4,
     lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it.")] = 0.5,
     optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,  # type: ignore[attr-defined]
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule after the warm-up (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).")] = Schedule.constant,  # type: ignore[attr-defined]
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule after the warm-up (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).")] = Schedule.cosine,  # type: ignore[attr-defined]
     warmup: Annotated[float, typer.Option(help="Epochs over which the rates rise linearly from near 0 (Adam's first steps are full-size whatever the gradient).")] = 1.0,
     weight_decay: Annotated[float, typer.Option(help="L2 penalty on weights (not biases).")] = 1e-4,
     augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong.")] = Augment.standard,

@@ -37,7 +37,7 @@ AUGMENTS = ("none", "light", "standard", "strong")
 # strength -> (random resized crop's area scale, rotation in degrees, colour jitter); the lecture's
 # recipe, gentle to strong. `featpipe finetune --augment` trains with the same table.
 STRENGTHS = {
-    "light": ((0.8, 1.0), 5, 0.0),
+    "light": ((0.6, 1.0), 0, 0.0),
     "standard": ((0.25, 1.0), 10, 0.2),
     "strong": ((0.08, 1.0), 20, 0.4),
 }

@@ -58,7 +58,7 @@ class FinetuneConfig:
     lr: float = 1e-4
     lr_decay: float = 0.5  # each stage below the top trains at this times its upper neighbour's rate
     optimizer: str = "adam"
-    schedule: str = "constant"
+    schedule: str = "cosine"
     warmup: float = 1.0  # epochs over which every rate rises linearly from ~0 to its own (0: none)
     weight_decay: float = 1e-4
     augment: str = "standard"
@@ -190,19 +190,25 @@ def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device) -> t
     return np.concatenate(feats), np.concatenate(labels)
 
 
+SPREAD_FLOOR_QUANTILE = 0.9  # see _linear_probe
+
+
 def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int, C: float = 1.0) -> None:
     """Logistic regression on standardised features, folded into the head: w' = w / s, b' = b - w' . m.
 
-    Each feature's spread is floored at the median spread: a channel that barely varies on these images
-    (ReLU6 channels of EfficientNet are often dead at a small input size, std ~1e-8) would otherwise get a
-    weight of 1/std, and the first fine-tuning step that wakes it sends the logits to infinity (measured on
-    the digits: max |w'| 14,357 and a training loss of 23 after one epoch; floored, max |w'| 29 and the
-    probe scores a point better)."""
+    Each feature's spread is floored at the 90th percentile of the spreads, so the probe leans on the
+    channels that vary most. A channel that barely varies on these images (ReLU6 channels of EfficientNet
+    are often dead at a small input size: at 96 px on the digits the median spread is 0.0012, and 46% are
+    below 1e-6) would otherwise get a weight of about 1/std, and the first fine-tuning step that moves it
+    sends the logits far off. Measured on the digits at 96 px: unfloored, max |w'| 14,357 and a training
+    loss of 23 after one epoch; floored at the median, max |w'| 6 but validation accuracy 0.88 -> 0.78 in
+    the first epoch; floored at the 90th percentile, max |w'| 2, a better probe (0.84 -> 0.88 on 150
+    validation digits) and no drop in the first epoch."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = X.mean(axis=0), X.std(axis=0)
     spread = std[std > 1e-12]
-    std = np.maximum(std, np.median(spread) if len(spread) else 1.0)
+    std = np.maximum(std, np.quantile(spread, SPREAD_FLOOR_QUANTILE) if len(spread) else 1.0)
     clf = LogisticRegression(C=C, max_iter=1000).fit((X - mean) / std, y)
     W = np.zeros((classes, X.shape[1]))
     b = np.full(classes, -1e4)  # a class absent from the training rows is never predicted
