@@ -15,9 +15,10 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
     python bench/finetune_digits.py [--image-size 96] [--epochs 6] [--views 4] [--augment light]
                                     [--finetune-augment none] [--unfreeze head,2,all] [--model tf_efficientnet_lite0]
 
-Fine-tuning trains on the digits as they are (--finetune-augment none): a light random crop (60-100% of
-the area) broke the linear probe on these 8x8 scans (accuracy 1.00 -> 0.51 on its own training digits'
-views) and cost fine-tuning 4 points of validation accuracy at 8 epochs.
+Fine-tuning trains on the digits as they are (--finetune-augment none): even a mild random crop (80-100%
+of the area, 5 degrees of rotation) broke the linear probe on these 8x8 scans (0.51 accuracy on views of
+its own training digits) and ended 3 points of validation accuracy lower (0.90 after 8 epochs, against
+0.93 after 5 without).
 
 Prints the table, the image size and epochs chosen, and the wall time.
 """
