@@ -193,6 +193,47 @@ def test_a_partition_whose_workers_all_die_stops_the_run_with_one_line(tmp_path)
     assert list(parts.glob("part-*.h5")) and not out.exists()
 
 
+def test_a_finished_result_lost_with_its_worker_does_not_hide_a_partition_dask_gave_up_on(tmp_path):
+    """The hang of a CI run: the worker died holding part 0's finished result and running part 1. Part 0
+    goes back to be computed (which waits for a worker); part 1 is given up on. The run must stop on part 1
+    at once, not wait to gather part 0 from a worker that is gone."""
+    import operator
+
+    import distributed
+
+    from featpipe.extraction.distributor import DaskExecutor
+
+    with loopback_cluster(tmp_path, workers=1, nthreads=1,
+                          scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as (address, workers):
+        with distributed.Client(address, timeout="30s", set_as_default=False) as client:
+            executor = DaskExecutor(client)
+            done_first = executor.submit(operator.add, 1, 2, key="t-part-0")
+            running = executor.submit(time.sleep, 600, key="t-part-1")
+            done = executor.as_completed([done_first, running])
+            assert next(done) is done_first
+            deadline = time.time() + 60
+            while not any(client.processing().values()):  # part 1 is running
+                assert time.time() < deadline
+                time.sleep(0.01)
+            workers["w0"].kill()
+            outcome: dict = {}
+
+            def consume():
+                try:
+                    outcome["result"] = executor.result(done_first)
+                    next(done)
+                except Exception as exc:  # noqa: BLE001 -- the test inspects it
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=consume, daemon=True)
+            thread.start()
+            thread.join(timeout=60)
+            executor.cancel([done_first, running])
+    assert outcome.get("result") == 3, outcome
+    error = outcome.get("error")
+    assert isinstance(error, featpipe.FeatpipeError) and str(error).startswith("Dask gave up on partition 1: "), outcome
+
+
 def test_client_killed_on_a_cluster_then_rerun_on_it(tmp_path):
     """SIGKILL the client of a --scheduler --shard-dir run; the task a worker was running finishes anyway and
     writes its shard (under the dead run's tag, so it can never overwrite one of the next run). The same

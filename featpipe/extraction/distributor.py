@@ -45,10 +45,11 @@ class Executor(Protocol):
         """Run ``fn(*args)``; a future."""
 
     def as_completed(self, futures: Sequence[Any]) -> Iterator[Any]:
-        """Each future as it finishes, in any order."""
+        """Each future as it finishes, in any order. Iterating or ``result`` raises a task's error
+        (FeatpipeError for a failure of the executor itself)."""
 
     def result(self, future: Any) -> PartitionResult:
-        """The future's result; raises its task's error (FeatpipeError for a failure of the executor itself)."""
+        """The result of a future that ``as_completed`` gave."""
 
     def release(self, future: Any) -> None:
         """Forget a future whose result the caller has."""
@@ -62,6 +63,7 @@ class DaskExecutor:
 
     def __init__(self, client):
         self.client = client
+        self._results: dict[str, Any] = {}  # gathered, not yet handed out
 
     def size(self, plan: WorkPlan) -> WorkPlan:
         if plan.torch_threads is not None:
@@ -76,29 +78,47 @@ class DaskExecutor:
         return self.client.submit(fn, *args, key=key, pure=False)
 
     def as_completed(self, futures):
+        """Each future once its result is here. Results are gathered as they finish, each on its own: a
+        worker that dies holding a finished result sends that partition back to be computed, which waits
+        for a worker, and gathering in the order of finishing would wait there even when Dask has already
+        given up on another partition."""
         import distributed
 
-        return distributed.as_completed(futures, loop=self.client.loop)
+        done = distributed.as_completed(futures, loop=self.client.loop, with_results=True)  # starts gathering now
+        return self._each(done)
+
+    def _each(self, done) -> Iterator[Any]:
+        import distributed
+
+        while True:
+            try:
+                future, result = next(done)
+            except StopIteration:
+                return
+            except distributed.KilledWorker as exc:
+                raise _gave_up(exc) from None
+            self._results[future.key] = result
+            yield future
 
     def result(self, future) -> PartitionResult:
-        import distributed
-
-        try:
-            return future.result()
-        except distributed.KilledWorker as exc:
-            tries = exc.args[2] + 1 if len(exc.args) > 2 else 0  # allowed_failures + 1 (Dask >= 2023)
-            died = f"{tries} worker{'s' if tries != 1 else ''}" if tries else "several workers"
-            raise FeatpipeError(
-                f"Dask gave up on partition {str(exc.args[0]).rsplit('-', 1)[-1]}: {died} died while "
-                "running it (distributed.scheduler.allowed-failures); check the workers' memory and logs, then "
-                "run the same command again: finished partitions are kept"
-            ) from None
+        return self._results.pop(future.key)
 
     def release(self, future) -> None:
         future.release()  # so the cluster frees the result right away
 
     def cancel(self, futures) -> None:
         self.client.cancel(list(futures))
+
+
+def _gave_up(exc) -> FeatpipeError:
+    """distributed.KilledWorker in one line: which partition, how many workers died, what to do."""
+    tries = exc.args[2] + 1 if len(exc.args) > 2 else 0  # allowed_failures + 1 (Dask >= 2023)
+    died = f"{tries} worker{'s' if tries != 1 else ''}" if tries else "several workers"
+    return FeatpipeError(
+        f"Dask gave up on partition {str(exc.args[0]).rsplit('-', 1)[-1]}: {died} died while "
+        "running it (distributed.scheduler.allowed-failures); check the workers' memory and logs, then "
+        "run the same command again: finished partitions are kept"
+    )
 
 
 @contextlib.contextmanager
