@@ -213,6 +213,30 @@ def test_bad_options_are_one_line(tmp_path, labelled):
         finetune(config(tmp_path, labelled, augment="extreme"))
     with pytest.raises(UsageError, match="output folder"):
         finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
+    with pytest.raises(UsageError, match="--crop-pct must be between 0.5 and 2"):
+        finetune(config(tmp_path, labelled, crop_pct=3.0))
+
+
+def test_crop_pct_keeps_the_whole_image_or_pads_it_as_timm_does():
+    """timm's crop_pct: the model's 0.875 cuts the edges; 1 keeps the image whole; above 1 pads with black."""
+    from PIL import Image
+
+    from featpipe.extraction.preprocess import Preprocessor
+    from featpipe.finetune.train import _data_config
+
+    spec = featpipe.models.resolve(TINY_MODEL)
+    net = featpipe.models.create_architecture(spec)
+    own = featpipe.models.data_config(net, spec)
+    assert _data_config(net, spec, 96).resize == round(96 * own.resize / own.crop[0])  # the model's ratio kept
+    assert _data_config(net, spec, 96, 1.0).resize == 96
+    padded = _data_config(net, spec, 96, 1.2)
+    assert padded.resize == 80 and padded.crop == (96, 96)
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    pixels = Preprocessor(padded).image(white)
+    assert pixels.shape == (96, 96, 3)
+    assert (pixels[8:88, 8:88] == 255).all() and (pixels[:8] == 0).all() and (pixels[:, 88:] == 0).all()
+    whole = Preprocessor(_data_config(net, spec, 96, 1.0)).image(white)
+    assert (whole == 255).all()
 
 
 RUN = """
@@ -256,10 +280,11 @@ def test_bf16_on_the_gpu_trains(tmp_path, labelled):
 
 
 def test_extract_takes_model_and_image_size_from_the_checkpoint(tmp_path, labelled):
-    result = finetune(config(tmp_path, labelled, unfreeze="head", epochs=1, image_size=64))
+    result = finetune(config(tmp_path, labelled, unfreeze="head", epochs=1, image_size=64, crop_pct=1.25))
     fs = featpipe.load(extract(ExtractConfig(labelled, tmp_path / "f.h5", weights=str(result.output),
                                              layers=("logits",))).output)
     assert fs.meta["model"] == f"timm:{TINY_MODEL}" and fs.meta["data_config"]["crop"] == [64, 64]
+    assert fs.meta["data_config"]["resize"] == 51  # floor(64 / 1.25): padded, as it was trained
     # The features are the fine-tuned network's own: its head on its own preprocessing.
     from featpipe.finetune.checkpoint import load, predict_proba
 

@@ -45,6 +45,7 @@ def finetune_command(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips; turn off where flipping changes the class (text, digits, left/right signs).")] = True,
     bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,
     image_size: Annotated[int | None, typer.Option(help="Square input crop in pixels (default: the model's).", show_default=False)] = None,
+    crop_pct: Annotated[float | None, typer.Option(help="Crop size / resize, as in timm (default: the model's, often 0.875, which cuts the edges): 1 keeps the whole image; above 1 pads it with black, for objects that fill the frame (digits, characters).", show_default=False)] = None,
     val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch.")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -61,7 +62,7 @@ def finetune_command(
         input=input, output=output, model=model, weights=weights, unfreeze=unfreeze, epochs=epochs, lr=lr,
         lr_decay=lr_decay, optimizer=optimizer.value, schedule=schedule.value, warmup=warmup,
         weight_decay=weight_decay,
-        augment=augment.value, flip=flip, bn=bn.value, image_size=image_size, val_size=val_size,
+        augment=augment.value, flip=flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct, val_size=val_size,
         batch_size=batch_size, device=device, precision=precision, seed=seed, resume=resume,
     )
     typer.echo(f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'lr':>8}  {'s':>5}", err=True)
@@ -91,6 +92,5 @@ def finetune_command(
         typer.echo(f"report: {write_report(result, report)}", err=True)
     q = shlex.quote
     typer.echo("next:")
-    typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --model {q(model)} --weights {q(str(result.output))}"
-               + (f"   # the checkpoint was trained at {image_size} px; extract uses the model's own size"
-                  if image_size else ""))
+    # The checkpoint names its base model and preprocessing (image size and crop included): no --model.
+    typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --weights {q(str(result.output))}")

@@ -65,6 +65,7 @@ class FinetuneConfig:
     flip: bool = True
     bn: str = "frozen"
     image_size: int | None = None  # square input crop; None: the model's own
+    crop_pct: float | None = None  # crop / resize, as in timm (above 1 pads with black); None: the model's
     val_size: float = 0.2
     batch_size: int = 32
     device: str = "auto"
@@ -121,6 +122,8 @@ def _check(config: FinetuneConfig) -> None:
         raise UsageError(f"--batch-size must be at least 2 (BatchNorm and a mean loss need two), got {config.batch_size}")
     if config.image_size is not None and config.image_size < 32:
         raise UsageError(f"--image-size must be at least 32 pixels, got {config.image_size}")
+    if config.crop_pct is not None and not 0.5 <= config.crop_pct <= 2:
+        raise UsageError(f"--crop-pct must be between 0.5 and 2 (crop size / resize), got {config.crop_pct}")
     if config.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {config.precision!r}")
     out = Path(config.output)
@@ -143,13 +146,22 @@ def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.
     return np.sort(train), np.sort(val)
 
 
-def _data_config(net: nn.Module, spec, image_size: int | None):
+def _data_config(net: nn.Module, spec, image_size: int | None, crop_pct: float | None = None):
+    """The model's evaluation preprocessing at ``image_size``, resized to crop / ``crop_pct`` first.
+
+    timm's meaning of crop_pct: below 1 the centre crop drops a border (0.875 cuts 1/16 of each edge,
+    half a scan pixel of an 8x8 digit); 1 keeps the whole image; above 1 the image is resized smaller
+    than the crop and padded with black (room for shifted views, as MNIST's 20 px digits sit in 28 px)."""
     cfg = models.data_config(net, spec)
-    if image_size is not None:
+    crop = cfg.crop if image_size is None else (image_size, image_size)
+    if crop_pct is not None:
+        side = math.floor(crop[0] / crop_pct)  # timm's arithmetic (transforms_imagenet_eval)
+        cfg = replace(cfg, crop=crop, resize=side if cfg.crop_mode == "center" else (side, side))
+    elif image_size is not None:
         # Keep the model's resize-to-crop ratio (crop_pct) at the new size.
         ratio = (cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]) / cfg.crop[0]
         resize = round(image_size * ratio) if isinstance(cfg.resize, int) else (round(image_size * ratio),) * 2
-        cfg = replace(cfg, crop=(image_size, image_size), resize=resize)
+        cfg = replace(cfg, crop=crop, resize=resize)
     return replace(cfg, resampler=resolve_resampler("auto", cfg.interpolation, cfg.crop_mode))
 
 
@@ -314,7 +326,7 @@ def finetune(config: FinetuneConfig,
 
     spec = models.resolve(config.model)
     net, weights = models.load_model(spec, config.weights, config.seed)
-    data_config = _data_config(net, spec, config.image_size)
+    data_config = _data_config(net, spec, config.image_size, config.crop_pct)
     preprocess = Preprocessor(data_config)
     device = torch.device(resolve_device(config.device))
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
