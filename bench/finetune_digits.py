@@ -42,6 +42,7 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parents[1]
 CROP_PCT = 1.2  # the digit in 80 px of black-bordered 96: the model's 0.875 crop cut strokes at the edges
 LR_DECAY = 1.0  # every stage at one rate: these scans are far from ImageNet, the lowest stages must adapt too
+LR = 4e-4
 
 
 def logreg_accuracy(X_train, y_train, X_test, y_test) -> float:
@@ -70,6 +71,7 @@ def main() -> None:
                     help="augmentation strength of fine-tuning (digits: no flips)")
     ap.add_argument("--crop-pct", type=float, default=CROP_PCT,
                     help="fine-tuning's crop / resize (timm's crop_pct; above 1 pads the digit with black)")
+    ap.add_argument("--lr", type=float, default=LR, help="fine-tuning's Adam rate (of the top stage and the head)")
     ap.add_argument("--lr-decay", type=float, default=LR_DECAY, help="fine-tuning's rate ratio between stages")
     ap.add_argument("--unfreeze", default="head,2,all")
     ap.add_argument("--only", choices=("frozen", "finetune"), default=None)
@@ -115,7 +117,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 result = finetune(FinetuneConfig(
                     train_csv, work / f"ft-{unfreeze}.pt", model=args.model, unfreeze=unfreeze, epochs=args.epochs,
-                    image_size=args.image_size, crop_pct=args.crop_pct, lr_decay=args.lr_decay, flip=False,
+                    image_size=args.image_size, crop_pct=args.crop_pct, lr=args.lr, lr_decay=args.lr_decay, flip=False,
                     augment=args.finetune_augment, batch_size=args.batch_size, seed=0))
                 probs, _ = predict_proba(load(result.output), test_paths)
                 acc = float((probs.argmax(1) == y[test]).mean())
@@ -125,7 +127,7 @@ def main() -> None:
               f"{args.model}; frozen features at the model's own size (extract, {t_frozen:.0f} s with "
               f"{args.views} views per image); fine-tuning at --image-size {args.image_size} --crop-pct {args.crop_pct:g}, "
               f"--epochs {args.epochs}, --lr-decay {args.lr_decay:g}, "
-              f"--no-flip, --augment {args.finetune_augment}, adam {FinetuneConfig.lr:g} with "
+              f"--no-flip, --augment {args.finetune_augment}, adam {args.lr:g} with "
               f"{FinetuneConfig.warmup:g} epoch of warm-up then {FinetuneConfig.schedule}, --bn frozen")
         print(f"{'':64} test accuracy")
         for name, acc in rows:

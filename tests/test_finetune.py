@@ -237,6 +237,13 @@ def test_crop_pct_keeps_the_whole_image_or_pads_it_as_timm_does():
     assert (pixels[8:88, 8:88] == 255).all() and (pixels[:8] == 0).all() and (pixels[:, 88:] == 0).all()
     whole = Preprocessor(_data_config(net, spec, 96, 1.0)).image(white)
     assert (whole == 255).all()
+    # Augmented views come from the same black-bordered frame: about 3/4 of a 2.0 frame is border.
+    from featpipe.finetune.data import train_transform
+
+    torch.manual_seed(0)
+    black = {cp: np.mean([(train_transform(_data_config(net, spec, 96, cp), "light", False)(white) == 0).all(0)
+                          .float().mean().item() for _ in range(20)]) for cp in (1.0, 2.0)}
+    assert black[2.0] > 0.3 and black[1.0] < 0.1, black
 
 
 RUN = """

@@ -29,9 +29,15 @@ def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose
     if strength == "none":
         return None
     scale, degrees, jitter = STRENGTHS[strength]
-    steps: list = [v2.PILToTensor(),
-                   v2.RandomResizedCrop(list(config.crop), scale=scale, antialias=True,
-                                        interpolation=InterpolationMode(config.interpolation))]
+    steps: list = [v2.PILToTensor()]
+    resize = config.resize if isinstance(config.resize, int) else min(config.resize)
+    if resize < min(config.crop):
+        # --crop-pct above 1: the views are cut from the black-bordered frame evaluation sees, not from the
+        # bare image (which would show the object larger in training than in validation).
+        steps += [v2.Resize(config.resize, antialias=True, interpolation=InterpolationMode(config.interpolation)),
+                  v2.CenterCrop(list(config.crop))]
+    steps += [v2.RandomResizedCrop(list(config.crop), scale=scale, antialias=True,
+                                   interpolation=InterpolationMode(config.interpolation))]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     if degrees:
