@@ -12,13 +12,18 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
   logistic regression on the best intermediate layer (chosen on validation rows)
   finetune --unfreeze head / 2 / all
 
-    python bench/finetune_digits.py [--image-size 96] [--epochs 6] [--views 4] [--augment light]
-                                    [--finetune-augment none] [--unfreeze head,2,all] [--model tf_efficientnet_lite0]
+    python bench/finetune_digits.py [--image-size 96] [--epochs 8] [--views 4] [--augment light]
+                                    [--finetune-augment none] [--crop-pct 1.2] [--lr 4e-4] [--lr-decay 1]
+                                    [--unfreeze head,2,all] [--model tf_efficientnet_lite0]
 
-Fine-tuning trains on the digits as they are (--finetune-augment none): even a mild random crop (80-100%
-of the area, 5 degrees of rotation) broke the linear probe on these 8x8 scans (0.51 accuracy on views of
-its own training digits) and ended 3 points of validation accuracy lower (0.90 after 8 epochs, against
-0.93 after 5 without).
+The fine-tuning recipe for these 8x8 scans, far from ImageNet, chosen by validation loss (the search also
+printed each candidate's test accuracy, so these test rows are not untouched by it):
+- the digit shrunk into a black border (--crop-pct 1.2: 80 px in 96), as MNIST's digits sit in theirs; the
+  model's own 0.875 crop cut strokes at the edges (linear probe 0.88 -> 0.92, validation loss 0.40 -> 0.25);
+- every stage at one rate (--lr-decay 1) of 4e-4: the lowest stages must adapt to such images too;
+- no augmentation (--finetune-augment none): even a mild random crop (80-100% of the area, 5 degrees of
+  rotation) broke the linear probe (0.51 accuracy on views of its own training digits), and shifts inside
+  the border did not help either.
 
 Prints the table, the image size and epochs chosen, and the wall time.
 """
@@ -62,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tf_efficientnet_lite0")
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--views", type=int, default=4, help="augmented views per image for the frozen row")
     ap.add_argument("--augment", default="light", choices=("light", "standard", "strong"),
