@@ -11,10 +11,12 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
       the training images' views join the training rows; the test rows are the same originals)
   logistic regression on the best intermediate layer (chosen on validation rows)
   finetune --unfreeze head / 2 / all
+  finetune --unfreeze all --val-size 0 --epochs E: a refit on all the training rows (the validation rows
+      too) for the E epochs the validated --unfreeze all run kept; nothing is chosen on the test rows
 
     python bench/finetune_digits.py [--image-size 96] [--epochs 8] [--views 4] [--augment light]
                                     [--finetune-augment none] [--crop-pct 1.2] [--lr 4e-4] [--lr-decay 1]
-                                    [--unfreeze head,2,all] [--model tf_efficientnet_lite0]
+                                    [--unfreeze head,2,all] [--no-refit] [--model tf_efficientnet_lite0]
 
 The fine-tuning recipe for these 8x8 scans, far from ImageNet, chosen by validation loss (the search also
 printed each candidate's test accuracy, so these test rows are not untouched by it):
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=LR, help="fine-tuning's Adam rate (of the top stage and the head)")
     ap.add_argument("--lr-decay", type=float, default=LR_DECAY, help="fine-tuning's rate ratio between stages")
     ap.add_argument("--unfreeze", default="head,2,all")
+    ap.add_argument("--no-refit", dest="refit", action="store_false",
+                    help="skip the refit of the last --unfreeze on every training row (--val-size 0)")
     ap.add_argument("--only", choices=("frozen", "finetune"), default=None)
     args = ap.parse_args()
     import featpipe
@@ -118,25 +123,35 @@ def main() -> None:
             names = [fs.classes[k] for k in y]
             train_csv = write_csv(work / "train.csv", folder, [fs.paths[i] for i in train], [names[i] for i in train])
             test_paths = [folder / fs.paths[i] for i in test]
-            for unfreeze in args.unfreeze.split(","):
+
+            def finetuned(unfreeze: str, **kw):
                 t0 = time.perf_counter()
-                result = finetune(FinetuneConfig(
+                config = FinetuneConfig(
                     train_csv, work / f"ft-{unfreeze}.pt", model=args.model, unfreeze=unfreeze, epochs=args.epochs,
                     image_size=args.image_size, crop_pct=args.crop_pct, lr=args.lr, lr_decay=args.lr_decay, flip=False,
-                    augment=args.finetune_augment, batch_size=args.batch_size, seed=0))
+                    augment=args.finetune_augment, batch_size=args.batch_size, seed=0)
+                result = finetune(replace(config, **kw))
                 probs, _ = predict_proba(load(result.output), test_paths)
-                acc = float((probs.argmax(1) == y[test]).mean())
-                rows.append((f"finetune --unfreeze {unfreeze} (epoch {result.best_epoch} kept, "
-                             f"{time.perf_counter() - t0:.0f} s)", acc))
+                return result, float((probs.argmax(1) == y[test]).mean()), time.perf_counter() - t0
+
+            for unfreeze in args.unfreeze.split(","):
+                result, acc, seconds = finetuned(unfreeze)
+                rows.append((f"finetune --unfreeze {unfreeze} (epoch {result.best_epoch} kept, {seconds:.0f} s)", acc))
+            if args.refit and result.best_epoch > 0:
+                # The validated run chose the epochs; the refit trains on its validation rows too.
+                refit, acc, seconds = finetuned(unfreeze, val_size=0.0, epochs=result.best_epoch,
+                                                output=work / f"ft-{unfreeze}-refit.pt")
+                rows.append((f"finetune --unfreeze {unfreeze}, refit: --val-size 0 --epochs {result.best_epoch} "
+                             f"({refit.train_images} rows, {seconds:.0f} s)", acc))
         print(f"digits: {len(train)} training rows (validation split inside them), {len(test)} test rows; "
               f"{args.model}; frozen features at the model's own size (extract, {t_frozen:.0f} s with "
               f"{args.views} views per image); fine-tuning at --image-size {args.image_size} --crop-pct {args.crop_pct:g}, "
               f"--epochs {args.epochs}, --lr-decay {args.lr_decay:g}, "
               f"--no-flip, --augment {args.finetune_augment}, adam {args.lr:g} with "
               f"{FinetuneConfig.warmup:g} epoch of warm-up then {FinetuneConfig.schedule}, --bn frozen")
-        print(f"{'':64} test accuracy")
+        print(f"{'':72} test accuracy")
         for name, acc in rows:
-            print(f"{name:64} {'n/a' if acc is None else f'{acc:.4f}'}")
+            print(f"{name:72} {'n/a' if acc is None else f'{acc:.4f}'}")
         print(f"wall time {time.perf_counter() - t_start:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

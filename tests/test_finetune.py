@@ -127,6 +127,45 @@ def test_the_probe_strength_is_chosen_on_validation_rows():
     assert val_loss(chosen) == min(val_loss(C) for C in PROBE_C)
 
 
+def test_without_validation_rows_the_probe_strength_is_chosen_by_cross_validation():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    X = np.column_stack([np.eye(3)[y] * 0.8 + rng.normal(size=(90, 3)), rng.normal(size=(90, 200))])
+    chosen = _probe_strength(X, y, X[:0], y[:0])
+    assert chosen in PROBE_C and chosen < 1.0  # C=1 memorises the noise columns: held-out folds say so
+    # A class with one image leaves nothing to hold out: the default, not an error.
+    assert _probe_strength(X[:61], y[:61], X[:0], y[:0]) == 1.0
+
+
+def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, labelled, monkeypatch):
+    from typer.testing import CliRunner
+
+    from featpipe.cli import app
+
+    def cli(out, *extra):
+        return CliRunner().invoke(app, ["finetune", str(labelled), "-o", str(out), "--model", TINY_MODEL, "--weights",
+                                        "random", "--epochs", "2", "--batch-size", "8", "--image-size", "64",
+                                        "--lr", "1e-3", "--quiet", *extra])
+
+    # A validated run whose fine-tuned epoch is kept (a probe held back by a strong L2 penalty) says how to refit.
+    monkeypatch.setattr(sys.modules["featpipe.finetune.train"], "PROBE_C", (1e-4,))
+    run = cli(tmp_path / "val.pt")
+    assert run.exit_code == 0, run.output
+    kept = torch.load(tmp_path / "val.pt", weights_only=True)["featpipe"]["best_epoch"]
+    assert kept > 0 and f"the same command with --val-size 0 --epochs {kept}: a refit on all 24 images" in run.output
+
+    out = tmp_path / "all.pt"
+    run = cli(out, "--val-size", "0")
+    assert run.exit_code == 0, run.output
+    assert "epoch 2 kept (the last: --val-size 0, no validation images; 24 trained on)" in run.output
+    assert "--val-size 0 --epochs" not in run.output  # the refit hint is for validated runs
+    meta = torch.load(out, weights_only=True)["featpipe"]
+    assert meta["train_images"] == 24 and meta["val_images"] == 0 and meta["best_epoch"] == 2
+    assert meta["val_loss"] is None and meta["val_accuracy"] is None
+    with pytest.raises(UsageError, match="--val-size must be a fraction from 0"):
+        finetune(config(tmp_path, labelled, val_size=1.0))
+
+
 def test_frozen_stages_and_batchnorm_statistics_are_bit_identical(tmp_path, labelled):
     result = finetune(config(tmp_path, labelled, unfreeze="1", bn="frozen", epochs=2))
     rows = {r["group"]: r for r in result.audit}

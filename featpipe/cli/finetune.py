@@ -46,7 +46,7 @@ def finetune_command(
     bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,
     image_size: Annotated[int | None, typer.Option(help="Square input crop in pixels (default: the model's).", show_default=False)] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Crop size / resize, as in timm (default: the model's, often 0.875, which cuts the edges): 1 keeps the whole image; above 1 pads it with black, for objects that fill the frame (digits, characters).", show_default=False)] = None,
-    val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch.")] = 0.2,
+    val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch; 0 trains on all of them for --epochs and keeps the last (a refit, with the epochs a validated run chose).")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
@@ -67,10 +67,13 @@ def finetune_command(
     )
     typer.echo(f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'lr':>8}  {'s':>5}", err=True)
 
+    def number(value: float, fmt: str) -> str:
+        return "-" if math.isnan(value) else format(value, fmt)
+
     def on_epoch(e) -> None:
-        train = "probe" if e.epoch == 0 else ("-" if math.isnan(e.train_loss) else f"{e.train_loss:.4f}")
-        typer.echo(f"{e.epoch:>5}  {train:>10}  {e.val_loss:>9.4f}  {e.val_accuracy:>7.3f}  {e.lr:>8.2g}  "
-                   f"{e.seconds:>5.1f}", err=True)
+        train = "probe" if e.epoch == 0 else number(e.train_loss, ".4f")
+        typer.echo(f"{e.epoch:>5}  {train:>10}  {number(e.val_loss, '.4f'):>9}  {number(e.val_accuracy, '.3f'):>7}  "
+                   f"{e.lr:>8.2g}  {e.seconds:>5.1f}", err=True)
 
     result = with_progress(
         lambda progress: finetune(config, progress=(lambda phase, d, t: progress(d, t, description=phase))
@@ -78,8 +81,9 @@ def finetune_command(
         quiet, description="finetune",
     )
     best = result.best
-    typer.echo(f"{result.output}: epoch {result.best_epoch} kept (lowest validation loss {best.val_loss:.4f}, "
-               f"accuracy {best.val_accuracy:.3f} on {result.val_images} validation images; "
+    kept = (f"lowest validation loss {best.val_loss:.4f}, accuracy {best.val_accuracy:.3f} on {result.val_images} "
+            "validation images" if result.val_images else "the last: --val-size 0, no validation images")
+    typer.echo(f"{result.output}: epoch {result.best_epoch} kept ({kept}; "
                f"{result.train_images} trained on" + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
                + (f"; {result.skipped_images} images could not be decoded" if result.skipped_images else "") + ")")
     typer.echo(f"trained: {', '.join(result.trainable)}; what changed (parameter tensors, BatchNorm statistics):")
@@ -94,3 +98,6 @@ def finetune_command(
     typer.echo("next:")
     # The checkpoint names its base model and preprocessing (image size and crop included): no --model.
     typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --weights {q(str(result.output))}")
+    if result.val_images and result.best_epoch > 0:
+        typer.echo(f"  the same command with --val-size 0 --epochs {result.best_epoch}: a refit on all "
+                   f"{result.train_images + result.val_images} images, validation ones included")

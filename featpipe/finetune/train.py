@@ -66,7 +66,7 @@ class FinetuneConfig:
     bn: str = "frozen"
     image_size: int | None = None  # square input crop; None: the model's own
     crop_pct: float | None = None  # crop / resize, as in timm (above 1 pads with black); None: the model's
-    val_size: float = 0.2
+    val_size: float = 0.2  # 0: train on every image for --epochs and keep the last (a refit, epochs chosen before)
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
@@ -116,8 +116,9 @@ def _check(config: FinetuneConfig) -> None:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.schedule not in SCHEDULES:
         raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
-    if not 0 < config.val_size < 1:
-        raise UsageError(f"--val-size must be a fraction between 0 and 1, got {config.val_size}")
+    if not 0 <= config.val_size < 1:
+        raise UsageError(f"--val-size must be a fraction from 0 (no validation: keep the last epoch) to below 1, "
+                         f"got {config.val_size}")
     if config.batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2 (BatchNorm and a mean loss need two), got {config.batch_size}")
     if config.image_size is not None and config.image_size < 32:
@@ -138,6 +139,8 @@ def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.
     counts = np.bincount(labels[rows], minlength=len(classes))
     if (counts > 0).sum() < 2:
         raise UsageError("fine-tuning needs labelled images of two or more classes; give class subfolders or a label column")
+    if val_size == 0:
+        return rows, rows[:0]
     small = [c for c, k in zip(classes, counts, strict=True) if 0 < k < 2]
     if small:
         raise UsageError(f"class {small[0]!r} has one image; each class needs two (one to train, one to validate)")
@@ -238,22 +241,35 @@ PROBE_C = (0.001, 0.01, 0.1, 1.0)
 
 def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> float:
     """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
-    `fit` chooses. The probe is fine-tuning's starting point: one that memorises the training rows
-    (1,280 features, 1,150 digits) is a worse start than one that generalises. On the digits at 96 px
+    `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows.
+    The probe is fine-tuning's starting point: one that memorises the training rows (1,280 features,
+    1,150 digits) is a worse start than one that generalises. On the digits at 96 px
     this picks C=1 with the spreads floored as in _linear_probe, and C=0.1 with them floored at the median."""
     from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
 
-    labels = np.unique(y)
-    keep = np.isin(y_val, labels)
-    if keep.sum() == 0:
-        return 1.0
-    losses = {}
-    for C in PROBE_C:
-        head = nn.Linear(X.shape[1], int(max(y.max(), y_val.max())) + 1)
-        _linear_probe(head, X, y, head.out_features, C=C)
-        with torch.no_grad():
-            p = torch.softmax(head(torch.from_numpy(X_val[keep]).float()), 1).numpy()
-        losses[C] = log_loss(y_val[keep], p, labels=np.arange(head.out_features))
+    classes = int(max(y.max(), y_val.max() if len(y_val) else 0)) + 1
+    if len(y_val):
+        folds = [(X, y, X_val, y_val)]
+    else:
+        smallest = int(np.bincount(y)[np.unique(y)].min())
+        if smallest < 2:
+            log.info("a class has one training image: the probe's strength is C=1, not chosen")
+            return 1.0
+        cv = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=0)
+        folds = [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)]
+    losses = dict.fromkeys(PROBE_C, 0.0)
+    folds = [f for f in folds if np.isin(f[3], np.unique(f[1])).any()]
+    if not folds:
+        return 1.0  # no held-out row of a class the probe saw: nothing to choose on
+    for X_fit, y_fit, X_held, y_held in folds:
+        keep = np.isin(y_held, np.unique(y_fit))  # rows of a class the probe never saw say nothing about C
+        for C in PROBE_C:
+            head = nn.Linear(X.shape[1], classes)
+            _linear_probe(head, X_fit, y_fit, classes, C=C)
+            with torch.no_grad():
+                p = torch.softmax(head(torch.from_numpy(X_held[keep]).float()), 1).numpy()
+            losses[C] += log_loss(y_held[keep], p, labels=np.arange(classes)) * keep.sum()
     return min(losses, key=losses.get)
 
 
@@ -273,7 +289,9 @@ def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
             loss += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
-    return float(loss) / max(n, 1), float(correct) / max(n, 1)
+    if n == 0:
+        return math.nan, math.nan  # no validation rows (--val-size 0)
+    return float(loss) / n, float(correct) / n
 
 
 def _with_warmup(optimizer, steps: int, schedule: Callable):
@@ -360,7 +378,7 @@ def finetune(config: FinetuneConfig,
     if state is None:
         t0 = time.perf_counter()
         X, y = _pooled(net, spec, _loader(images(train_rows), config.batch_size, False, 0), preprocess, device)
-        X_val, y_val = _pooled(net, spec, val_loader, preprocess, device)
+        X_val, y_val = _pooled(net, spec, val_loader, preprocess, device) if len(val_rows) else (X[:0], y[:0])
         _linear_probe(head, X, y, len(classes), C=_probe_strength(X, y, X_val, y_val))
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
@@ -425,7 +443,7 @@ def finetune(config: FinetuneConfig,
         row = Epoch(epoch, float(total) / max(seen, 1), val_loss, val_acc,
                     max(g["lr"] for g in optimizer.param_groups), time.perf_counter() - t0)
         history.append(row)
-        if val_loss < best_loss:
+        if val_loss < best_loss or not len(val_rows):  # without validation rows the last epoch is kept
             best_state, best_epoch, best_loss = blocks.snapshot(net), epoch, val_loss
         _atomic_save({
             "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
@@ -443,7 +461,8 @@ def finetune(config: FinetuneConfig,
         "format": FORMAT, "format_version": 1, "model": spec.name, "weights": config.weights,
         "base_weights_sha256": weights.sha256, "classes": classes, "data_config": data_config.to_json(),
         "config": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}),
-        "best_epoch": best_epoch, "val_loss": best.val_loss, "val_accuracy": best.val_accuracy,
+        "best_epoch": best_epoch, "val_loss": None if math.isnan(best.val_loss) else best.val_loss,
+        "val_accuracy": None if math.isnan(best.val_accuracy) else best.val_accuracy,
         "train_images": len(train_rows), "val_images": len(val_rows),
     }
     _atomic_save({"state_dict": {k: v.cpu() for k, v in best_state.items()}, "featpipe": meta}, config.output)
@@ -477,7 +496,8 @@ def write_report(result: FinetuneResult, folder: Path) -> Path:
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()
     ax_acc.set_ylabel("validation accuracy")
-    fig.suptitle(f"{result.output.name}: epoch {result.best_epoch} kept (lowest validation loss)", fontsize=10)
+    why = "lowest validation loss" if result.val_images else "the last: no validation images"
+    fig.suptitle(f"{result.output.name}: epoch {result.best_epoch} kept ({why})", fontsize=10)
     fig.tight_layout()
     path = folder / "curves.png"
     fig.savefig(path, dpi=110)
