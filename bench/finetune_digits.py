@@ -141,17 +141,18 @@ def main() -> None:
                 # The validated run chose the epochs; the refit trains on its validation rows too.
                 refit, acc, seconds = finetuned(unfreeze, val_size=0.0, epochs=result.best_epoch,
                                                 output=work / f"ft-{unfreeze}-refit.pt")
-                rows.append((f"finetune --unfreeze {unfreeze}, refit: --val-size 0 --epochs {result.best_epoch} "
-                             f"({refit.train_images} rows, {seconds:.0f} s)", acc))
+                assert refit.train_images == len(train)  # the validation rows too, never a test row
+                rows.append((f"finetune --unfreeze {unfreeze} --val-size 0 --epochs {result.best_epoch} (refit, "
+                             f"{seconds:.0f} s)", acc))
         print(f"digits: {len(train)} training rows (validation split inside them), {len(test)} test rows; "
               f"{args.model}; frozen features at the model's own size (extract, {t_frozen:.0f} s with "
               f"{args.views} views per image); fine-tuning at --image-size {args.image_size} --crop-pct {args.crop_pct:g}, "
               f"--epochs {args.epochs}, --lr-decay {args.lr_decay:g}, "
               f"--no-flip, --augment {args.finetune_augment}, adam {args.lr:g} with "
               f"{FinetuneConfig.warmup:g} epoch of warm-up then {FinetuneConfig.schedule}, --bn frozen")
-        print(f"{'':72} test accuracy")
+        print(f"{'':64} test accuracy")
         for name, acc in rows:
-            print(f"{name:72} {'n/a' if acc is None else f'{acc:.4f}'}")
+            print(f"{name:64} {'n/a' if acc is None else f'{acc:.4f}'}")
         print(f"wall time {time.perf_counter() - t_start:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,8 +6,9 @@ head; the scaler is folded into the head's weights; its L2 strength is the one
 with the lowest validation log-loss). Phase 2 trains the chosen stages, the neck
 and the head on augmented views, lower stages at lower rates, after a linear
 warm-up of the rates (--warmup, one epoch by default).
-The epoch with the lowest validation loss is kept. After each epoch the whole
-state (weights, optimizer, schedule, best so far, history) is written to
+The epoch with the lowest validation loss is kept; with --val-size 0 (a refit on
+every image, for the epochs a validated run kept) the last. After each epoch the
+whole state (weights, optimizer, schedule, best so far, history) is written to
 ``<output>.resume`` by a rename; ``--resume`` continues from it. Every epoch
 seeds its own randomness (shuffling, augmentation, dropout) from the seed and
 its number, so a resumed run gives the same weights as an uninterrupted one.
@@ -241,10 +242,11 @@ PROBE_C = (0.001, 0.01, 0.1, 1.0)
 
 def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> float:
     """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
-    `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows.
-    The probe is fine-tuning's starting point: one that memorises the training rows (1,280 features,
-    1,150 digits) is a worse start than one that generalises. On the digits at 96 px
-    this picks C=1 with the spreads floored as in _linear_probe, and C=0.1 with them floored at the median."""
+    `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows
+    (C=1 where a class has a single image and nothing can be held out). The probe is fine-tuning's starting
+    point: one that memorises the training rows (1,280 features, 1,150 digits) is a worse start than one
+    that generalises. On the digits at 96 px this picks C=1 with the spreads floored as in _linear_probe,
+    and C=0.1 with them floored at the median."""
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
@@ -253,15 +255,13 @@ def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.n
         folds = [(X, y, X_val, y_val)]
     else:
         smallest = int(np.bincount(y)[np.unique(y)].min())
-        if smallest < 2:
-            log.info("a class has one training image: the probe's strength is C=1, not chosen")
-            return 1.0
-        cv = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=0)
-        folds = [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)]
-    losses = dict.fromkeys(PROBE_C, 0.0)
+        cv = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=0) if smallest >= 2 else None
+        folds = [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)] if cv else []
     folds = [f for f in folds if np.isin(f[3], np.unique(f[1])).any()]
     if not folds:
-        return 1.0  # no held-out row of a class the probe saw: nothing to choose on
+        log.info("no held-out image of a class the probe saw: its strength is C=1, not chosen")
+        return 1.0
+    losses = dict.fromkeys(PROBE_C, 0.0)
     for X_fit, y_fit, X_held, y_held in folds:
         keep = np.isin(y_held, np.unique(y_fit))  # rows of a class the probe never saw say nothing about C
         for C in PROBE_C:
