@@ -25,7 +25,8 @@ printed each candidate's test accuracy, so these test rows are not untouched by 
 - every stage at one rate (--lr-decay 1) of 4e-4: the lowest stages must adapt to such images too;
 - no augmentation (--finetune-augment none): even a mild random crop (80-100% of the area, 5 degrees of
   rotation) broke the linear probe (0.51 accuracy on views of its own training digits), and shifts inside
-  the border did not help either.
+  the border did not help either;
+- then a refit on every training row, the validation rows too, for the epochs the validated run kept.
 
 Prints the table, the image size and epochs chosen, and the wall time.
 """

@@ -6,6 +6,7 @@ out-of-memory error; the GPU itself is tested in tests/test_gpu.py (skipped with
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +300,16 @@ def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
     slots = (devices_mod.WorkerSlot("0", "cpu"), devices_mod.WorkerSlot("1", "cpu"))
     seen = []
     real = runner.device_of_worker
-    monkeypatch.setattr(runner, "device_of_worker", lambda s, name: seen.append(name) or real(s, name))
+    both = threading.Barrier(2, timeout=120)
+
+    def device_of_worker(s, name):
+        first = name not in seen
+        seen.append(name)
+        if first:  # each worker holds its first partition until the other has one: both surely take part
+            both.wait()
+        return real(s, name)
+
+    monkeypatch.setattr(runner, "device_of_worker", device_of_worker)
     paths = tuple(str(p.relative_to(images)) for p in sorted(images.rglob("*.*")))
     tasks = [runner.PartitionTask(k, start, str(images), paths[start:start + 4]) for k, start in
              enumerate(range(0, len(paths), 4))]
