@@ -257,19 +257,20 @@ def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.n
         smallest = int(np.bincount(y)[np.unique(y)].min())
         cv = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=0) if smallest >= 2 else None
         folds = [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)] if cv else []
-    folds = [f for f in folds if np.isin(f[3], np.unique(f[1])).any()]
+    # Held-out rows of a class the probe never saw say nothing about C.
+    folds = [(X_fit, y_fit, X_held[keep], y_held[keep]) for X_fit, y_fit, X_held, y_held in folds
+             if (keep := np.isin(y_held, np.unique(y_fit))).any()]
     if not folds:
         log.info("no held-out image of a class the probe saw: its strength is C=1, not chosen")
         return 1.0
     losses = dict.fromkeys(PROBE_C, 0.0)
     for X_fit, y_fit, X_held, y_held in folds:
-        keep = np.isin(y_held, np.unique(y_fit))  # rows of a class the probe never saw say nothing about C
         for C in PROBE_C:
             head = nn.Linear(X.shape[1], classes)
             _linear_probe(head, X_fit, y_fit, classes, C=C)
             with torch.no_grad():
-                p = torch.softmax(head(torch.from_numpy(X_held[keep]).float()), 1).numpy()
-            losses[C] += log_loss(y_held[keep], p, labels=np.arange(classes)) * keep.sum()
+                p = torch.softmax(head(torch.from_numpy(X_held).float()), 1).numpy()
+            losses[C] += log_loss(y_held, p, labels=np.arange(classes)) * len(y_held)
     return min(losses, key=losses.get)
 
 
