@@ -36,7 +36,7 @@ def throughput(workers: int, folder: Path, warm: Path, workdir: Path, args) -> t
     import distributed
 
     import featpipe
-    from featpipe.extraction.runner import cpu_cores
+    from featpipe._util import cpu_cores
 
     common = dict(model=args.model, weights="random", batch_size=args.batch_size, device="cpu", overwrite=True)
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",

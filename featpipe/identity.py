@@ -26,12 +26,12 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from . import remote
+from ._util import installed_version, sha256_file
 from ._version import __version__
 from .models.data_config import upgrade as data_config_upgrade
 
@@ -150,22 +150,6 @@ def extractor_differences(expected: dict, got: dict) -> str:
 # --- the request -------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (weights files, images with --verify-content)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weights_file(model: str, weights: str) -> Path | None:
     """The file the weights come from (pretrained or checkpoint), found without building anything; None for random."""
     if weights == "random":
@@ -199,7 +183,7 @@ def request(model: str, weights: str, seed: int, layers: Sequence[str], pool: st
         "dtype": dtype,
         "resampler": resampler,
         "decode": decode,
-        "versions": {"featpipe": __version__, **{d: _version(d) for d in ("torch", "timm", "torchvision")}},
+        "versions": {"featpipe": __version__, **{d: installed_version(d) for d in ("torch", "timm", "torchvision")}},
     }
 
 

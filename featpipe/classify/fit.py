@@ -19,6 +19,7 @@ from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
+from .._util import available_memory, pyplot
 from ..errors import FeatpipeError, UsageError
 from ..store import FeatureSet, load
 from . import modelfile
@@ -208,22 +209,6 @@ def choose(rows: list[FitRow], by: str) -> tuple[str, str]:
     rule = (f"highest {by}; within {100 * TIE:.1f} points counts as a tie, won by the simpler model "
             f"({' < '.join(n for n in SIMPLICITY)})")
     return best, rule
-
-
-def available_memory() -> int:
-    """Bytes this process can still allocate: the system's available memory, capped by a cgroup
-    (container) limit."""
-    import psutil
-
-    free = int(psutil.virtual_memory().available)
-    try:  # cgroup v2: "max", or a limit in bytes
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            free = min(free, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return free
 
 
 def _augmented_views(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -516,10 +501,7 @@ def write_report(folder: Path, rows: list[FitRow], classes: list[str], fitted: d
 
 
 def plot_history(history: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key, ax in (("loss", a), ("accuracy", b)):

@@ -18,6 +18,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from .._util import pyplot
 from ..errors import UsageError
 from .heads import OPTIMIZERS, LinearHead, MLPHead, lone_rows_train, make_optimizer
 from .rows import Rows
@@ -112,10 +113,7 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
 
 
 def plot_lr_find(finding: LRFinding, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(finding.lrs, finding.losses)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import pyplot
 from ..errors import UsageError
 from .rows import Rows, predict_proba_rows
 
@@ -103,10 +104,7 @@ def most_confused(cm: np.ndarray, keep: int = PLOT_CLASSES) -> np.ndarray:
 
 
 def plot_confusion(result: dict, class_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     full = np.asarray(result["confusion_matrix"], dtype=float)
     # Rows are normalised by each class's full support, before any class is left out.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import identity
+from .._util import atomic_write
 from ..errors import FormatError, UsageError
 from ..models.data_config import upgrade as data_config_upgrade
 from ..store import FeatureSet
@@ -148,9 +149,8 @@ def save(path: str | os.PathLike, pipeline, classes, fs: FeatureSet, layer: str,
         "features_fingerprint": identity.features_fingerprint(fs.meta),
         "request": request if isinstance(request, str) else json.dumps(request, sort_keys=True),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    sio.dump(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        sio.dump(payload, tmp)
 
 
 def _metrics(stored) -> dict:

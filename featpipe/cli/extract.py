@@ -203,12 +203,13 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
     partitions in flight (or a Dask client's shutdown) would only delay the exit, so the process
     leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
     """
-    from ..extraction.shardstore import ShardStore, is_url
+    from ..extraction.shardstore import ShardStore
+    from ..remote import is_url
 
     parts = ShardStore.location_for(Path(output).expanduser().absolute(), shard_dir)
 
     def leave(signum, frame) -> None:
-        if is_url(parts) and not parts.startswith("file://"):
+        if is_url(parts):
             what = "finished partitions"  # not listed: a network call must not hold up Ctrl-C
         else:
             kept = sum(name.startswith("part-") for name in ShardStore(parts).names())

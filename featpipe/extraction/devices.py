@@ -1,16 +1,44 @@
-"""--devices: one local worker per GPU, each with its own copy of the network.
+"""Devices: --device as a device name (``resolve_device``, shared with finetune), and --devices: one local
+worker per GPU, each with its own copy of the network.
 
 ``parse_devices`` turns the option into device names; ``worker_devices`` is the
 plan of the local workers (worker name -> device). A local worker is a set of
 task threads of the client's process (localpool.py), named "0", "1", ...; they
-share its decode threads (Pillow and nvJPEG release the GIL). Both are plain functions of their inputs (the GPU count is passed in),
-so they are tested without a GPU.
+share its decode threads (Pillow and nvJPEG release the GIL). Those two are plain functions of their inputs
+(the GPU count is passed in), so they are tested without a GPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..errors import UsageError
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda:0' when there is a GPU, else 'cpu'; checks a requested GPU exists (imports torch).
+
+    Raises:
+        UsageError: not a device name, or a GPU this machine does not have.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        index = 0 if device == "cuda" else device.split(":", 1)[1]
+        if not str(index).isdigit():
+            raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device!r} asked for a GPU but CUDA is not available; use --device cpu")
+        if int(index) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+        return f"cuda:{index}"
+    raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
 def parse_devices(text: str, gpu_count: int) -> tuple[str, ...]:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
+from .._util import cpu_cores
+
 _local = threading.local()
 
 
@@ -80,8 +82,6 @@ class LocalExecutor:
         this process (the GPU path; CPU streams come with theirs)."""
         if plan.torch_threads is not None:
             return plan
-        from .runner import cpu_cores
-
         return replace(plan, torch_threads=max(1, cpu_cores() // self.threads))
 
     def submit(self, fn: Callable, *args, key: str = "") -> Future:

@@ -9,7 +9,6 @@ one shard, or one block of copied rows, at a time.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import h5py
 import numpy as np
 
 from .. import store
-from .shardstore import atomic_replace
+from .._util import atomic_write
 from .sources import SampleList
 from .writer import Shard
 
@@ -71,13 +70,13 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
     """Write ``output`` for ``samples`` from ``sources``; ``layers`` maps each layer to its attributes (pool,
     node), in order. Returns valid, and the failed rows with their reasons."""
     n = sources.n
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     valid = np.ones(n, dtype=bool)
     reasons: dict[int, str] = {}
     covered = np.zeros(n, dtype=bool)
     old = h5py.File(sources.old_file, "r") if sources.old_file is not None else None
     try:
-        with h5py.File(tmp, "w") as f:
+        # The previous file is read while the new one is written; it is replaced only when complete.
+        with atomic_write(output) as tmp, h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
             feats = f.create_group("features")
@@ -163,13 +162,7 @@ def merge(output: Path, samples: SampleList, attrs: dict, layers: dict[str, dict
             err_index = bad.tolist()
             store.write_errors(f, err_index, [samples.paths[i] for i in err_index],
                                [reasons.get(i, "failed") for i in err_index])
-        if old is not None:
-            old.close()
-            old = None
-        atomic_replace(tmp, output)
     finally:
         if old is not None:
             old.close()
-        if tmp.exists():
-            tmp.unlink()
     return valid, bad.tolist(), [reasons.get(i, "failed") for i in bad.tolist()]

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from .. import __version__, identity, models
+from .. import identity, models
+from .._util import cpu_cores, remove_temporaries
+from .._version import __version__
 from ..errors import RunConflictError, TooManyFailuresError, UsageError
 from ..models.data_config import check_decode, check_resampler
 from ..store import FORMAT, FORMAT_VERSION, augmented_name, load
@@ -203,7 +205,7 @@ def _partition_size(config: ExtractConfig, n: int, slots: int, on_cpu: bool = Tr
 def _work_plan(config: ExtractConfig, on_cpu: bool, devices: tuple[str, ...] = ()) -> tuple[WorkPlan, int]:
     """How partitions run, and how many task slots (threads) each local worker gets (0 on a cluster)."""
     from .devices import worker_devices
-    from .runner import WorkPlan, cpu_cores
+    from .runner import WorkPlan
 
     batch = {"batch_size": _first_batch(config, on_cpu), "max_pixels": config.max_pixels,
              "auto_batch": config.batch_size == "auto"}
@@ -402,12 +404,6 @@ def stored_layers(layers: list[str], views: ViewSpec) -> tuple[str, ...]:
     return tuple(layers) + tuple(augmented_name(name) for name in layers if views.augment)
 
 
-def _remove_leftovers(output: Path) -> None:
-    """Temporary files of a merge that was killed: we hold the lock, so nobody is writing them."""
-    for stale in output.parent.glob(f".{output.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-
-
 def extract(config: ExtractConfig, progress: Callable[[int, int], None] | None = None) -> ExtractSummary:
     """Run an extraction; ``progress(done, total)`` is called as partitions finish.
 
@@ -455,7 +451,7 @@ def _request_decode(config: ExtractConfig) -> str:
         return config.decode
     device = config.device
     if device == "auto" and not config.scheduler:
-        from .runner import resolve_device
+        from .devices import resolve_device
 
         device = resolve_device(device)
     # What auto turns into depends on the device type (and the model, which the request names):
@@ -486,7 +482,7 @@ def _already_complete(config: ExtractConfig, request: dict, samples: SampleList)
         images = samples.image_stats(config.verify_content)
         if digest != identity.images_digest(samples.paths, samples.labels, samples.classes, images):
             return False
-        _remove_leftovers(config.output)
+        remove_temporaries(config.output)  # of a killed merge: we hold the lock
         writer.ShardStore.for_output(config.output, config.shard_dir).remove()
         return True
 
@@ -495,7 +491,8 @@ def _build_and_extract(config: ExtractConfig, samples: SampleList, model: str, r
                        progress: Callable[[int, int], None] | None, t_start: float) -> ExtractSummary:
     import torch
 
-    from .runner import Extractor, ExtractorSpec, resolve_device
+    from .devices import resolve_device
+    from .runner import Extractor, ExtractorSpec
 
     devices = _devices(config)
     spec = ExtractorSpec(
@@ -626,7 +623,7 @@ def _extract(
 
     with contextlib.ExitStack() as held:
         held.enter_context(OutputLock(config.output))
-        _remove_leftovers(config.output)
+        remove_temporaries(config.output)  # of a killed merge: we hold the lock
         images = samples.image_stats(config.verify_content)
         keys = identity.row_keys(samples.paths, images, config.verify_content)
         prev = _Previous()

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import io
 import logging
-import os
 import threading
 import time
 import warnings
@@ -30,12 +29,13 @@ import numpy as np
 import torch
 
 from .. import models
+from .._util import cpu_cores
 from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
 from ..store import augmented_name
 from . import localpool
 from .decode import MAX_PIXELS, BadImage, PixelBudget
-from .devices import WorkerSlot, device_of_worker
+from .devices import WorkerSlot, device_of_worker, resolve_device
 from .gpu_decode import GpuDecoder, gpu_refusal
 from .inputs import open_partition
 from .preprocess import Preprocessor, resolve_resampler
@@ -73,27 +73,6 @@ class ExtractorSpec:
     # enough images to pay that back (see run.OPTIMIZE_MIN_IMAGES).
     optimize: bool = True
     views: ViewSpec = ViewSpec()  # TTA and augmented views besides the eval crop (extraction/views.py)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when there is a GPU, else 'cpu'; checks a requested GPU exists."""
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        index = 0 if device == "cuda" else device.split(":", 1)[1]
-        if not str(index).isdigit():
-            raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device!r} asked for a GPU but CUDA is not available; use --device cpu")
-        if int(index) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-        return f"cuda:{index}"
-    raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
 
 
 class Extractor:
@@ -328,21 +307,6 @@ class WorkPlan:
     # spin-wait for each other). A host not listed (a worker that joined later) counts its own threads only.
     host_threads: tuple[tuple[str, int], ...] = ()
     devices: tuple[WorkerSlot, ...] = ()  # --devices: each local worker's GPU (see devices.py)
-
-
-def cpu_cores() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def _set_torch_threads(plan: WorkPlan) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote
+from .._util import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +304,8 @@ def _read_cache(cache: Path | None, label_key: str | None) -> dict:
 def _write_cache(cache: Path, label_key: str | None, listings: list[ShardListing]) -> None:
     shards = {x.location: {"stat": [x.size, x.mtime_ns, x.version], "members": [list(astuple(m)) for m in x.members],
                            "broken": x.broken, "broken_in_member": x.broken_in_member} for x in listings}
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps({"format": LISTINGS_FORMAT, "label_key": label_key, "shards": shards}))
-        os.replace(tmp, cache)
+        with atomic_write(cache) as tmp:
+            tmp.write_text(json.dumps({"format": LISTINGS_FORMAT, "label_key": label_key, "shards": shards}))
     except OSError as exc:  # only a cache: the next run lists the shards again
         log.warning("could not keep the shards' listings in %s (%s)", cache, exc)
-        tmp.unlink(missing_ok=True)

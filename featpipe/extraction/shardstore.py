@@ -25,43 +25,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import remote
+from .._util import atomic_write, temporary_name
 from ..errors import UsageError
-
-
-def is_url(location: str) -> bool:
-    return "://" in location
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` over ``final`` durably: the data first, then the directory entry."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def temporary_name(name: str) -> str:
-    """A name no other writer uses (workers on several machines may share pids), and that listings skip."""
-    return f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def is_temporary(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
 
 
 class ShardStore:
@@ -70,7 +39,7 @@ class ShardStore:
     def __init__(self, location: str | os.PathLike):
         self.location = str(location)
         self._fs = None
-        if is_url(self.location):
+        if remote.is_url(self.location):
             import fsspec
             from fsspec.implementations.local import LocalFileSystem
 
@@ -84,8 +53,8 @@ class ShardStore:
             else:
                 self.local = None
                 self._fs, self._path = fs, path.rstrip("/")
-        else:
-            self.local = Path(self.location).expanduser().absolute()
+        else:  # a path, or a file:// URL
+            self.local = Path(remote.local_path(self.location)).expanduser().absolute()
 
     @staticmethod
     def location_for(output: Path, shard_dir: str | None) -> str:
@@ -185,12 +154,8 @@ class ShardStore:
     def writing(self, name: str) -> Iterator[Path]:
         """A local path to write ``name`` to; on a clean exit the file appears under ``name``, complete."""
         if self.local is not None:
-            tmp = self.local / temporary_name(name)
-            try:
+            with atomic_write(self.local / name) as tmp:
                 yield tmp
-                atomic_replace(tmp, self.local / name)
-            finally:
-                tmp.unlink(missing_ok=True)
             return
         fd, tmp_path = tempfile.mkstemp(prefix="featpipe-", suffix=f"-{name}")
         os.close(fd)

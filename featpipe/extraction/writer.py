@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from .._util import is_temporary
 from ..store import STR
-from .shardstore import ShardStore, atomic_replace, is_temporary
+from .shardstore import ShardStore
 
 if TYPE_CHECKING:
     from .runner import PartitionResult
 
-__all__ = ["MANIFEST", "Shard", "ShardStore", "ShardWrite", "atomic_replace", "finished_shards", "read_manifest",
+__all__ = ["MANIFEST", "Shard", "ShardStore", "ShardWrite", "finished_shards", "read_manifest",
            "shard_name", "write_manifest", "write_shard"]
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def load(path: str | Path) -> FineTuned:
 def predict_proba(tuned: FineTuned, paths: list[Path], batch_size: int = 64,
                   device: str = "cpu") -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities (N, C) for each image (NaN rows where an image cannot be decoded), and the reasons."""
-    from ..extraction.runner import resolve_device
+    from ..extraction.devices import resolve_device
 
     target = torch.device(resolve_device(device))
     net = tuned.model.to(target)

@@ -32,8 +32,8 @@ from torch import nn
 from .. import models
 from ..classify.heads import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from ..errors import UsageError
+from ..extraction.devices import resolve_device
 from ..extraction.preprocess import Preprocessor, resolve_resampler
-from ..extraction.runner import resolve_device
 from ..extraction.sources import discover
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name

@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
+from .._util import atomic_write, cache_dir, installed_version
 from .._version import __version__
 
 log = logging.getLogger(__name__)
@@ -27,19 +26,11 @@ log = logging.getLogger(__name__)
 CATALOG_VERSION = 1  # bump when what is cached, or how it is computed, changes
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
 def cache_path() -> Path:
     """This installation's cache file: named after featpipe's, torch's, timm's and torchvision's versions."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    versions = [CATALOG_VERSION, __version__] + [_version(d) for d in ("torch", "timm", "torchvision")]
+    versions = [CATALOG_VERSION, __version__] + [installed_version(d) for d in ("torch", "timm", "torchvision")]
     key = hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]
-    return base / "featpipe" / f"models-{key}.json"
+    return cache_dir(f"models-{key}.json")
 
 
 def _read() -> dict:
@@ -54,14 +45,12 @@ def _write(data: dict) -> None:
     """Replace the cache file whole (a reader sees the old one or the new one); a cache that cannot
     be written only costs the next listing its time."""
     path = cache_path()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(data, sort_keys=True))
     except OSError as exc:
         log.info("cannot write the model cache %s (%s)", path, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def libraries_loaded() -> bool:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._util import sha256_file
 from ..errors import WeightsError
-from ..identity import sha256_file
 from .pretrained import LITE_PACKAGES, find_pretrained
 from .registry import ModelSpec
 
