@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path end to end (issue 12): featpipe ResNet-50 bf16 with CPU and with GPU decoding, the same
-# network's pure forward throughput, and the shared baseline_extract.py with 16 DataLoader workers, on the
-# same 20,000 ImageNet-sized JPEGs (the shared make_images.py). Prints images/s and the ratios against the
+# network's pure forward throughput, and bench/baseline_extract.py with 16 DataLoader workers, on the
+# same 20,000 ImageNet-sized JPEGs (bench/make_images.py). Prints images/s and the ratios against the
 # targets: >= 5,000 img/s end to end, >= 0.8x the pure forward, >= 3x the baseline.
 #
 #   bench/gpu.sh                      # one GPU, < 8 minutes on an H200 with 16 cores
@@ -9,8 +9,9 @@
 #
 # ResNet-50 has random weights (no hub access on the GPU machine): throughput does not depend on them.
 # Environment: N (images, 20000), DEVICE (cuda), PRECISION (bf16 on a GPU; fp32 on a CPU, where bf16 is
-# emulated and slow), BATCH (256), WORKERS (baseline DataLoader workers, 16), TOOLS (folder of the shared
-# make_images.py and baseline_extract.py), WORKDIR (image cache), PYTHON.
+# emulated and slow), BATCH (256), WORKERS (baseline DataLoader workers, 16), WORKDIR (image cache), PYTHON,
+# PHASES (a file to append "STAGE EPOCH-SECONDS" to as each stage starts; bench/gpu_check.sh reads it and
+# marks the end).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,37 +22,37 @@ if [[ "$DEVICE" == cuda* ]]; then PRECISION="${PRECISION:-bf16}"; else PRECISION
 WORKERS="${WORKERS:-16}"
 PYTHON="${PYTHON:-python}"
 WORKDIR="${WORKDIR:-${TMPDIR:-/tmp}/featpipe-bench}"
-if [[ -z "${TOOLS:-}" ]]; then
-  for t in "$REPO/../shared/bench" "$REPO/shared/bench" /work/shared/bench; do
-    [[ -f "$t/make_images.py" ]] && TOOLS="$t" && break
-  done
-fi
-if [[ -z "${TOOLS:-}" || ! -f "$TOOLS/make_images.py" || ! -f "$TOOLS/baseline_extract.py" ]]; then
-  echo "error: the shared make_images.py and baseline_extract.py were not found; set TOOLS=folder" >&2
-  exit 2
-fi
+TOOLS="$REPO/bench"
+mark() { [[ -z "${PHASES:-}" ]] || echo "$1 $(date +%s.%N)" >>"$PHASES"; }
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 CORES="$("$PYTHON" -c 'import os; print(len(os.sched_getaffinity(0)))')"
 IMAGES="$WORKDIR/gpu_${N}"
 T0=$SECONDS
 
-# --- images: the shared generator, one process per core, each its own seed, gathered into one tree --------
+# --- images: bench/make_images.py, one process per core, each its own seed, gathered into one tree -------
+mark images
 if [[ ! -f "$IMAGES/.complete" ]]; then
   rm -rf "$IMAGES" "$IMAGES.parts"
   mkdir -p "$IMAGES.parts"
   per=$(( (N + CORES - 1) / CORES ))
+  pids=()
   for ((k = 0; k < CORES; k++)); do
     n=$(( N - k * per < per ? N - k * per : per ))
-    (( n > 0 )) && "$PYTHON" "$TOOLS/make_images.py" "$IMAGES.parts/$k" --n "$n" --classes 10 --seed "$k" &
+    (( n > 0 )) || break
+    "$PYTHON" "$TOOLS/make_images.py" "$IMAGES.parts/$k" --n "$n" --classes 10 --seed "$k" &
+    pids+=($!)
   done
-  wait
-  for part in "$IMAGES.parts"/*; do
-    k="$(basename "$part")"
-    for cls in "$part"/*; do
-      mkdir -p "$IMAGES/$(basename "$cls")"
-      for f in "$cls"/*.jpg; do mv "$f" "$IMAGES/$(basename "$cls")/p${k}_$(basename "$f")"; done
-    done
-  done
+  for pid in "${pids[@]}"; do wait "$pid"; done  # a generator that failed stops the script
+  # part k's class_c/img_i.jpg becomes class_c/pk_img_i.jpg, in one process (not a mv per file)
+  "$PYTHON" - "$IMAGES.parts" "$IMAGES" <<'EOF'
+import sys
+from pathlib import Path
+
+parts, out = Path(sys.argv[1]), Path(sys.argv[2])
+for f in parts.glob("*/*/*.jpg"):
+    (out / f.parent.name).mkdir(parents=True, exist_ok=True)
+    f.rename(out / f.parent.name / f"p{f.parent.parent.name}_{f.name}")
+EOF
   rm -rf "$IMAGES.parts"
   touch "$IMAGES/.complete"
 fi
@@ -69,15 +70,18 @@ featpipe_run() {  # $1: --decode choice
   echo "$(echo "$out" | rate)/$(echo "$out" | grep -oE '[0-9.]+ s in all' | cut -d' ' -f1)"
 }
 echo "featpipe, CPU decoding (--decode exact):" >&2
+mark featpipe_decode_exact
 CPU_DECODE="$(featpipe_run exact)"
 if [[ "$DEVICE" == cuda* ]]; then
   echo "featpipe, GPU decoding (--decode gpu):" >&2
+  mark featpipe_decode_gpu
   GPU_DECODE="$(featpipe_run gpu)"
 else
   GPU_DECODE=""
 fi
 
 # --- the same network's pure forward pass, on pre-decoded batches already on the device -----------------
+mark pure_forward
 PURE="$("$PYTHON" - "$DEVICE" "$BATCH" "$PRECISION" <<'EOF'
 import sys, time
 import torch
@@ -101,6 +105,7 @@ EOF
 )"
 
 # --- the baseline: ImageFolder + DataLoader workers + timm + h5py (fp32: what the tutorial writes) -------
+mark baseline
 BASE="$("$PYTHON" "$TOOLS/baseline_extract.py" "$IMAGES" "$WORKDIR/gpu_bench_baseline.h5" --model resnet50 \
        --batch-size "$BATCH" --workers "$WORKERS" --device "$DEVICE" | grep -oE '[0-9.]+ img/s' | cut -d' ' -f1)"
 

@@ -2,8 +2,8 @@
 """Camera-sized photos: featpipe --decode exact and --decode fast against the baseline, in one run.
 
 300 noisy JPEGs of 4000x3000 (about 5 MB each: the worst case for entropy decoding),
-made by the shared ``make_images.py --size 4000x3000``; ``baseline_extract.py`` (the
-shared hand-written loop, 2 DataLoader workers) on the same files. Prints:
+made by ``bench/make_images.py --size 4000x3000``; ``bench/baseline_extract.py`` (the
+hand-written loop, 2 DataLoader workers) on the same files. Prints:
 
 1. the decode time per image on one thread: exact (every pixel) and draft (libjpeg's
    scaled decoding to no less than the model's resize target, what --decode fast does);
@@ -11,11 +11,9 @@ shared hand-written loop, 2 DataLoader workers) on the same files. Prints:
    (targets: fast >= 2.5x the baseline, exact >= 1.1x);
 3. featpipe's peak RSS on these photos / on as many ImageNet-sized ones (target <= 1.5x).
 
-    python bench/large_photos.py [--n 300] [--model resnet18] [--tools DIR]
+    python bench/large_photos.py [--n 300] [--model resnet18]
 
-``--tools`` is the folder with the shared ``make_images.py`` and ``baseline_extract.py``
-(default: ``../shared/bench`` beside the repository, else /work/shared/bench). Each
-measurement runs in its own process. Images are cached in $TMPDIR/featpipe-bench.
+Each measurement runs in its own process. Images are cached in $TMPDIR/featpipe-bench.
 """
 from __future__ import annotations
 
@@ -35,18 +33,11 @@ HERE = Path(__file__).resolve().parent
 TARGET_FAST, TARGET_EXACT, TARGET_RSS = 2.5, 1.1, 1.5
 
 
-def default_tools() -> Path:
-    for candidate in (HERE.parent.parent / "shared" / "bench", Path("/work/shared/bench")):
-        if (candidate / "make_images.py").is_file():
-            return candidate
-    return HERE.parent.parent / "shared" / "bench"
-
-
-def images(workdir: Path, tools: Path, n: int, size: str | None) -> Path:
-    """``n`` images from the shared make_images.py, made once (the stamp names the generator and its arguments)."""
-    folder = workdir / (f"shared_{n}_{size}" if size else f"shared_{n}")
+def images(workdir: Path, n: int, size: str | None) -> Path:
+    """``n`` images from bench/make_images.py, made once (the stamp names the generator and its arguments)."""
+    folder = workdir / (f"photos_{n}_{size}" if size else f"photos_{n}")
     stamp = folder / ".complete"
-    generator = tools / "make_images.py"
+    generator = HERE / "make_images.py"
     args = ["--n", str(n), "--classes", "10", "--seed", "0"] + (["--size", size] if size else [])
     digest = hashlib.sha256(generator.read_bytes() + " ".join(args).encode()).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
@@ -64,9 +55,9 @@ def child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def baseline(tools: Path, folder: Path, workdir: Path, model: str, batch_size: int) -> float:
+def baseline(folder: Path, workdir: Path, model: str, batch_size: int) -> float:
     out = subprocess.run(
-        [sys.executable, str(tools / "baseline_extract.py"), str(folder), str(workdir / "baseline.h5"),
+        [sys.executable, str(HERE / "baseline_extract.py"), str(folder), str(workdir / "baseline.h5"),
          "--model", model, "--batch-size", str(batch_size), "--workers", "2", "--device", "cpu"],
         capture_output=True, text=True, check=True,
     )
@@ -122,16 +113,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="photos (default 300; e.g. --n 20 for a quick check)")
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--tools", type=Path, default=default_tools(),
-                    help="folder of the shared make_images.py and baseline_extract.py")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR") or "/tmp") / "featpipe-bench")
     args = ap.parse_args()
-    for script in ("make_images.py", "baseline_extract.py"):
-        if not (args.tools / script).is_file():
-            sys.exit(f"error: {script} is not in {args.tools}; pass --tools with the shared bench folder")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    large = images(args.workdir, args.tools, args.n, "4000x3000")
-    small = images(args.workdir, args.tools, args.n, None)
+    large = images(args.workdir, args.n, "4000x3000")
+    small = images(args.workdir, args.n, None)
     bs = str(args.batch_size)
     print(f"camera-sized photos: {args.n} JPEGs of 4000x3000, {args.model} (random weights), batch {bs}, "
           f"{os.cpu_count()} CPUs")
@@ -139,7 +125,7 @@ def main() -> None:
     print(f"decode, one thread: exact {d['exact_ms']:.0f} ms/img ({d['exact_size'][0]}x{d['exact_size'][1]}), "
           f"draft {d['draft_ms']:.0f} ms/img (to {d['draft_size'][0]}x{d['draft_size'][1]}, resize target "
           f"{d['resize']}): {d['exact_ms'] / d['draft_ms']:.2f}x")
-    base = baseline(args.tools, large, args.workdir, args.model, args.batch_size)
+    base = baseline(large, args.workdir, args.model, args.batch_size)
     runs = {decode: child("featpipe", str(large), str(args.workdir / f"large_{decode}.h5"), args.model, bs, decode)
             for decode in ("exact", "fast")}
     ref = child("featpipe", str(small), str(args.workdir / "imagenet_sized.h5"), args.model, bs, "exact")
