@@ -91,9 +91,10 @@ def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
     import torch
 
     from featpipe._util import cpu_cores
+    from featpipe.extraction.config import ExtractConfig
     from featpipe.extraction.decode import load_rgb
-    from featpipe.extraction.run import ExtractConfig, _work_plan
-    from featpipe.extraction.runner import Extractor, ExtractorSpec
+    from featpipe.extraction.executors import work_plan as _work_plan
+    from featpipe.extraction.extractor import Extractor, ExtractorSpec
     from featpipe.extraction.sources import discover
 
     bs, n = int(batch_size), int(n)

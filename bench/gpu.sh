@@ -85,7 +85,7 @@ mark pure_forward
 PURE="$("$PYTHON" - "$DEVICE" "$BATCH" "$PRECISION" <<'EOF'
 import sys, time
 import torch
-from featpipe.extraction.runner import Extractor, ExtractorSpec
+from featpipe.extraction.extractor import Extractor, ExtractorSpec
 
 device, bs = sys.argv[1], int(sys.argv[2])
 ex = Extractor(ExtractorSpec("timm:resnet50", "random", 0, ("pooled",), "avg", device, sys.argv[3]))

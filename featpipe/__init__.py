@@ -24,9 +24,9 @@ from .errors import FeatpipeError
 
 # public name -> the module that defines it
 _LAZY = {
-    "ExtractConfig": ".extraction.run",
-    "ExtractSummary": ".extraction.run",
-    "extract": ".extraction.run",
+    "ExtractConfig": ".extraction.config",
+    "ExtractSummary": ".extraction.config",
+    "extract": ".extraction.steps",
     "FitConfig": ".classify",
     "FitResult": ".classify",
     "fit": ".classify",
@@ -45,7 +45,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .classify import FitConfig, FitResult, fit, load_model
-    from .extraction.run import ExtractConfig, ExtractSummary, extract
+    from .extraction.config import ExtractConfig, ExtractSummary
+    from .extraction.steps import extract
     from .finetune import FinetuneConfig, FinetuneResult, finetune
     from .guide import GuideConfig, GuideResult, guide
     from .predict import Predictions, predict

@@ -135,7 +135,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         UsageError: a missing file, invalid TOML, or a bad key or value (with its line).
     """
     from .classify.fit import check_settings as check_fit
-    from .extraction.run import check_settings as check_extract
+    from .extraction.config import check_settings as check_extract
 
     where = Path(path)
     if not where.is_file():

@@ -201,7 +201,7 @@ def test_a_finished_result_lost_with_its_worker_does_not_hide_a_partition_dask_g
 
     import distributed
 
-    from featpipe.extraction.distributor import DaskExecutor
+    from featpipe.extraction.executors import DaskExecutor
 
     with loopback_cluster(tmp_path, workers=1, nthreads=1,
                           scheduler_env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as (address, workers):

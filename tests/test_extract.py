@@ -289,38 +289,38 @@ def test_models_and_decode_pools_do_not_outlive_their_extraction(tmp_path, image
     import weakref
     from dataclasses import replace
 
-    from featpipe.extraction import runner
+    from featpipe.extraction import extractor
 
     built = []
-    register = runner.register_extractor
-    monkeypatch.setattr(runner, "register_extractor", lambda spec, ex: (built.append(weakref.ref(ex)),
+    register = extractor.register_extractor
+    monkeypatch.setattr(extractor, "register_extractor", lambda spec, ex: (built.append(weakref.ref(ex)),
                                                                           register(spec, ex))[1])
     for seed in (0, 1):  # two extractions, two networks, one process
         extract(ExtractConfig(image_folder, tmp_path / f"{seed}.h5", model="test_resnet", weights="random",
                               seed=seed))
     gc.collect()
     assert len(built) == 2 and all(ref() is None for ref in built), "a finished extraction's network is still alive"
-    assert not runner._extractors and runner._pool is None
+    assert not extractor._extractors and extractor._pool is None
     # A long-lived Dask worker asked for several models keeps only the latest, and one decode pool.
-    a = runner.ExtractorSpec("timm:test_resnet", "random", 0, ("pooled",), "avg", "cpu", "fp32")
-    first = weakref.ref(runner.get_extractor(a))
-    runner.get_extractor(replace(a, seed=1))
+    a = extractor.ExtractorSpec("timm:test_resnet", "random", 0, ("pooled",), "avg", "cpu", "fp32")
+    first = weakref.ref(extractor.get_extractor(a))
+    extractor.get_extractor(replace(a, seed=1))
     gc.collect()
-    assert first() is None and list(runner._extractors) == [replace(a, seed=1)]
-    pool = runner._decode_pool(2)
-    assert runner._decode_pool(3) is not pool and pool._shutdown
-    runner._extractors.clear()
-    runner._release_pool()
+    assert first() is None and list(extractor._extractors) == [replace(a, seed=1)]
+    pool = extractor.decode_pool(2)
+    assert extractor.decode_pool(3) is not pool and pool._shutdown
+    extractor._extractors.clear()
+    extractor._release_pool()
 
 
 @pytest.mark.parametrize("model", [TINY_MODEL, "tv:squeezenet1_1"])
 def test_small_runs_stay_eager_and_traced_features_agree(tmp_path, monkeypatch, model):
     """Tracing costs 1-2 s: a run of few images skips it; a larger one traces; the features agree either way."""
-    from featpipe.extraction import run as run_module
+    from featpipe.extraction import extractor
 
     images = make_images(tmp_path / "images", classes=2, per_class=8)
     eager = extract(config(tmp_path, images, model=model, output=tmp_path / "eager.h5", batch_size=5)).output
-    monkeypatch.setattr(run_module, "OPTIMIZE_MIN_IMAGES", 16)
+    monkeypatch.setattr(extractor, "OPTIMIZE_MIN_IMAGES", 16)
     traced = extract(config(tmp_path, images, model=model, output=tmp_path / "traced.h5", batch_size=7)).output
     with h5py.File(eager) as a, h5py.File(traced) as b:
         assert (a.attrs["graph"], b.attrs["graph"]) == ("eager", "traced")
@@ -331,7 +331,7 @@ def test_small_runs_stay_eager_and_traced_features_agree(tmp_path, monkeypatch, 
 
 def test_a_small_run_gives_every_stream_a_partition(tmp_path):
     """20 images on 2 streams ran as one partition on one stream (one core idle): now two of 10."""
-    from featpipe.extraction.run import _partition_size
+    from featpipe.extraction.executors import partition_size as _partition_size
 
     cfg = config(tmp_path, tmp_path, batch_size=32)
     assert _partition_size(cfg, 20, slots=2) == 10

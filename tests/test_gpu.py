@@ -139,7 +139,7 @@ def test_batch_size_auto_survives_a_real_out_of_memory_error(tmp_path, caplog):
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
     try:
-        with caplog.at_level(logging.WARNING, logger="featpipe.extraction.runner"):
+        with caplog.at_level(logging.WARNING, logger="featpipe.extraction.extractor"):
             auto = _run(tmp_path, many, "many_auto", batch_size="auto")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)

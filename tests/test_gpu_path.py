@@ -16,8 +16,8 @@ from PIL import Image
 
 import featpipe
 from featpipe import ExtractConfig, extract
+from featpipe.extraction.extractor import BatchLimit, forward_adaptive, is_out_of_memory
 from featpipe.extraction.gpu_decode import GpuDecoder, decode_with_fallback, gpu_refusal
-from featpipe.extraction.runner import BatchLimit, forward_adaptive, is_out_of_memory
 from featpipe.models import DataConfig
 
 from .conftest import TINY_MODEL, make_images
@@ -126,7 +126,7 @@ def test_gpu_path_end_to_end_on_cpu_with_a_fake_gpu_decoder(tmp_path, monkeypatc
     refuses one file it could decode; every row comes out once, close to the exact path, failures kept."""
     import torchvision
 
-    from featpipe.extraction import runner
+    from featpipe.extraction import extractor
 
     images = make_images(tmp_path / "images", classes=2, per_class=6)
     _odd_files(images)
@@ -140,13 +140,13 @@ def test_gpu_path_end_to_end_on_cpu_with_a_fake_gpu_decoder(tmp_path, monkeypatc
             raise RuntimeError("nvjpeg: unsupported")
         return torchvision.io.decode_jpeg(list(datas), mode=torchvision.io.ImageReadMode.RGB, device=device)
 
-    real_init = runner.Extractor.__init__
+    real_init = extractor.Extractor.__init__
 
     def init(self, spec):  # the decode choice as on a GPU, the device a CPU
         real_init(self, spec)
         self.gpu_decoder = GpuDecoder(self.data_config, self.device, decoder=fake_nvjpeg)
 
-    monkeypatch.setattr(runner.Extractor, "__init__", init)
+    monkeypatch.setattr(extractor.Extractor, "__init__", init)
     gpu = featpipe.load(extract(ExtractConfig(images, tmp_path / "gpu.h5", model=TINY_MODEL, weights="random",
                                               batch_size=4)).output)
     assert calls and max(calls) > 1  # batches went to the "GPU" decoder
@@ -193,12 +193,12 @@ def test_forward_adaptive_halves_and_keeps_every_row_once_in_order():
 
 
 def test_batch_size_auto_survives_out_of_memory_with_the_same_features(tmp_path, monkeypatch):
-    from featpipe.extraction import runner
+    from featpipe.extraction import extractor
 
     images = make_images(tmp_path / "images", classes=2, per_class=15)
     ref = featpipe.load(extract(ExtractConfig(images, tmp_path / "ref.h5", model=TINY_MODEL, weights="random",
                                               batch_size=8)).output)
-    real = runner.Extractor.forward
+    real = extractor.Extractor.forward
     sizes = []
 
     def forward(self, pixels, timings=None):
@@ -207,7 +207,7 @@ def test_batch_size_auto_survives_out_of_memory_with_the_same_features(tmp_path,
         sizes.append(len(pixels))
         return real(self, pixels, timings)
 
-    monkeypatch.setattr(runner.Extractor, "forward", forward)
+    monkeypatch.setattr(extractor.Extractor, "forward", forward)
     summary = extract(ExtractConfig(images, tmp_path / "auto.h5", model=TINY_MODEL, weights="random",
                                     batch_size="auto", partition_size=32))
     got = featpipe.load(summary.output)
@@ -264,18 +264,18 @@ def test_device_lists():
 
 
 def test_devices_all_plans_one_worker_per_visible_gpu(monkeypatch, tmp_path):
-    from featpipe.extraction import run
-    from featpipe.extraction.devices import WorkerSlot, device_of_worker
+    from featpipe.extraction import executors
+    from featpipe.extraction.devices import WorkerSlot, device_of_worker, local_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     config = ExtractConfig(tmp_path, tmp_path / "f.h5", model=TINY_MODEL, devices="all", batch_size="auto")
-    devices = run._devices(config)
+    devices = local_devices(config)
     assert devices == ("cuda:0", "cuda:1", "cuda:2")
-    plan, slots = run._work_plan(config, on_cpu=False, devices=devices)
+    plan, slots = executors.work_plan(config, on_cpu=False, devices=devices)
     assert plan.devices == (WorkerSlot("0", "cuda:0"), WorkerSlot("1", "cuda:1"), WorkerSlot("2", "cuda:2"))
     assert slots == 2 and plan.auto_batch and plan.batch_size == 1024
-    assert device_of_worker(plan.devices, "1") == "cuda:1"  # localpool names its workers "0", "1", ...
+    assert device_of_worker(plan.devices, "1") == "cuda:1"  # the local executor names its workers "0", "1", ...
 
 
 def test_devices_conflicting_options(tmp_path, image_folder):
@@ -291,15 +291,15 @@ def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
     """Two local workers (threads of this process), each told its own device (both the CPU here): rows
     complete, none twice, the same features as one worker, and both workers ran partitions."""
     from featpipe.extraction import devices as devices_mod
-    from featpipe.extraction import distributor, runner
+    from featpipe.extraction import executors, extractor, partition
 
     images = make_images(tmp_path / "images", classes=2, per_class=10)
     ref = featpipe.load(extract(ExtractConfig(images, tmp_path / "ref.h5", model=TINY_MODEL, weights="random",
                                               batch_size=4, device="cpu")).output)
-    spec = runner.ExtractorSpec(TINY_MODEL, "random", 0, ("pooled",), "avg", "cpu", "fp32")
+    spec = extractor.ExtractorSpec(TINY_MODEL, "random", 0, ("pooled",), "avg", "cpu", "fp32")
     slots = (devices_mod.WorkerSlot("0", "cpu"), devices_mod.WorkerSlot("1", "cpu"))
     seen = []
-    real = runner.device_of_worker
+    real = partition.device_of_worker
     both = threading.Barrier(2, timeout=120)
 
     def device_of_worker(s, name):
@@ -309,13 +309,13 @@ def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
             both.wait()
         return real(s, name)
 
-    monkeypatch.setattr(runner, "device_of_worker", device_of_worker)
+    monkeypatch.setattr(partition, "device_of_worker", device_of_worker)
     paths = tuple(str(p.relative_to(images)) for p in sorted(images.rglob("*.*")))
-    tasks = [runner.PartitionTask(k, start, str(images), paths[start:start + 4]) for k, start in
+    tasks = [partition.PartitionTask(k, start, str(images), paths[start:start + 4]) for k, start in
              enumerate(range(0, len(paths), 4))]
-    plan = runner.WorkPlan(4, devices=slots, torch_threads=1)
-    with distributor.executor(None, slots=1, workers=2) as executor:
-        results = sorted(distributor.run_partitions(executor, spec, tasks, plan, key_prefix="t"),
+    plan = partition.WorkPlan(4, devices=slots, torch_threads=1)
+    with executors.executor(None, slots=1, workers=2) as executor:
+        results = sorted(executors.run_partitions(executor, spec, tasks, plan, key_prefix="t"),
                          key=lambda r: r.start)
     assert sorted(set(seen)) == ["0", "1"]  # both workers (each a thread of this process) took partitions
     assert [r.start for r in results] == list(range(0, len(paths), 4))
@@ -328,7 +328,7 @@ def test_one_worker_per_device_every_row_once(tmp_path, monkeypatch):
 
 
 def test_bottleneck_weighs_each_stage_by_its_parallel_workers(tmp_path):
-    from featpipe.extraction.run import ExtractSummary, bottleneck
+    from featpipe.extraction.config import ExtractSummary, bottleneck
 
     def summary(timings, parallel):
         return ExtractSummary(tmp_path, 100, 0, 100, 0, 10.0, timings, parallel=parallel)

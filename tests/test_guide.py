@@ -18,7 +18,7 @@ from featpipe import ExtractConfig, extract, models
 from featpipe.cli import app
 from featpipe.errors import UsageError
 from featpipe.extraction.decode import load_rgb
-from featpipe.extraction.runner import Extractor, ExtractorSpec
+from featpipe.extraction.extractor import Extractor, ExtractorSpec
 from featpipe.guide import GuideConfig, guide
 from featpipe.guide.decide import Comparison, commands, decide
 from featpipe.guide.sample import check_labels, stratified_sample

@@ -14,8 +14,8 @@ from torchvision.transforms import InterpolationMode
 
 from featpipe import models
 from featpipe.errors import UsageError
+from featpipe.extraction.extractor import Extractor, ExtractorSpec
 from featpipe.extraction.preprocess import Preprocessor, resolve_resampler
-from featpipe.extraction.runner import Extractor, ExtractorSpec
 from featpipe.models import DataConfig
 
 CLASSIC = {

@@ -61,7 +61,7 @@ def test_second_writer_is_refused(tmp_path):
     out = tmp_path / "features.h5"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from featpipe.extraction.run import OutputLock\n"
+         "import sys, time; from pathlib import Path; from featpipe.extraction.resume import OutputLock\n"
          f"with OutputLock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -161,7 +161,7 @@ def test_resume_with_another_batch_size(tmp_path):
 
 def test_lock_taken_after_the_holder_let_go_is_real(tmp_path):
     """A process that opened the lock file just before its holder unlinked it must not be let in."""
-    from featpipe.extraction.run import OutputLock
+    from featpipe.extraction.resume import OutputLock
 
     out = tmp_path / "features.h5"
     first = OutputLock(out).__enter__()
@@ -199,8 +199,8 @@ def test_files_written_before_the_resampler_existed_still_match(tmp_path):
 
 def test_finished_run_is_recognised_before_any_network_is_built(tmp_path, monkeypatch):
     """Finding 6 of issue 8: a no-op rerun answers "already complete" without building or tracing the model."""
-    import featpipe.extraction.runner as runner
     from featpipe import models
+    from featpipe.extraction import extractor
 
     images = make_images(tmp_path / "images", classes=2, per_class=2)
     cfg = ExtractConfig(images, tmp_path / "features.h5", model="test_resnet", weights="random")
@@ -209,7 +209,7 @@ def test_finished_run_is_recognised_before_any_network_is_built(tmp_path, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("a network was built for a finished run")
 
-    monkeypatch.setattr(runner, "Extractor", refuse)
+    monkeypatch.setattr(extractor, "Extractor", refuse)
     monkeypatch.setattr(models, "create_architecture", refuse)
     assert extract(cfg).already_complete
     with pytest.raises(AssertionError, match="network was built"):  # another request still builds

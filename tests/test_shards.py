@@ -14,8 +14,8 @@ from PIL import Image
 import featpipe
 from featpipe import ExtractConfig, extract
 from featpipe.errors import UsageError
+from featpipe.extraction import parts
 from featpipe.extraction import shards as tar_shards
-from featpipe.extraction import writer
 from featpipe.extraction.sources import discover
 
 from .conftest import TINY_MODEL, make_images
@@ -209,7 +209,7 @@ def test_resume_runs_only_unfinished_shards_and_updates_only_changed_ones(shard_
         (shards / f"{k:05d}.tar").write_bytes((root / "shards" / f"{k:05d}.tar").read_bytes())
     cfg = ExtractConfig(input=str(shards / "{00000..00002}.tar"), output=tmp_path / "f.h5", model=TINY_MODEL,
                         weights="random", batch_size=2, streams=1)
-    real_write = writer.write_shard
+    real_write = parts.write_part
     written = []
 
     def write_then_die(*args, **kwargs):
@@ -218,10 +218,10 @@ def test_resume_runs_only_unfinished_shards_and_updates_only_changed_ones(shard_
         written.append(real_write(*args, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(writer, "write_shard", write_then_die)
+    monkeypatch.setattr(parts, "write_part", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract(cfg)
-    monkeypatch.setattr(writer, "write_shard", real_write)
+    monkeypatch.setattr(parts, "write_part", real_write)
     assert len(list((tmp_path / "f.h5.parts").glob("part-*.h5"))) == 2
     resumed = extract(cfg)
     assert resumed.resumed_partitions == 2 and resumed.computed == 4  # one shard of four images: the third

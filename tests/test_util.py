@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from featpipe import _util, remote
-from featpipe.extraction.shardstore import ShardStore
+from featpipe.extraction.parts import PartStore
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path):
@@ -79,7 +79,7 @@ def test_is_url_file_urls_are_local_paths(location, url):
 
 
 def test_a_file_url_part_folder_is_a_local_folder(tmp_path):
-    store = ShardStore(f"file://{tmp_path}/parts")
+    store = PartStore(f"file://{tmp_path}/parts")
     assert store.local == tmp_path / "parts"
     store.makedirs()
     store.write_text("manifest.json", "{}")

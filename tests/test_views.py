@@ -14,8 +14,8 @@ from featpipe import ExtractConfig, extract
 from featpipe.classify import FitConfig, fit
 from featpipe.cli import app
 from featpipe.errors import RunConflictError, UsageError
+from featpipe.extraction.extractor import Extractor, ExtractorSpec
 from featpipe.extraction.preprocess import Preprocessor
-from featpipe.extraction.runner import Extractor, ExtractorSpec
 from featpipe.extraction.views import ViewMaker, ViewSpec
 from featpipe.store import write_arrays
 

@@ -142,7 +142,7 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
             f"{t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, write {t.get('write', 0):.1f} s "
             "(forward and decode summed over parallel streams, overlapped)"
         )
-        from ..extraction.run import bottleneck
+        from ..extraction.config import bottleneck
 
         bound = bottleneck(s)
         if bound is not None:
@@ -203,16 +203,16 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
     partitions in flight (or a Dask client's shutdown) would only delay the exit, so the process
     leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
     """
-    from ..extraction.shardstore import ShardStore
+    from ..extraction.parts import PartStore
     from ..remote import is_url
 
-    parts = ShardStore.location_for(Path(output).expanduser().absolute(), shard_dir)
+    parts = PartStore.location_for(Path(output).expanduser().absolute(), shard_dir)
 
     def leave(signum, frame) -> None:
         if is_url(parts):
             what = "finished partitions"  # not listed: a network call must not hold up Ctrl-C
         else:
-            kept = sum(name.startswith("part-") for name in ShardStore(parts).names())
+            kept = sum(name.startswith("part-") for name in PartStore(parts).names())
             what = f"{kept} finished partition{'s' if kept != 1 else ''}"
         tty = "\x1b[?25h\n" if sys.stderr.isatty() else ""  # after a progress bar, which may have hidden the cursor
         sys.stderr.write(f"{tty}interrupted: {what} kept in {parts!r}; run {command} again to resume\n")

@@ -3,15 +3,19 @@ worker per GPU, each with its own copy of the network.
 
 ``parse_devices`` turns the option into device names; ``worker_devices`` is the
 plan of the local workers (worker name -> device). A local worker is a set of
-task threads of the client's process (localpool.py), named "0", "1", ...; they
+task threads of the client's process (executors.LocalExecutor), named "0", "1", ...; they
 share its decode threads (Pillow and nvJPEG release the GIL). Those two are plain functions of their inputs
 (the GPU count is passed in), so they are tested without a GPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import ExtractConfig
 
 
 def resolve_device(device: str) -> str:
@@ -66,9 +70,18 @@ def parse_devices(text: str, gpu_count: int) -> tuple[str, ...]:
     return tuple(out)
 
 
+def local_devices(config: ExtractConfig) -> tuple[str, ...]:
+    """--devices as device names (checked against the GPUs this machine has); () without it."""
+    if config.devices is None:
+        return ()
+    import torch
+
+    return parse_devices(config.devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
 @dataclass(frozen=True)
 class WorkerSlot:
-    """One local worker: its name (localpool names them "0", "1", ...) and its device."""
+    """One local worker: its name (the local executor names them "0", "1", ...) and its device."""
 
     name: str
     device: str

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UsageError
 
-# torch and torchvision are imported by ViewMaker, on a worker: extraction/run.py reads ViewSpec, and a
+# torch and torchvision are imported by ViewMaker, on a worker: extraction/config.py reads ViewSpec, and a
 # finished run is recognised without loading torch (identity.request).
 if TYPE_CHECKING:
     import torch

@@ -1,5 +1,5 @@
-"""--shard-dir: shards in a folder or an fsspec URL of the user's choosing; resume, "already complete",
-and a shard cut short under its final name (a store without atomic uploads)."""
+"""Parts (featpipe/extraction/parts.py) and --shard-dir: parts in a folder or an fsspec URL of the user's choosing;
+resume, "already complete", and a part cut short under its final name (a store without atomic uploads)."""
 from __future__ import annotations
 
 import uuid
@@ -9,12 +9,12 @@ import pytest
 
 import featpipe
 from featpipe import ExtractConfig, extract
-from featpipe.extraction.shardstore import ShardStore
+from featpipe.extraction.parts import PartStore
 
 from .conftest import make_images
 
 
-def shard_dir(kind: str, tmp_path) -> tuple[str, ShardStore]:
+def shard_dir(kind: str, tmp_path) -> tuple[str, PartStore]:
     """A --shard-dir of each kind, and a view of it for the test to look inside."""
     if kind == "path":
         location = str(tmp_path / "elsewhere" / "shards")  # not the output's folder
@@ -22,7 +22,7 @@ def shard_dir(kind: str, tmp_path) -> tuple[str, ShardStore]:
         location = (tmp_path / "shards").as_uri()
     else:  # an fsspec store without renames (the in-process workers share its memory)
         location = f"memory://featpipe-{uuid.uuid4().hex}/shards"
-    return location, ShardStore(location)
+    return location, PartStore(location)
 
 
 def partial_run(tmp_path, **kw):
@@ -40,9 +40,9 @@ def partial_run(tmp_path, **kw):
 
 def kept_shards(location: str) -> dict[str, int]:
     """The finished shards in the run's folder under ``location``, with their rows."""
-    (folder,) = ShardStore(location).names()  # one folder per output, named after it
+    (folder,) = PartStore(location).names()  # one folder per output, named after it
     assert folder.startswith("features.h5-") and folder.endswith(".parts")
-    store = ShardStore(f"{location}/{folder}")
+    store = PartStore(f"{location}/{folder}")
     kept = {}
     for name in sorted(n for n in store.names() if n.startswith("part-")):
         with store.open_h5(name) as f:
@@ -78,7 +78,7 @@ def test_a_shard_cut_short_under_its_final_name_is_computed_again(tmp_path):
     location = str(tmp_path / "shards")
     images, bad, cfg = partial_run(tmp_path, shard_dir=location)
     kept = kept_shards(location)
-    (folder,) = ShardStore(location).names()
+    (folder,) = PartStore(location).names()
     first = tmp_path / "shards" / folder / next(iter(kept))
     first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
     resumed = extract(cfg)
@@ -99,7 +99,7 @@ def test_shard_dir_that_is_a_file_is_refused(tmp_path):
 def test_store_publishes_whole_files_only(tmp_path):
     """The store's one promise, for a local folder and for a store without renames."""
     for location in (str(tmp_path / "local"), f"memory://featpipe-{uuid.uuid4().hex}"):
-        store = ShardStore(location)
+        store = PartStore(location)
         store.makedirs()
         with pytest.raises(RuntimeError), store.writing("a.txt") as tmp:
             tmp.write_text("half")
@@ -143,7 +143,7 @@ def test_shard_dir_on_s3(tmp_path, s3_bucket):
     kept = kept_shards(s3_bucket)
     resumed = extract(cfg)
     assert resumed.resumed_partitions == len(kept) and resumed.computed == 9 - sum(kept.values())
-    assert ShardStore(s3_bucket).names() == [] and extract(cfg).already_complete
+    assert PartStore(s3_bucket).names() == [] and extract(cfg).already_complete
     clean = extract(ExtractConfig(images, tmp_path / "clean.h5", model="test_resnet", weights="random"))
     np.testing.assert_allclose(featpipe.load(cfg.output).X(), featpipe.load(clean.output).X(), rtol=1e-5, atol=1e-6)
     with pytest.raises(featpipe.errors.UsageError, match="'no-such-bucket' does not exist"):

@@ -1,4 +1,4 @@
-"""The local executor (featpipe/extraction/localpool.py): partitions on threads of this process."""
+"""The local executor (featpipe/extraction/executors.py): partitions on threads of this process."""
 from __future__ import annotations
 
 import gc
@@ -8,8 +8,8 @@ import weakref
 
 import pytest
 
-from featpipe.extraction import localpool
-from featpipe.extraction.localpool import LocalExecutor
+from featpipe.extraction.executors import LocalExecutor
+from featpipe.extraction.partition import Stopped, check_stop, worker_name
 
 
 def test_each_thread_knows_its_worker_and_outside_threads_know_none():
@@ -17,13 +17,13 @@ def test_each_thread_knows_its_worker_and_outside_threads_know_none():
 
     def name():
         started.wait()  # all four threads exist at once: each is its own slot
-        return localpool.worker_name()
+        return worker_name()
 
     with LocalExecutor(slots=2, workers=2) as ex:
         names = sorted(f.result() for f in [ex.submit(name) for _ in range(4)])
     assert names == ["0", "0", "1", "1"]  # two slots per worker
-    assert localpool.worker_name() is None
-    localpool.check_stop()  # outside the pool: never stops
+    assert worker_name() is None
+    check_stop()  # outside the pool: never stops
 
 
 def test_cancel_drops_pending_tasks_and_stops_running_ones_at_their_next_check():
@@ -34,7 +34,7 @@ def test_cancel_drops_pending_tasks_and_stops_running_ones_at_their_next_check()
         ran.append(k)
         running.set()
         while True:  # an endless partition: only check_stop ends it
-            localpool.check_stop()
+            check_stop()
             time.sleep(0.01)
 
     ex = LocalExecutor(slots=1)
@@ -46,7 +46,7 @@ def test_cancel_drops_pending_tasks_and_stops_running_ones_at_their_next_check()
     assert time.perf_counter() - t0 < 2
     assert ran == [0]  # the two waiting never started
     assert futures[1].cancelled() and futures[2].cancelled()
-    with pytest.raises(localpool.Stopped):
+    with pytest.raises(Stopped):
         futures[0].result()
 
 
@@ -56,7 +56,7 @@ def test_leaving_on_an_error_stops_the_partitions_in_flight():
     def partition():
         running.set()
         while True:
-            localpool.check_stop()
+            check_stop()
             time.sleep(0.01)
 
     t0 = time.perf_counter()

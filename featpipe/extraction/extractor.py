@@ -1,47 +1,42 @@
-"""Forward: run one partition of images through the network.
+"""The network of an extraction: an ``Extractor`` (a model in eval mode with its layer taps and its
+preprocessing, on one device), the per-process cache that shares it between partitions, and adaptive batching
+(``--batch-size auto``: halve on out-of-memory and carry on).
 
-A partition is a contiguous run of rows. The network is built once per process
-and shared by every partition that process runs. How decoding overlaps the
-forward pass depends on the device:
-
-* CPU: several partitions run at once, each a "stream" that decodes its next
-  batch and then runs it with few intra-op threads. While one stream decodes,
-  the others compute, so every core stays busy; a decode thread beside a
-  many-threaded forward pass would instead stall the whole OpenMP team each
-  time it took a core (measured: forward throughput halves).
-* GPU: one forward pass at a time (a lock), fed by a pool of decode threads
-  working two batches ahead (Pillow releases the GIL).
+The network is built once per process and shared by every partition that process runs: the client registers
+its own (``extractor_in_use``) for the local workers, and a Dask worker builds one on first use
+(``get_extractor``). A process keeps at most one per device.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import io
 import logging
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .. import models
-from .._util import cpu_cores
 from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
-from ..store import augmented_name
-from . import localpool
-from .decode import MAX_PIXELS, BadImage, PixelBudget
-from .devices import WorkerSlot, device_of_worker, resolve_device
-from .gpu_decode import GpuDecoder, gpu_refusal
-from .inputs import open_partition
+from .devices import local_devices, resolve_device
+from .gpu_decode import GpuDecoder
 from .preprocess import Preprocessor, resolve_resampler
 from .views import ViewMaker, ViewSpec
 
+if TYPE_CHECKING:
+    from .config import ExtractConfig
+
 log = logging.getLogger(__name__)
+
+# Tracing and freezing the network (extractor.Extractor.optimize) costs 1-2 s and saves 5-30 ms per image on
+# a CPU (resnet18: 6 ms, EfficientNet-Lite0: 31 ms, batch 32, 2 cores): it pays for itself past about
+# 250 images (resnet18), so a run that computes fewer stays eager and starts at once.
+OPTIMIZE_MIN_IMAGES = 256
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # --batch-size auto starts here and halves on out-of-memory. A GPU gains little past a few hundred
@@ -70,7 +65,7 @@ class ExtractorSpec:
     # network to ~1e-6, 10-30% faster per image (resnet18, EfficientNet-Lite0 on
     # CPU), verified against eager mode. It costs about 1-2 s (tracing is Python
     # work per module), so the client asks for it only when the run computes
-    # enough images to pay that back (see run.OPTIMIZE_MIN_IMAGES).
+    # enough images to pay that back (see extract.OPTIMIZE_MIN_IMAGES).
     optimize: bool = True
     views: ViewSpec = ViewSpec()  # TTA and augmented views besides the eval crop (extraction/views.py)
 
@@ -116,7 +111,7 @@ class Extractor:
         )
         self.network: torch.nn.Module = self.tapped
         self.optimized = False
-        self.batch_limits: dict[tuple[int, bool], BatchLimit] = {}  # see _batch_limit
+        self.batch_limits: dict[tuple[int, bool], BatchLimit] = {}  # see batch_limit
         # --decode gpu: nvJPEG and the GPU's resize for the JPEGs it takes (see gpu_decode.py).
         self.gpu_decoder = GpuDecoder(self.data_config, self.device) if self.data_config.decode == "gpu" else None
         if spec.optimize:
@@ -199,19 +194,64 @@ class Extractor:
             return out, time.perf_counter() - t0
 
 
+# --- the client's network --------------------------------------------------------------------------------
+
+
+def build_for_run(config: ExtractConfig, model: str) -> tuple[ExtractorSpec, Extractor]:
+    """The client's network, and the spec every worker builds the same one from (with its weights' digest)."""
+    devices = local_devices(config)
+    spec = ExtractorSpec(
+        model=model,
+        weights=config.weights,
+        seed=config.seed,
+        layers=tuple(config.layers),
+        pool=config.pool,
+        # On a cluster each worker resolves the device itself; locally, now (--devices: the client's copy
+        # on the first GPU, each worker its own).
+        device=config.device if config.scheduler else devices[0] if devices else resolve_device(config.device),
+        precision=config.precision,
+        resampler=config.resampler,
+        views=config.views,
+        decode=config.decode,
+    )
+    # Layers are checked on a weightless copy first (a forward on the meta device
+    # computes nothing), so a typo costs no weight loading.
+    model_spec = models.resolve(spec.model)
+    with torch.device("meta"):
+        net = models.create_architecture(model_spec).eval()
+        cfg = models.data_config(net, model_spec)
+        tapped = models.TappedModel(net, model_spec, models.resolve_layers(net, model_spec, spec.layers, spec.pool))
+        with torch.inference_mode():
+            tapped(torch.zeros(1, 3, *cfg.crop))
+    # Built here, fresh (a checkpoint file may have changed since the last run):
+    # bad weights fail before any work starts, and the weights' digest pins
+    # every worker to the same weights. Whether to optimise is decided once the
+    # run knows how many images it computes (optimize_if_worth_it).
+    ex = Extractor(replace(spec, device="cpu" if config.scheduler else spec.device, optimize=False))
+    return replace(spec, weights_sha256=ex.weights.sha256), ex
+
+
+def optimize_if_worth_it(spec: ExtractorSpec, ex: Extractor, computed: int) -> ExtractorSpec:
+    """The spec workers build from: optimised (traced and frozen) only when the run computes enough images
+    to pay the tracing back (OPTIMIZE_MIN_IMAGES). The client's network follows the same decision."""
+    worth = computed >= OPTIMIZE_MIN_IMAGES
+    if worth:
+        ex.optimize()
+    return replace(spec, optimize=worth)
+
+
 # Bounded lifetimes: a process keeps at most one extractor (a long-lived Dask worker that extracts with
 # several models holds only the latest, in GPU memory too) and one decode pool; an extraction in this
 # process releases both when it ends.
+
+
 _extractors: dict[ExtractorSpec, Extractor] = {}
 _extractors_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _runs = 0  # extractions of this process in progress (register/release pairs)
-# Full-size decoded images alive at once, over every stream and decode thread of the process:
-# a 12 MP photo is 36 MB before it is resized (crops waiting for their batch are small).
-_pixel_budget = PixelBudget()
 
 
-def _free_device_memory() -> None:
+def free_device_memory() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
@@ -225,7 +265,7 @@ def get_extractor(spec: ExtractorSpec) -> Extractor:
             for old in dropped:
                 del _extractors[old]
             if dropped:
-                _free_device_memory()
+                free_device_memory()
             _extractors[spec] = Extractor(spec)
         return _extractors[spec]
 
@@ -249,7 +289,7 @@ def release_extractor(spec: ExtractorSpec) -> None:
         if _runs == 0:
             _extractors.clear()  # --devices: the other GPUs' copies too
             _release_pool()
-    _free_device_memory()
+    free_device_memory()
 
 
 @contextlib.contextmanager
@@ -269,219 +309,15 @@ def _release_pool() -> None:
         _pool = None
 
 
-def _decode_pool(threads: int) -> ThreadPoolExecutor:
+def decode_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` decode threads (GPU runs), made on first use; released with the last
+    extraction."""
     global _pool
     with _extractors_lock:
         if _pool is None or _pool[0] != threads:
             _release_pool()
             _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="featpipe-decode"))
         return _pool[1]
-
-
-@dataclass
-class PartitionResult:
-    """Features of one partition; rows of failed images hold NaN and valid = False."""
-
-    index: int
-    start: int
-    features: dict[str, np.ndarray]
-    valid: np.ndarray
-    errors: list[tuple[int, str]]  # (row in the whole run, reason)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.valid)
-
-
-@dataclass(frozen=True)
-class WorkPlan:
-    """How a worker runs partitions (picklable; the same for every partition of a run)."""
-
-    batch_size: int  # with auto_batch, the first batch size tried
-    max_pixels: int = MAX_PIXELS
-    auto_batch: bool = False  # --batch-size auto: halve on out-of-memory and carry on
-    decode_threads: int | None = None  # GPU: threads decoding ahead of the forward pass; None: the cores
-    torch_threads: int | None = None  # CPU: intra-op threads per stream; None: host cores / task threads on the host
-    # On a cluster: (host, task threads of every Dask worker on it). Workers that share a machine share its
-    # cores: two one-thread workers on 2 cores run 1 torch thread each, not 2 (4 OpenMP threads on 2 cores
-    # spin-wait for each other). A host not listed (a worker that joined later) counts its own threads only.
-    host_threads: tuple[tuple[str, int], ...] = ()
-    devices: tuple[WorkerSlot, ...] = ()  # --devices: each local worker's GPU (see devices.py)
-
-
-def _set_torch_threads(plan: WorkPlan) -> None:
-    threads = plan.torch_threads
-    if threads is None:  # a Dask worker (--scheduler): local runs set torch_threads (localpool.LocalExecutor.size)
-        try:
-            import distributed
-
-            worker = distributed.get_worker()
-        except (ImportError, ValueError):
-            return
-        own = worker.state.nthreads
-        shared = dict(plan.host_threads).get(distributed.comm.get_address_host(worker.address), own)
-        threads = max(1, cpu_cores() // max(own, shared))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class PartitionTask:
-    """One unit of Dask work: rows [start, start + len(paths)) of the run."""
-
-    index: int
-    start: int
-    root: str
-    paths: tuple[str, ...]
-    shard: str | None = None  # a tar shard, whose members the rows are (see inputs.py)
-    sources: tuple[str | None, ...] | None = None  # where rows are read when not root/path: members, signed URLs
-    storage_options: dict = field(default_factory=dict, repr=False)  # fsspec options for URLs
-
-
-def run_partition(spec: ExtractorSpec, task: PartitionTask, plan: WorkPlan) -> PartitionResult:
-    """Decode, preprocess and forward every image of ``task``."""
-    if plan.devices:  # --devices: this local worker's own GPU (by its thread's slot), and its own network there
-        spec = replace(spec, device=device_of_worker(plan.devices, localpool.worker_name()))
-    ex = get_extractor(spec)
-    on_cpu = ex.device.type == "cpu"
-    if on_cpu:
-        _set_torch_threads(plan)
-    # Local paths, URLs or one tar shard's members; a shard left half-read by an exception closes when
-    # the reader is collected.
-    read = open_partition(task.root, task.sources or task.paths, task.shard, task.storage_options)
-    n = len(task.paths)
-    limit = _batch_limit(ex, plan)
-
-    views, tta = ex.views.count, ex.views.spec.tta_views
-
-    def cpu_crops(i: int, source) -> np.ndarray:
-        """(views, H, W, 3) of row i from ``source`` (a path, a file object), decoded on the CPU within the
-        process's pixel budget; or BadImage."""
-        try:
-            with _pixel_budget.hold() as reserve:
-                img = ex.preprocess.decode(source, plan.max_pixels, reserve)
-                return ex.preprocess.image(img)[None] if views == 1 else ex.views.crops(img, task.paths[i])
-        except BadImage:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a strange file must not stop the run
-            raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
-
-    def decode(i: int) -> tuple[np.ndarray | bytes | None, str | None, float]:
-        """The row's crops, or with --decode gpu the bytes of a JPEG the GPU will decode; or why not."""
-        t0 = time.perf_counter()
-        try:
-            source = read(i)
-            if ex.gpu_decoder is not None:
-                data, source = _gpu_bytes(source, plan.max_pixels)
-                if data is not None:
-                    return data, None, time.perf_counter() - t0
-            return cpu_crops(i, source), None, time.perf_counter() - t0
-        except BadImage as exc:
-            return None, str(exc), time.perf_counter() - t0
-
-    features: dict[str, np.ndarray] = {}
-    valid = np.zeros(n, dtype=bool)
-    errors: list[tuple[int, str]] = []
-    timings = {"decode": 0.0, "forward": 0.0}
-    rows: list[int] = []
-    crops: list[np.ndarray | bytes] = []  # (views, H, W, 3) per row, or JPEG bytes for the GPU
-
-    def flush() -> None:
-        if not rows:
-            return
-        # A JPEG nvJPEG rejects decodes on the CPU from the bytes already read (a tar member is read once).
-        batch, failed = _to_batch(ex, crops, lambda k, data: cpu_crops(rows[k], io.BytesIO(data)), timings)
-        for k, reason in failed.items():
-            errors.append((task.start + rows[k], reason))
-        done = [r for k, r in enumerate(rows) if k not in failed]
-        rows.clear()
-        crops.clear()
-        if not done:
-            return
-        out, seconds = forward_adaptive(lambda x: ex.forward(x, timings), batch, limit)
-        timings["forward"] += seconds
-        for name, values in out.items():
-            per_row = values.reshape(len(done), views, -1)  # a row's views are consecutive
-            if name not in features:
-                features[name] = np.full((n, per_row.shape[2]), np.nan, dtype=np.float32)
-            # TTA: the mean over the row's deterministic views (one view: the eval crop itself).
-            features[name][done] = per_row[:, 0] if tta == 1 else per_row[:, :tta].mean(axis=1)
-            if views > tta:  # augmented views, stored per row as (views x dim) and laid out by the merge
-                aug = augmented_name(name)
-                if aug not in features:
-                    features[aug] = np.full((n, (views - tta) * per_row.shape[2]), np.nan, dtype=np.float32)
-                features[aug][done] = per_row[:, tta:].reshape(len(done), -1)
-        valid[done] = True
-
-    if on_cpu:
-        decoded = (decode(i) for i in range(n))  # this stream decodes, the others compute
-    else:
-        pool = _decode_pool(plan.decode_threads or cpu_cores())
-        decoded = _decode_ahead(decode, n, pool, lookahead=max(2, 2 * limit.size // views))
-    for i, (pixels, reason, seconds) in enumerate(decoded):
-        localpool.check_stop()  # the run ended (an error, Ctrl-C in a notebook): leave now, not after the partition
-        timings["decode"] += seconds
-        if reason is not None:
-            errors.append((task.start + i, reason))
-            continue
-        rows.append(i)
-        crops.append(pixels)
-        if len(rows) * views >= limit.size:  # --batch-size counts network inputs, views included
-            flush()
-    flush()
-    if not features:  # every image failed: shapes come from a dry forward
-        out, _ = ex.forward(np.zeros((1, *ex.data_config.crop, 3), np.uint8))
-        features = {k: np.full((n, v.shape[1]), np.nan, np.float32) for k, v in out.items()}
-        if views > tta:
-            features.update({augmented_name(k): np.full((n, (views - tta) * v.shape[1]), np.nan, np.float32)
-                             for k, v in out.items()})
-    read.close()
-    errors.sort()
-    return PartitionResult(task.index, task.start, features, valid, errors, timings)
-
-
-def _gpu_bytes(source, max_pixels: int) -> tuple[bytes | None, object]:
-    """(the bytes, None) when the GPU decoder should take ``source`` (a path or a file object); else (None,
-    what the CPU decodes instead: the path itself, or the bytes read), and the CPU says why it fails, if it does."""
-    if isinstance(source, Path):
-        try:
-            data = source.read_bytes()
-        except OSError:
-            return None, source
-    else:
-        data = source.read()
-    if gpu_refusal(data, max_pixels) is None:
-        return data, None
-    return None, source if isinstance(source, Path) else io.BytesIO(data)
-
-
-def _to_batch(ex: Extractor, items: list, cpu_crops, timings: dict) -> tuple[np.ndarray | torch.Tensor, dict]:
-    """One uint8 (B, H, W, 3) batch from rows' CPU crops (views, H, W, 3) and (--decode gpu) JPEG bytes, in order.
-
-    JPEGs decode together on the GPU; one the GPU decoder rejects decodes on the CPU by
-    ``cpu_crops(k, its bytes)``, and one that fails there too is returned in ``{k: reason}``, left out of the batch.
-    """
-    jpegs = [k for k, item in enumerate(items) if isinstance(item, bytes)]
-    if not jpegs:
-        host = np.concatenate(items)
-        return (torch.from_numpy(host).pin_memory() if ex.device.type == "cuda" else host), {}
-    t0 = time.perf_counter()
-    on_gpu = dict(zip(jpegs, ex.gpu_decoder([items[k] for k in jpegs]), strict=True))
-    failed: dict[int, str] = {}
-    for k, crop in on_gpu.items():
-        if crop is None:
-            try:
-                items[k] = cpu_crops(k, items[k])
-            except BadImage as exc:
-                failed[k] = str(exc)
-        else:
-            items[k] = crop[None]
-    keep = [k for k in range(len(items)) if k not in failed]
-    if not keep:
-        return np.zeros((0, *ex.data_config.crop, 3), np.uint8), failed
-    batch = torch.cat([torch.as_tensor(items[k]).to(ex.device, non_blocking=True) for k in keep])
-    timings["gpu_decode"] = timings.get("gpu_decode", 0.0) + time.perf_counter() - t0
-    return batch, failed
 
 
 class BatchLimit:
@@ -519,7 +355,7 @@ def forward_adaptive(forward, pixels, limit: BatchLimit) -> tuple[dict[str, np.n
         except Exception as exc:
             if not (limit.adaptive and is_out_of_memory(exc)) or size == 1:
                 raise
-            _free_device_memory()
+            free_device_memory()
             limit.shrink(size)
             continue
         pieces.append(out)
@@ -530,25 +366,14 @@ def forward_adaptive(forward, pixels, limit: BatchLimit) -> tuple[dict[str, np.n
     return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}, seconds
 
 
-def _batch_limit(ex: Extractor, plan: WorkPlan) -> BatchLimit:
-    """The extractor's batch limit for this plan, shared by every partition it runs: what one
+def batch_limit(ex: Extractor, batch_size: int, auto: bool) -> BatchLimit:
+    """The extractor's batch limit for a run's batch size, shared by every partition it runs: what one
     partition learns about the device's memory, the next one knows."""
     with _extractors_lock:
-        key = (plan.batch_size, plan.auto_batch)
+        key = (batch_size, auto)
         if key not in ex.batch_limits:
-            first = plan.batch_size
-            if plan.auto_batch and ex.device.type == "cpu":  # a cluster's client may not know its workers' devices
+            first = batch_size
+            if auto and ex.device.type == "cpu":  # a cluster's client may not know its workers' devices
                 first = min(first, AUTO_BATCH["cpu"])
-            ex.batch_limits[key] = BatchLimit(first, plan.auto_batch)
+            ex.batch_limits[key] = BatchLimit(first, auto)
         return ex.batch_limits[key]
-
-
-def _decode_ahead(decode, n: int, pool: ThreadPoolExecutor, lookahead: int):
-    """Yield decode(0..n-1) in order, keeping ``lookahead`` decodes in flight (bounded memory)."""
-    pending: collections.deque[Future] = collections.deque()
-    submitted = 0
-    while submitted < n or pending:
-        while submitted < n and len(pending) < lookahead:
-            pending.append(pool.submit(decode, submitted))
-            submitted += 1
-        yield pending.popleft().result()
