@@ -4,7 +4,7 @@
     >>> fs = featpipe.load("features.h5")
     >>> X, y = fs.X("pooled")[fs.valid], fs.y[fs.valid]
     >>> result = featpipe.fit(featpipe.FitConfig("features.h5", "model.skops", ("logreg", "linear")))
-    >>> model = featpipe.load_model("model.skops")
+    >>> model = featpipe.load_classifier("model.skops")
     >>> advice = featpipe.guide(featpipe.GuideConfig("images/"))   # which layer, or fine-tune?
     >>> tuned = featpipe.finetune(featpipe.FinetuneConfig("images/", "ft.pt", model="resnet50"))
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import warnings
 from typing import TYPE_CHECKING
 
 from ._version import __version__
@@ -30,7 +31,7 @@ _LAZY = {
     "FitConfig": ".classify",
     "FitResult": ".classify",
     "fit": ".classify",
-    "load_model": ".classify",
+    "load_classifier": ".classify",
     "GuideConfig": ".guide",
     "GuideResult": ".guide",
     "guide": ".guide",
@@ -44,7 +45,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .classify import FitConfig, FitResult, fit, load_model
+    from .classify import FitConfig, FitResult, fit, load_classifier
     from .extraction.config import ExtractConfig, ExtractSummary
     from .extraction.steps import extract
     from .finetune import FinetuneConfig, FinetuneResult, finetune
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name == "load_model":  # not cached, so that every use warns
+        warnings.warn("featpipe.load_model is now featpipe.load_classifier (featpipe.models.load_model loads network "
+                      "weights); the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        name = "load_classifier"
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'featpipe' has no attribute {name!r}")
@@ -97,6 +102,6 @@ __all__ = [
     "fit",
     "guide",
     "load",
-    "load_model",
+    "load_classifier",
     "predict",
 ]

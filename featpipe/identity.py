@@ -33,7 +33,6 @@ import numpy as np
 from . import remote
 from ._util import installed_version, sha256_file
 from ._version import __version__
-from .models.data_config import upgrade as data_config_upgrade
 
 # The fields of an extractor identity, in words, for messages.
 FIELD_NAMES = {
@@ -74,13 +73,6 @@ def features_identity(identity: dict) -> dict:
 
 def config_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def upgrade(identity: dict) -> dict:
-    """An identity read from disk, with data-config fields added since filled in (older runs still match)."""
-    if isinstance(identity.get("data_config"), dict):
-        identity = {**identity, "data_config": data_config_upgrade(identity["data_config"])}
-    return identity
 
 
 def _short(value) -> str:
@@ -131,19 +123,18 @@ def of_layer(meta: dict, layer: str, layer_attrs: dict) -> dict:
     config = meta.get("config")
     if isinstance(config, dict) and config.get("layers"):
         layers = [list(x) for x in config["layers"] if x[0] == layer]
-        return features_identity(upgrade({**config, "layers": layers}))
-    return upgrade(extractor(
+        return features_identity({**config, "layers": layers})
+    return extractor(
         str(meta.get("model", "")), str(meta.get("weights_source", "")).split(" ")[0],
         str(meta.get("weights_sha256", "")), [(layer, str(layer_attrs.get("node", "")),
                                                str(layer_attrs.get("pool", "")))],
         meta.get("data_config") if isinstance(meta.get("data_config"), dict) else {},
-        str(meta.get("precision", "")), str(meta.get("dtype", ""))))
+        str(meta.get("precision", "")), str(meta.get("dtype", "")))
 
 
 def extractor_differences(expected: dict, got: dict) -> str:
     """Whether features were made by the same extractor: '' when they were, else the fields that differ in
     words. The one answer for `fit --test`, `evaluate` and `predict` (identities from :func:`of_layer`)."""
-    expected, got = upgrade(expected), upgrade(got)
     return "" if expected == got else differences(expected, got)
 
 
@@ -252,17 +243,16 @@ def image_stats(root: Path | str, paths: Sequence[str], verify_content: bool = F
     return {"size": size, "mtime": mtime, "version": version, "sha256": sha}
 
 
-def _versions(stats: dict[str, np.ndarray], n: int) -> list[str]:
-    """Each row's version ('' where none, and for files recorded before featpipe kept versions)."""
-    version = stats.get("version")
-    return [""] * n if version is None else [str(v) for v in version]
+def _versions(stats: dict[str, np.ndarray]) -> list[str]:
+    """Each row's version ('' where none: local files)."""
+    return [str(v) for v in stats["version"]]
 
 
 def row_keys(paths: Sequence[str], stats: dict[str, np.ndarray], verify_content: bool) -> list[tuple]:
     """One key per image: rows with equal keys hold the same features (of the same extractor).
     Without ``verify_content`` a file is the same when its path, size, modification time and version are."""
     size, mtime = stats["size"].tolist(), stats["mtime"].tolist()
-    version = _versions(stats, len(paths))
+    version = _versions(stats)
     if verify_content:
         sha = [str(s) for s in stats["sha256"]]
         return list(zip(paths, size, mtime, version, sha, strict=True))
@@ -276,7 +266,7 @@ def images_digest(paths: Sequence[str], labels: np.ndarray, classes: Sequence[st
     h = hashlib.sha256()
     for path, label, size, mtime, sha, version in zip(paths, labels.tolist(), stats["size"].tolist(),
                                                       stats["mtime"].tolist(), stats["sha256"],
-                                                      _versions(stats, len(paths)), strict=True):
+                                                      _versions(stats), strict=True):
         tail = f"\0{version}" if version else ""
         h.update(f"{path}\0{label}\0{size}\0{mtime}\0{sha}{tail}\n".encode())
     h.update("\0".join(classes).encode())

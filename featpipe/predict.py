@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from .classify import load_model
+from .classify import load_classifier
 from .classify.rows import FileRows, predict_proba_rows
 from .errors import UsageError
 from .extraction import ExtractConfig, extract
@@ -69,7 +69,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
     source = Path(input)
     if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
         return _predict_finetuned(Path(model), source, device, batch_size)
-    mf = load_model(model)
+    mf = load_classifier(model)
     if source.is_file() and source.suffix.lower() in FEATURE_SUFFIXES:
         return _predict_features(mf, source)
     with tempfile.TemporaryDirectory(prefix="featpipe-predict-") as tmp:
@@ -83,23 +83,14 @@ def _extract_config(mf, model: Path, source: Path, out: Path, device: str, batch
     """The extraction that made the model's training features, asked for again (their identity.request),
     for the model's one layer."""
     req = mf.request
-    if req:
-        return ExtractConfig(
-            input=source, output=out, model=req["model"], weights=req["weights"], seed=req.get("seed") or 0,
-            layers=(mf.layer,), pool=req["pool"], precision=req["precision"], dtype=req["dtype"],
-            resampler=req["resampler"], decode=req.get("decode", "exact").split(":")[0], device=device,
-            batch_size=batch_size, tta=(req.get("views") or {}).get("tta", "none"))  # augmented views: training rows only, not needed
-    # A model file written before it stored the request: its extractor settings.
-    ex = mf.extractor
-    if not ex.get("weights"):
-        raise UsageError(f"{model.name} does not record the extractor's weights; extract the images "
-                         "yourself with the same settings and predict on the feature file")
+    if not req:  # trained on features made outside `featpipe extract` (store.write_arrays)
+        raise UsageError(f"{model.name} does not record how its training features were extracted; extract the "
+                         "images yourself with the same settings and predict on the feature file")
     return ExtractConfig(
-        input=source, output=out, model=ex["model"], weights=ex["weights"], seed=ex["seed"],
-        layers=(ex["layer"],), pool=ex["pool"] if ex["pool"] != "none" else "avg", precision=ex["precision"],
-        dtype=ex["dtype"], device=device, batch_size=batch_size,
-        resampler=ex["data_config"].get("resampler", "pil"), decode=ex["data_config"].get("decode", "exact"),
-    )
+        input=source, output=out, model=req["model"], weights=req["weights"], seed=req.get("seed") or 0,
+        layers=(mf.layer,), pool=req["pool"], precision=req["precision"], dtype=req["dtype"],
+        resampler=req["resampler"], decode=req["decode"].split(":")[0], device=device,
+        batch_size=batch_size, tta=(req.get("views") or {}).get("tta", "none"))  # augmented views: training rows only
 
 
 def _predict_features(mf, path: Path) -> Predictions:

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 
 from .errors import FormatError, UsageError
-from .models.data_config import upgrade as data_config_upgrade
 
 FORMAT = "featpipe-features"
 FORMAT_VERSION = 1
@@ -151,8 +150,6 @@ class FeatureSet:
         for key in ("data_config", "config"):
             if isinstance(self.meta.get(key), str):
                 self.meta[key] = json.loads(self.meta[key])
-        if isinstance(self.meta.get("data_config"), dict):  # fields added since the file was written
-            self.meta["data_config"] = data_config_upgrade(self.meta["data_config"])
         self.layers: list[str] = list(f["features"].keys())
         self._layer_attrs = {k: dict(f["features"][k].attrs) for k in self.layers}
         self._shapes = {k: f["features"][k].shape for k in self.layers}

@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from typer.testing import CliRunner
 
 import featpipe
-from featpipe.classify import CLASSIFIERS, FitConfig, LinearHead, MLPHead, fit, load_model
+from featpipe.classify import CLASSIFIERS, FitConfig, LinearHead, MLPHead, fit, load_classifier
 from featpipe.classify.heads import OPTIMIZERS, SCHEDULES
 from featpipe.cli import app
 from featpipe.errors import FormatError, UsageError
@@ -46,7 +46,7 @@ def test_fit_compares_and_saves_the_best(features, tmp_path):
     assert report["logreg"]["validation"]["n"] == result.n_validation and report["logreg"]["test"]["n"] == result.n_test
     assert (tmp_path / "report" / "confusion_logreg.png").stat().st_size > 1000
     assert (tmp_path / "report" / "curves_linear.png").stat().st_size > 1000
-    mf = load_model(out)
+    mf = load_classifier(out)
     assert mf.classifier == result.best and mf.extractor["model"] == "timm:test_resnet"
     assert mf.extractor["layer"] == "pooled" and mf.classes == ["class_0", "class_1", "class_2"]
 
@@ -57,7 +57,7 @@ def test_every_classifier_fits_and_round_trips(features, tmp_path, name):
     result = fit(FitConfig(features, out, (name,), test_size=0.33))
     fs = featpipe.load(features)
     X = fs.X()[fs.valid]
-    mf = load_model(out)
+    mf = load_classifier(out)
     assert mf.pipeline.predict_proba(X).shape == (len(X), 3)
     np.testing.assert_allclose(mf.pipeline.predict_proba(X).sum(axis=1), 1, rtol=1e-5)
     assert result.rows[0].metrics["accuracy"] > 0.5
@@ -80,14 +80,14 @@ def test_corrupt_or_tampered_model_files_are_refused(features, tmp_path):
     data = out.read_bytes()
     (tmp_path / "cut.skops").write_bytes(data[: len(data) // 2])
     with pytest.raises(FormatError):
-        load_model(tmp_path / "cut.skops")
+        load_classifier(tmp_path / "cut.skops")
     import skops.io as sio
 
     sio.dump({"format": "featpipe-model", "payload": Path("/etc/passwd")}, tmp_path / "evil.skops")
     with pytest.raises(FormatError, match="does not trust"):
-        load_model(tmp_path / "evil.skops")
+        load_classifier(tmp_path / "evil.skops")
     with pytest.raises(UsageError, match="does not exist"):
-        load_model(tmp_path / "missing.skops")
+        load_classifier(tmp_path / "missing.skops")
 
 
 def made_by(f: h5py.File, **changes) -> None:
@@ -187,7 +187,7 @@ def test_random_search_tries_n_configurations_and_refits_the_best(features, tmp_
     assert [t["cv_accuracy"] for t in row.tried] == sorted((t["cv_accuracy"] for t in row.tried), reverse=True)
     Cs = [t["params"]["C"] for t in row.tried]
     assert len(set(Cs)) == 5 and all(1e-4 <= c <= 1e2 for c in Cs)
-    best_C = load_model(tmp_path / "m.skops").pipeline.named_steps["clf"].C
+    best_C = load_classifier(tmp_path / "m.skops").pipeline.named_steps["clf"].C
     assert best_C == pytest.approx(row.tried[0]["params"]["C"])
     assert row.cv == (row.tried[0]["cv_accuracy"], row.tried[0]["cv_std"])
     assert len(json.loads((tmp_path / "r" / "metrics.json").read_text())["logreg"]["search"]) == 5
@@ -257,7 +257,7 @@ def test_lr_find_cli_writes_the_plot(features, tmp_path):
 
 def test_the_python_api_takes_strings(features, tmp_path):
     result = featpipe.fit(featpipe.FitConfig(str(features), str(tmp_path / "m.skops"), ("nb",)))
-    model = featpipe.load_model(str(result.output))
+    model = featpipe.load_classifier(str(result.output))
     pred = featpipe.predict(str(result.output), str(features))
     assert model.classifier == "nb" and len(pred.paths) == 37
     assert pred.predicted()[pred.paths.index("class_2/broken.jpg")] == ""
@@ -302,3 +302,10 @@ def test_metrics_equal_scikit_learns(dtype):
     assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
     with pytest.raises(UsageError, match="never saw class 'b'"):
         evaluate_proba(proba[:3], np.array([0, 1, 2]), classes, ["a", "b", "c", "d", "e", "f"])
+
+
+def test_load_model_is_the_deprecated_name_of_load_classifier():
+    """featpipe.load_model loaded a classifier while featpipe.models.load_model loads network weights: renamed."""
+    with pytest.warns(DeprecationWarning, match="load_classifier"):
+        old = featpipe.load_model
+    assert old is featpipe.load_classifier

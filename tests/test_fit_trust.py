@@ -10,7 +10,7 @@ from sklearn.datasets import load_breast_cancer, load_digits, make_classificatio
 from sklearn.model_selection import StratifiedKFold
 from typer.testing import CliRunner
 
-from featpipe.classify import FitConfig, HeadSettings, fit, load_model, make_classifier
+from featpipe.classify import FitConfig, HeadSettings, fit, load_classifier, make_classifier
 from featpipe.cli import app
 from featpipe.errors import UsageError
 from featpipe.pipeline import load_pipeline
@@ -116,7 +116,7 @@ def test_naive_bayes_probabilities_are_calibrated_and_ece_is_reported(tmp_path):
     result = fit(FitConfig(features, tmp_path / "m.skops", ("nb",)))
     m = result.rows[0].metrics
     assert m["ece"] < 0.1 and m["log_loss"] < 1.0
-    proba = load_model(tmp_path / "m.skops").pipeline.predict_proba(X.astype(np.float32))
+    proba = load_classifier(tmp_path / "m.skops").pipeline.predict_proba(X.astype(np.float32))
     assert (proba.max(axis=1) > 0.999).mean() < 0.5  # not 0 or 1 for everything
 
 
@@ -225,7 +225,7 @@ def test_head_options_reach_the_head(trained, tmp_path):
                             "--optimizer", "momentum", "--schedule", "cyclic", "--epochs", "7", "--batch-size", "16",
                             "--weight-decay", "0.001"])
     assert r.exit_code == 0, r.output
-    head = load_model(out).pipeline[-1]
+    head = load_classifier(out).pipeline[-1]
     assert (head.lr, head.optimizer, head.schedule, head.max_epochs, head.batch_size, head.weight_decay) == (
         0.05, "momentum", "cyclic", 7, 16, 0.001)
     assert head.n_epochs_ <= 7

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 import featpipe
 from featpipe import identity
-from featpipe.classify import FitConfig, fit, load_model
+from featpipe.classify import FitConfig, fit, load_classifier
 from featpipe.classify.classes import evaluate_file
 from featpipe.cli import app
+from featpipe.errors import FormatError
 
 from .conftest import make_images
 from .test_classify import _edit, made_by
@@ -32,7 +33,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_model_file_records_the_identity_of_its_features_and_images(trained):
     _, features, model = trained
-    fs, mf = featpipe.load(features), load_model(model)
+    fs, mf = featpipe.load(features), load_classifier(model)
     assert mf.identity == identity.of_layer(fs.meta, "pooled", fs.layer_info("pooled"))
     assert mf.config_hash == fs.meta["config_hash"]  # a one-layer file: the layer's identity is the file's
     assert mf.images_digest == fs.meta["images_digest"] and len(mf.images_digest) == 64
@@ -56,7 +57,7 @@ def test_every_entry_point_names_every_field_that_differs(trained, tmp_path, com
 
 def test_evaluating_on_the_training_images_is_said(trained, tmp_path):
     images, features, model = trained
-    mf = load_model(model)
+    mf = load_classifier(model)
     *_, warnings = evaluate_file(mf, featpipe.load(features))
     assert any("same images as the training features" in w for w in warnings)
     fresh = make_images(tmp_path / "fresh", classes=2, per_class=3, seed=1)  # other images, same extractor
@@ -68,23 +69,21 @@ def test_evaluating_on_the_training_images_is_said(trained, tmp_path):
     assert any("same images as the training features" in w for w in result.warnings)
 
 
-def test_model_files_written_before_the_identity_still_work(trained, tmp_path):
-    """A model file of the earlier layout (extractor fields only) reads, matches its features, refuses others."""
+def test_model_files_without_the_identity_are_refused(trained, tmp_path):
+    """The layout before the identity was stored (extractor fields only) was never released: refused in one
+    line, with the fix, instead of guessed from its extractor fields."""
     import skops.io as sio
 
     _, features, model = trained
-    mf = load_model(model)
-    legacy = tmp_path / "legacy.skops"
+    mf = load_classifier(model)
+    unreleased = tmp_path / "unreleased.skops"
     sio.dump({"format": "featpipe-model", "format_version": 1, "pipeline": mf.pipeline, "classes": mf.classes,
               "extractor": mf.extractor, "classifier": mf.classifier, "metrics": json.dumps(mf.metrics),
-              "fit_fingerprint": ""}, legacy)
-    old = load_model(legacy)
-    assert old.identity == mf.identity and old.images_digest == "" and old.request == {}
-    metrics, n, *_ = evaluate_file(old, featpipe.load(features))
-    assert n == 16 and metrics["accuracy"] == evaluate_file(mf, featpipe.load(features))[0]["accuracy"]
-    other = _edit(features, tmp_path, "other.h5", lambda f: made_by(f, dtype="float16"))
-    r = CliRunner().invoke(app, ["evaluate", str(legacy), str(other)])
-    assert r.exit_code == 2 and "dtype float32 -> float16" in r.stderr
+              "fit_fingerprint": ""}, unreleased)
+    with pytest.raises(FormatError, match="never released: fit it again"):
+        load_classifier(unreleased)
+    r = CliRunner().invoke(app, ["evaluate", str(unreleased), str(features)])
+    assert r.exit_code != 0 and "fit it again" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_predict_on_images_extracts_as_the_training_features_were_made(trained, tmp_path):
@@ -94,4 +93,4 @@ def test_predict_on_images_extracts_as_the_training_features_were_made(trained, 
     assert from_images.paths == from_file.paths
     assert from_images.predicted() == from_file.predicted()
     again = featpipe.load(tmp_path / "again.h5")
-    assert identity.of_layer(again.meta, "pooled", again.layer_info("pooled")) == load_model(model).identity
+    assert identity.of_layer(again.meta, "pooled", again.layer_info("pooled")) == load_classifier(model).identity

@@ -94,7 +94,7 @@ def test_preprocessing_equals_the_libraries_own(name):
         reference = timm.data.create_transform(**timm.data.resolve_model_data_config(net))
     else:
         reference = torchvision.models.get_model_weights(spec.arch).DEFAULT.transforms()
-    config = models.data_config(net, spec)
+    config = models.eval_config(net, spec)
     pil = Preprocessor(replace(config, resampler="pil"))
     fast = Preprocessor(replace(config, resampler="torch"))
     rng = np.random.default_rng(1)

@@ -178,23 +178,21 @@ def test_lock_taken_after_the_holder_let_go_is_real(tmp_path):
     second.__exit__(None, None, None)
 
 
-def test_files_written_before_the_resampler_existed_still_match(tmp_path):
-    """Older files have no 'resampler' in their data config: they were made with Pillow and are read as such."""
+def test_a_file_of_an_unreleased_layout_is_not_taken_for_a_current_one(tmp_path):
+    """Files without 'request' and without 'resampler' in their data config were never released: no silent
+    upgrade makes them match; extract names the field that differs and asks for --overwrite."""
     images = make_images(tmp_path / "images", classes=2, per_class=3)
     out = tmp_path / "features.h5"
     extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
     with h5py.File(out, "r+") as f:  # what session-1 featpipe wrote
-        dc = json.loads(f.attrs["data_config"])
-        del dc["resampler"]
-        f.attrs["data_config"] = json.dumps(dc)
+        del f.attrs["request"]
         config = json.loads(f.attrs["config"])
         del config["data_config"]["resampler"]
         f.attrs["config"] = json.dumps(config, sort_keys=True)
-    assert featpipe.load(out).meta["data_config"]["resampler"] == "pil"
-    again = extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
-    assert again.already_complete
-    with pytest.raises(RunConflictError, match="data_config"):
-        extract(ExtractConfig(images, out, model="test_resnet", weights="random"))  # torch: really different
+    with pytest.raises(RunConflictError, match="resampler.*--overwrite"):
+        extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil"))
+    assert extract(ExtractConfig(images, out, model="test_resnet", weights="random", resampler="pil",
+                                 overwrite=True)).computed == 6
 
 
 def test_finished_run_is_recognised_before_any_network_is_built(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def test_the_public_names_still_load_on_use():
     import featpipe
 
     assert callable(featpipe.extract) and callable(featpipe.fit) and callable(featpipe.guide)
-    assert callable(featpipe.predict) and callable(featpipe.load_model)
+    assert callable(featpipe.predict) and callable(featpipe.load_classifier)
     assert featpipe.ExtractConfig.__name__ == "ExtractConfig" and "FeatureSet" in dir(featpipe)
     with pytest.raises(AttributeError):
         featpipe.no_such_name  # noqa: B018

@@ -12,7 +12,7 @@ from sklearn.datasets import make_classification
 from sklearn.preprocessing import StandardScaler
 
 import featpipe
-from featpipe.classify import FitConfig, fit, load_model
+from featpipe.classify import FitConfig, fit, load_classifier
 from featpipe.classify.estimators import make_classifier
 from featpipe.classify.fit import fit_streaming
 from featpipe.classify.rows import ArrayRows, FileRows, labelled_file_rows
@@ -118,7 +118,7 @@ def test_fit_streams_when_asked_and_the_model_file_works(feature_file, tmp_path)
     result = fit(FitConfig(path, out, ("linear", "mlp", "logreg"), stream=True, keep_all=True))
     assert result.extra["streamed"] and result.n_train == 2400 and result.n_test == 600
     assert all(r.metrics["accuracy"] > 0.8 for r in result.rows)
-    mf = load_model(out)
+    mf = load_classifier(out)
     assert mf.pipeline.score(X, y) > 0.8
     in_memory = fit(FitConfig(path, tmp_path / "mem.skops", ("linear",), stream=False))
     assert not in_memory.extra["streamed"]

@@ -3,7 +3,9 @@ from .estimators import CLASSIFIERS, make_classifier
 from .fit import FitConfig, FitResult, HeadSettings, fit
 from .heads import LinearHead, MLPHead
 from .modelfile import ModelFile
-from .modelfile import load as load_model
+from .modelfile import load as load_classifier
 
-__all__ = ["CLASSIFIERS", "FitConfig", "FitResult", "HeadSettings", "LinearHead", "MLPHead", "ModelFile", "fit", "load_model",
+load_model = load_classifier  # the name before load_classifier, kept for one release (featpipe.load_model warns)
+
+__all__ = ["CLASSIFIERS", "FitConfig", "FitResult", "HeadSettings", "LinearHead", "MLPHead", "ModelFile", "fit", "load_classifier", "load_model",
            "make_classifier"]

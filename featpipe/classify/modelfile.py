@@ -19,7 +19,6 @@ from pathlib import Path
 from .. import identity
 from .._util import atomic_write
 from ..errors import FormatError, UsageError
-from ..models.data_config import upgrade as data_config_upgrade
 from ..store import FeatureSet
 
 MODEL_FORMAT = "featpipe-model"
@@ -62,15 +61,6 @@ def features_identity(fs: FeatureSet, layer: str) -> dict:
     return identity.of_layer(fs.meta, layer, fs.layer_info(layer))
 
 
-def _identity_of_old_model(extractor: dict) -> dict:
-    """The extractor identity of a model file written before it stored one, from its extractor fields
-    (the same attributes identity.of_layer reads from a feature file)."""
-    meta = {k: extractor.get(k, "") for k in ("model", "weights_source", "weights_sha256", "data_config",
-                                              "precision", "dtype")}
-    return identity.of_layer(meta, extractor["layer"], {"node": extractor.get("node", ""),
-                                                        "pool": extractor.get("pool", "")})
-
-
 def same_images_warning(images_digest: str, fs: FeatureSet, role: str) -> list[str]:
     """A warning when ``fs`` holds the very images (identity.images_digest) a model learns or learned from."""
     if images_digest and fs.meta.get("images_digest") == images_digest:
@@ -93,7 +83,7 @@ class ModelFile:
     identity: dict = field(default_factory=dict)
     config_hash: str = ""
     # The training images: identity.images_digest and identity.features_fingerprint of the training file
-    # ("" in model files written before they were recorded).
+    # ("" for features made outside featpipe extract, store.write_arrays).
     images_digest: str = ""
     features_fingerprint: str = ""
     # What the training features' extraction asked for (identity.request): `predict` extracts images with it.
@@ -191,12 +181,11 @@ def load(path: str | os.PathLike) -> ModelFile:
             f"{MODEL_FORMAT_VERSION}"
         )
     extractor = dict(payload["extractor"])
-    if isinstance(extractor.get("data_config"), dict):  # fields added since the model was saved
-        extractor["data_config"] = data_config_upgrade(extractor["data_config"])
-    # Model files written before the identity was stored: built from their extractor fields (identity.upgrade
-    # then fills in fields added since), so they keep working; they know nothing of their training images.
     stored = payload.get("identity")
-    features = identity.upgrade(json.loads(stored)) if stored else _identity_of_old_model(extractor)
+    if not stored:
+        raise FormatError(f"{str(path)!r} does not record the identity of its training features; it was written by "
+                          "a featpipe that was never released: fit it again")
+    features = json.loads(stored)
     request = payload.get("request") or ""
     return ModelFile(payload["pipeline"], list(payload["classes"]), extractor,
                      str(payload["classifier"]), _metrics(payload["metrics"]), str(payload.get("fit_fingerprint", "")),

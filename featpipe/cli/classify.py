@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..classify import CLASSIFIERS, FitConfig, fit, load_model
+from ..classify import CLASSIFIERS, FitConfig, fit, load_classifier
 from ..classify.classes import evaluate_file
 from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_report
 from ..classify.heads import OPTIMIZERS, SCHEDULES
@@ -157,7 +157,7 @@ def evaluate_command(
     report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the confusion matrix.")] = None,
 ) -> None:
     """Metrics of a saved model on a labelled feature file (classes matched by name)."""
-    mf = load_model(model)
+    mf = load_classifier(model)
     fs = load(features)
     metrics, n, skipped, warnings = evaluate_file(mf, fs, f"model {model.name}")
     for w in warnings:

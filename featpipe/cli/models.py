@@ -41,7 +41,7 @@ def layers_command(
     spec = models.resolve(model)
     with torch.device("meta"):
         net = models.create_architecture(spec).eval()
-    cfg = models.data_config(net, spec)
+    cfg = models.eval_config(net, spec)
     typer.echo(f"{'layer':40} {'output shape':>22}  dim")
     for name, shape, dim in models.layer_table(net, spec, cfg.crop):
         typer.echo(f"{name:40} {str(tuple(shape[1:])):>22}  {dim}")

@@ -88,7 +88,7 @@ class Extractor:
         self.layers = models.resolve_layers(model, self.model_spec, spec.layers, spec.pool)
         # A fine-tuned checkpoint is fed as it was trained (its own image size); any other network as its base model.
         data_config = DataConfig.from_json(self.weights.data_config) if self.weights.data_config \
-            else models.data_config(model, self.model_spec)
+            else models.eval_config(model, self.model_spec)
         self.device = torch.device(resolve_device(spec.device))
         resampler = resolve_resampler(spec.resampler, data_config.interpolation, data_config.crop_mode)
         decode = resolve_decode(spec.decode, self.device.type, resampler)
@@ -219,7 +219,7 @@ def build_for_run(config: ExtractConfig, model: str) -> tuple[ExtractorSpec, Ext
     model_spec = models.resolve(spec.model)
     with torch.device("meta"):
         net = models.create_architecture(model_spec).eval()
-        cfg = models.data_config(net, model_spec)
+        cfg = models.eval_config(net, model_spec)
         tapped = models.TappedModel(net, model_spec, models.resolve_layers(net, model_spec, spec.layers, spec.pool))
         with torch.inference_mode():
             tapped(torch.zeros(1, 3, *cfg.crop))

@@ -271,8 +271,7 @@ def _read_images(f: h5py.File) -> tuple[dict, np.ndarray]:
         "size": f["size"][:],
         "mtime": f["mtime"][:],
         "sha256": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["sha256"][:]], dtype=object),
-        "version": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["version"][:]], dtype=object)
-        if "version" in f else None,  # parts of an older featpipe: no versions
+        "version": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["version"][:]], dtype=object),
     }
     return images, f["valid"][:]
 

@@ -99,7 +99,7 @@ def read_output(config: ExtractConfig) -> StoredOutput | None:
         return None
     try:
         with h5py.File(config.output, "r") as f:
-            old = identity.upgrade(json.loads(f.attrs.get("config", "{}")))
+            old = json.loads(f.attrs.get("config", "{}"))
             request = json.loads(f.attrs.get("request", "null"))
             digest = str(f.attrs.get("images_digest", ""))
             failures = len(f["errors/index"]) if "errors/index" in f else 0
@@ -164,25 +164,22 @@ def file_rows(config: ExtractConfig, stored: StoredOutput, run_config: dict, pre
     try:
         with h5py.File(stored.path, "r") as f:
             paths = store_decode(f["samples/path"][:])
-            images = _read_images(f, len(paths))
+            images = _read_images(f)
             prev.file_valid = f["samples/valid"][:]
     except (OSError, KeyError, ValueError):
         raise RunConflictError(f"{str(config.output)!r} is not a complete featpipe feature file; pass --overwrite "
                                "to replace it") from None
     prev.file, prev.file_paths = stored.path, set(paths)
     prev.file_layers = stored_layers([layer[0] for layer in old["layers"]], config.views)  # its views are ours
-    if images is not None:
-        keys = identity.row_keys(paths, images, config.verify_content)
-        prev.file_rows = {key: j for j, key in enumerate(keys)}
+    keys = identity.row_keys(paths, images, config.verify_content)
+    prev.file_rows = {key: j for j, key in enumerate(keys)}
 
 
-def _read_images(f: h5py.File, n: int) -> dict | None:
+def _read_images(f: h5py.File) -> dict:
+    """Each row's image identity, as store.write_images wrote it."""
     g = f["samples"]
-    if "size" not in g or "mtime" not in g:  # written before featpipe recorded image identity: nothing to match
-        return None
-    sha = store_decode(g["sha256"][:]) if "sha256" in g else [""] * n
-    version = np.asarray(store_decode(g["version"][:]), dtype=object) if "version" in g else None
-    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(sha, dtype=object), "version": version}
+    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(store_decode(g["sha256"][:]), dtype=object),
+            "version": np.asarray(store_decode(g["version"][:]), dtype=object)}
 
 
 # --- the parts of an interrupted run -------------------------------------------------------------------------
@@ -202,10 +199,7 @@ def part_rows(config: ExtractConfig, parts: parts_mod.PartStore, run_config: dic
     new = manifest(run_config)
     old = parts_mod.read_manifest(parts)
     if old is not None and old.get("version") != MANIFEST_VERSION:
-        old = None  # an older featpipe's partial run: its parts cannot say which images they hold
-    if old is not None and isinstance(old.get("config"), dict):
-        upgraded = identity.upgrade(old["config"])
-        old = {**old, "config": upgraded, "config_hash": identity.config_hash(upgraded)}
+        old = None  # another featpipe's partial run: its parts cannot be trusted to say which images they hold
     if old is not None and old != new:
         if not config.overwrite:
             raise RunConflictError(

@@ -84,14 +84,6 @@ class ViewSpec:
             out["augment"] = {"views": self.augment, "strength": self.strength, "flip": self.flip, "seed": self.seed}
         return out
 
-    @classmethod
-    def from_identity(cls, stored: dict | None) -> ViewSpec:
-        stored = stored or {}
-        aug = stored.get("augment") or {}
-        return cls(tta=stored.get("tta", "none"), augment=int(aug.get("views", 0)),
-                   strength=aug.get("strength", "standard"), flip=bool(aug.get("flip", True)),
-                   seed=int(aug.get("seed", 0)))
-
 
 def view_generator(seed: int, key: str, view: int) -> np.random.Generator:
     """The random numbers of one view: a function of (seed, image key, view number) only.
@@ -180,14 +172,3 @@ class ViewMaker:
         if self.spec.strength == "strong" and grey:
             x = TF2.rgb_to_grayscale(x, num_output_channels=3)
         return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
-
-
-def describe(spec: ViewSpec) -> str:
-    """The views in words, for summaries."""
-    parts = []
-    if spec.tta != "none":
-        parts.append(f"features averaged over {spec.tta_views} {spec.tta} views")
-    if spec.augment:
-        parts.append(f"{spec.augment} {spec.strength} augmented views per image"
-                     + ("" if spec.flip else ", no flips"))
-    return "; ".join(parts)

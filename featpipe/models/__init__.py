@@ -16,8 +16,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .data_config import DataConfig, from_timm, from_torchvision
-    from .data_config import upgrade as data_config_upgrade
-    from .pretrained import find_pretrained, pretrained_available
+    from .pretrained import find_pretrained
     from .taps import BUILTIN_LAYERS, POOLS, Layer, TappedModel, layer_table, resolve_layers
     from .weights import WeightsInfo, create_architecture, load_model
 
@@ -26,7 +25,6 @@ _LAZY = {
     "DataConfig": (".data_config", "DataConfig"),
     "from_timm": (".data_config", "from_timm"),
     "from_torchvision": (".data_config", "from_torchvision"),
-    "data_config_upgrade": (".data_config", "upgrade"),
     "BUILTIN_LAYERS": (".taps", "BUILTIN_LAYERS"),
     "POOLS": (".taps", "POOLS"),
     "Layer": (".taps", "Layer"),
@@ -37,7 +35,6 @@ _LAZY = {
     "create_architecture": (".weights", "create_architecture"),
     "find_pretrained": (".pretrained", "find_pretrained"),
     "load_model": (".weights", "load_model"),
-    "pretrained_available": (".pretrained", "pretrained_available"),
 }
 
 __all__ = [
@@ -45,14 +42,13 @@ __all__ = [
     "CLASSIC_MODELS",
     "POOLS",
     "DataConfig",
-    "data_config_upgrade",
     "Layer",
     "ModelSpec",
     "TappedModel",
     "WeightsInfo",
     "create_architecture",
     "data_config",
-    "describe",
+    "eval_config",
     "find_pretrained",
     "from_timm",
     "from_torchvision",
@@ -60,7 +56,6 @@ __all__ = [
     "list_models",
     "load_model",
     "model_table",
-    "pretrained_available",
     "resolve",
     "resolve_layers",
 ]
@@ -77,18 +72,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'featpipe.models' has no attribute {name!r}")
 
 
-def data_config(model: nn.Module, spec: ModelSpec) -> DataConfig:
+def eval_config(model: nn.Module, spec: ModelSpec) -> DataConfig:
     """The model's own eval preprocessing."""
     from .data_config import from_timm, from_torchvision
 
     return from_timm(model) if spec.source == "timm" else from_torchvision(spec)
 
 
-def describe(spec: ModelSpec) -> dict:
-    """Feature dimension, input size and offline weights of ``spec``, without computing anything."""
-    from .pretrained import pretrained_available
-
-    return {**_shapes(spec), "pretrained_offline": pretrained_available(spec)}
+data_config = eval_config  # the old name, until finetune/ and guide/ call eval_config (then _Package goes too)
 
 
 def _shapes(spec: ModelSpec) -> dict:
@@ -99,7 +90,7 @@ def _shapes(spec: ModelSpec) -> dict:
 
     with torch.device("meta"):
         model = create_architecture(spec).eval()
-    cfg = data_config(model, spec)
+    cfg = eval_config(model, spec)
     rows = {name: dim for name, _, dim in layer_table(model, spec, cfg.crop)[:3]}
     return {"model": spec.name, "pooled_dim": rows["pooled"], "input": f"{cfg.crop[0]}x{cfg.crop[1]}"}
 
@@ -134,7 +125,7 @@ def model_table(pattern: str | None = None) -> list[dict]:
 
 
 class _Package(types.ModuleType):
-    """``models.data_config`` is the function above, named like the module that holds DataConfig:
+    """``models.data_config`` (eval_config's old name) is named like the module that holds DataConfig:
     importing that module must not rebind the name to it."""
 
     def __setattr__(self, name: str, value) -> None:

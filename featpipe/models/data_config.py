@@ -90,17 +90,9 @@ class DataConfig:
             interpolation=d["interpolation"],
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
-            resampler=d.get("resampler", "pil"),  # files written before the choice existed used Pillow
-            decode=d.get("decode", "exact"),  # ... and decoded every pixel
+            resampler=d["resampler"],
+            decode=d["decode"],
         )
-
-
-def upgrade(stored: dict) -> dict:
-    """A data config read from a file, with fields added since it was written filled in
-    as that older featpipe behaved (``resampler``: Pillow; ``decode``: exact), so comparisons see equals."""
-    if "crop" not in stored:  # not one of ours (features made elsewhere): leave it
-        return stored
-    return json.loads(DataConfig.from_json(json.dumps(stored)).to_json())
 
 
 def from_timm(model: nn.Module) -> DataConfig:

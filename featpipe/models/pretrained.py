@@ -112,6 +112,3 @@ def find_pretrained(spec: ModelSpec) -> tuple[Path | None, list[str]]:
     """The file holding ``spec``'s pretrained weights, and every place looked at."""
     return locate(weight_sources(spec))
 
-
-def pretrained_available(spec: ModelSpec) -> bool:
-    return find_pretrained(spec)[0] is not None
