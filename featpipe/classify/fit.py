@@ -164,10 +164,15 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
             f"class {small[0]!r} has a single sample; a stratified split needs 2 or more per class: "
             "add images or remove the class"
         )
-    # Split positions, not features: the same stratified partition as splitting X itself.
-    train, test = train_test_split(np.arange(len(rows)), test_size=config.test_size, stratify=y,
-                                   random_state=config.seed)
+    train, test = split_positions(y, config.test_size, config.seed)
     return rows.subset(train), rows.subset(test)
+
+
+def split_positions(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and the test rows among labelled rows ``y``: fit's stratified split, which
+    the model file records (``test_size``, ``seed``) so that `featpipe report` finds the same rows again."""
+    # Split positions, not features: the same stratified partition as splitting X itself.
+    return train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
 
 
 def validation_split(rows: Rows, size: float, seed: int) -> tuple[Rows, Rows]:
@@ -418,6 +423,9 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
                          + "; ".join(f"{r.classifier}: {r.reason}" for r in rows))
     best, rule = choose(rows, by) if compare or folds else (rows[0].classifier, "the only classifier")
     train = plus_views(train)
+    # Where the test rows came from, for `featpipe report`: a split of the training file, or another file.
+    split = ({"test_file": config.test.name} if config.test is not None
+             else {"test_size": config.test_size, "seed": config.seed})
     fitted = {}
     for row in rows:
         if row.reason or not (row.classifier == best or config.keep_all):
@@ -429,7 +437,8 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
         fitted[row.classifier] = model
         row.path = config.output if row.classifier == best else config.output.with_name(
             f"{config.output.stem}.{row.classifier}{config.output.suffix}")
-        modelfile.save(row.path, model, fs.classes, fs, layer, row.classifier, row.metrics, fingerprint)
+        modelfile.save(row.path, model, fs.classes, fs, layer, row.classifier, row.metrics, fingerprint,
+                       split=split)
         log.info("%s: test accuracy %.4f%s", row.classifier, row.metrics["accuracy"],
                  " (streamed from the file)" if stream and row.classifier in STREAMING else "")
     if config.report is not None:

@@ -88,6 +88,9 @@ class ModelFile:
     features_fingerprint: str = ""
     # What the training features' extraction asked for (identity.request): `predict` extracts images with it.
     request: dict = field(default_factory=dict)
+    # Where the test rows came from: {"test_size", "seed"} of fit's split of the training file, or
+    # {"test_file"}; {} in model files written before it was recorded.
+    split: dict = field(default_factory=dict)
 
     @property
     def layer(self) -> str:
@@ -116,8 +119,9 @@ def check_same_extractor(expected: dict, fs: FeatureSet, trained_on: str) -> Non
 
 
 def save(path: str | os.PathLike, pipeline, classes, fs: FeatureSet, layer: str, classifier: str, metrics: dict,
-         fit_fingerprint: str = "") -> None:
-    """Write a model file for ``pipeline``, trained on ``layer`` of the feature file ``fs``."""
+         fit_fingerprint: str = "", split: dict | None = None) -> None:
+    """Write a model file for ``pipeline``, trained on ``layer`` of the feature file ``fs``; ``split`` says
+    where its test rows came from (fit's ``test_size`` and ``seed``, or ``test_file``)."""
     import skops.io as sio
 
     path = Path(path)
@@ -138,6 +142,7 @@ def save(path: str | os.PathLike, pipeline, classes, fs: FeatureSet, layer: str,
         "images_digest": str(fs.meta.get("images_digest", "")),
         "features_fingerprint": identity.features_fingerprint(fs.meta),
         "request": request if isinstance(request, str) else json.dumps(request, sort_keys=True),
+        "split": json.dumps(split or {}, sort_keys=True),
     }
     with atomic_write(path) as tmp:
         sio.dump(payload, tmp)
@@ -192,4 +197,5 @@ def load(path: str | os.PathLike) -> ModelFile:
                      identity=features, config_hash=identity.config_hash(features),
                      images_digest=str(payload.get("images_digest", "")),
                      features_fingerprint=str(payload.get("features_fingerprint", "")),
-                     request=json.loads(request) if request else {})
+                     request=json.loads(request) if request else {},
+                     split=json.loads(payload.get("split") or "{}"))

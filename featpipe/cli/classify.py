@@ -118,7 +118,7 @@ def fit_command(
     validation_size: Annotated[float, typer.Option(help="Without --cv: fraction of the training rows the classifiers are compared on.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the splits and the classifiers.")] = 0,
     keep_all: Annotated[bool, typer.Option(help="Refit and save every classifier, not just the chosen one.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and plots.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, plots and index.html: the HTML report (mistakes, confused pairs, likely label errors, a map).")] = None,
     cv: Annotated[Optional[int], typer.Option(help="Compare by stratified K-fold CV on the training rows instead of a validation split.")] = None,
     search: Annotated[Optional[int], typer.Option(help="Random search over N configurations (log-uniform ranges), CV folds from --cv (default 5).")] = None,
     sanity: Annotated[bool, typer.Option(help="Only check that each classifier can overfit 20 training samples.")] = False,
@@ -146,7 +146,14 @@ def fit_command(
                        + ("ok: it can overfit" if ok else "CANNOT OVERFIT: check features and labels, "
                           "lower the regularisation or raise the learning rate"))
         raise typer.Exit(1 if failed else 0)
-    print_fit(fit(config, progress=_search_progress if search else None))
+    result = fit(config, progress=_search_progress if search else None)
+    print_fit(result)
+    if report is not None:
+        from ..report import from_model
+        from .report import say_written
+
+        # The test rows are --test's file when there is one, else found again from the split the model records.
+        say_written(from_model(test or features, result.output, report, command="fit"))
 
 
 @app.command("evaluate")

@@ -1,0 +1,144 @@
+"""What a report is made of, gathered from a fit (a model file), a guide run or a fine-tuning run.
+
+Whatever the command, a report needs the same things: a feature file's labelled rows (their
+features, labels and images), the rows a classifier is judged on with its probabilities there, and
+words for the summary. :class:`ReportData` holds them; one function per command fills it in from what
+that command already wrote (no model is refitted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..store import FeatureSet, load
+
+
+@dataclass
+class ReportData:
+    """Everything the page shows, before any of it is computed."""
+
+    command: str  # fit, guide, finetune or report
+    fs: FeatureSet
+    layer: str
+    classes: list[str]
+    file_rows: np.ndarray  # feature-file row of each labelled row
+    labels: np.ndarray  # class index (into ``classes``) of each labelled row
+    X: np.ndarray  # features of the labelled rows
+    held_out: np.ndarray  # positions among the labelled rows that the classifier is judged on
+    proba: np.ndarray  # (len(held_out), len(classes)): the classifier's probabilities on them
+    judged_on: str  # what the held-out rows are, in words
+    classifier: list[tuple[str, str]]  # the chosen classifier or recipe: (what, value)
+    seed: int = 0
+    # Out-of-fold probabilities of every labelled row, where the classifier's own are (the guide's CV);
+    # else the label-issue module makes them.
+    out_of_fold: np.ndarray | None = None
+    guide: dict | None = None  # GuideResult.to_dict() where a guide ran
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG name in the report folder)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def paths(self) -> list[str]:
+        return self.fs.paths
+
+
+def extractor_summary(fs: FeatureSet, layer: str) -> list[tuple[str, str]]:
+    """The extractor in words: model, weights, layer, preprocessing, precision."""
+    meta = fs.meta
+    info = fs.layer_info(layer)
+    rows = [("model", str(meta.get("model", "?"))), ("weights", str(meta.get("weights_source", "?"))),
+            ("layer", f"{layer} ({fs.dim(layer)} features"
+             + (f", {info['pool']} pooled" if info.get("pool") and layer != "pooled" else "") + ")")]
+    dc = meta.get("data_config")
+    if isinstance(dc, dict) and "crop" in dc:
+        resize = dc["resize"] if isinstance(dc["resize"], int) else "x".join(map(str, dc["resize"]))
+        rows.append(("preprocessing", f"resize {resize} ({dc['interpolation']}), {dc['crop_mode']} crop "
+                     f"{dc['crop'][0]}x{dc['crop'][1]}, mean {tuple(round(v, 3) for v in dc['mean'])}, "
+                     f"std {tuple(round(v, 3) for v in dc['std'])}"))
+    rows.append(("precision", f"{meta.get('precision', '?')}, stored as {meta.get('dtype', '?')}"))
+    rows.append(("images", str(meta.get("image_root", "?"))))
+    return rows
+
+
+def _full_proba(proba: np.ndarray, columns: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities with a column per class (0 for classes the classifier never saw)."""
+    out = np.zeros((len(proba), n_classes))
+    out[:, np.asarray(columns, dtype=np.int64)] = proba
+    return out
+
+
+def _predict(pipeline, X: np.ndarray, n_classes: int) -> np.ndarray:
+    return _full_proba(pipeline.predict_proba(X), pipeline.classes_, n_classes)
+
+
+def from_model(features: Path, model: Path, command: str = "report") -> ReportData:
+    """A saved fit: its test rows found again from the split the model file records (or, for a feature
+    file of other images, every labelled row), predicted by the saved classifier.
+
+    Raises:
+        UsageError: features of another extractor; the training features of a model tested on a separate
+            file, or of a model file that does not record its split.
+    """
+    from ..classify.classes import rows_for_model
+    from ..classify.fit import split_positions
+    from ..classify.modelfile import load as load_model
+    from ..identity import features_fingerprint
+
+    mf = load_model(model)
+    fs = load(features)
+    mf.check_features(fs)
+    rows, _ = rows_for_model(fs, mf.layer, mf.classes, "report", f"model {model.name}")
+    file_rows, labels = np.asarray(rows.rows), np.asarray(rows.labels)
+    X = rows.read()
+    same = bool(mf.features_fingerprint) and mf.features_fingerprint == features_fingerprint(fs.meta)
+    split = mf.split
+    if not same:
+        held = np.arange(len(labels))
+        judged = f"every labelled row of {fs.path.name} ({len(held)}; not the features the model was trained on)"
+    elif "test_file" in split:
+        raise UsageError(f"{fs.path.name} holds the images {model.name} was trained on, and its test rows were "
+                         f"another file ({split['test_file']}); give that file: featpipe report "
+                         f"{split['test_file']} {model}")
+    elif "test_size" in split:
+        held = np.sort(split_positions(labels, split["test_size"], split["seed"])[1])
+        judged = f"the test rows of fit's split ({len(held)} of {len(labels)}, test size {split['test_size']:g}, seed {split['seed']})"
+    else:
+        raise UsageError(f"{model.name} does not record which rows of {fs.path.name} were its test rows (written "
+                         "by an older featpipe); fit it again, or give a labelled feature file of other images")
+    stored = mf.metrics or {}
+    summary = [("classifier", mf.classifier), ("model file", str(model))]
+    if stored.get("accuracy") is not None:
+        summary.append(("test accuracy at fit time", f"{stored['accuracy']:.4f}"))
+    return ReportData(command, fs, mf.layer, list(mf.classes), file_rows, labels, X, held,
+                      _predict(mf.pipeline, X[held], len(mf.classes)), judged, summary,
+                      seed=int(split.get("seed", 0)))
+
+
+def from_guide(result) -> ReportData:
+    """A guide run: the sample's cached features at the recommended layer, each image predicted out of
+    fold by the guide's own probe (logistic regression, its folds and seed)."""
+    from ..guide.sample import stratified_sample
+    from .label_issues import out_of_fold_proba
+
+    chosen = result.chosen
+    fs = load(chosen.features)
+    layer = result.decision.recommended_layer
+    if layer not in fs.layers:  # the pair of layers side by side, or pixels: the best single layer instead
+        layer = chosen.best.name
+    labels_all = np.where(fs.valid, fs.y, -1)
+    if Path(result.input).resolve() == Path(chosen.features).resolve():  # a feature file: the guide sampled it
+        file_rows = stratified_sample(labels_all, int(result.data["sample"]), result.seed, min_per_class=result.cv)
+    else:  # the sample's own cache: every image of it
+        file_rows = np.flatnonzero(labels_all >= 0)
+    file_rows = file_rows[labels_all[file_rows] >= 0]
+    labels = labels_all[file_rows]
+    X = fs.X(layer)[file_rows]
+    oof = out_of_fold_proba(X, labels, len(fs.classes), seed=result.seed, folds=result.cv)
+    held = np.arange(len(labels))
+    summary = [("classifier", f"logistic regression (the guide's probe), {result.cv}-fold CV"),
+               ("advice", result.decision.strategy + f" ({result.decision.recommended_layer})")]
+    return ReportData("guide", fs, layer, list(fs.classes), file_rows, labels, X, held, oof,
+                      f"the guide's sample, each image predicted out of fold ({len(held)} images)", summary,
+                      seed=result.seed, out_of_fold=oof, guide=result.to_dict())
