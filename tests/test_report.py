@@ -20,7 +20,7 @@ import featpipe
 from featpipe.classify import FitConfig, fit, load_model
 from featpipe.cli import app
 from featpipe.errors import UsageError
-from featpipe.report import label_issues, thumbnails
+from featpipe.report import gather, label_issues, thumbnails
 
 XSS = "<img src=x onerror=alert(1)>"
 # Two classes drawn from the same colours (the classifier must confuse them), one apart, one named like markup.
@@ -239,3 +239,56 @@ def test_the_page_in_chromium(report, tmp_path):
     assert shot.is_file(), r.stderr[-2000:]
     with Image.open(shot) as im:
         assert im.size == (1280, 2400) and len(np.unique(np.asarray(im.convert("L")))) > 50  # a page, not a blank
+
+
+def test_the_guide_report_shows_its_evidence_and_the_sample_out_of_fold(tmp_path):
+    from featpipe.guide import GuideConfig, guide
+
+    images = make_confusable_images(tmp_path / "images", per_class=10)
+    result = guide(GuideConfig(images, models=("test_resnet",), weights="random", sample=32, cv=3,
+                               cache_dir=tmp_path / "cache"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["guide", str(images), "--model", "test_resnet", "--weights", "random", "--sample", "32",
+                            "--cv", "3", "--cache-dir", str(tmp_path / "cache"), "-q", "--report", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "g" / "index.html").read_text()
+    assert '<section id="guide">' in text and 'src="sweep.png"' in text and 'src="learning_curve.png"' in text
+    assert html.escape(result.decision.quadrant) in text
+    data = gather.from_guide(result)
+    assert len(data.held_out) == 32 and data.judged_on.startswith("the guide's sample")
+    wrong = int((data.proba.argmax(axis=1) != data.labels).sum())
+    assert f'data-count="{wrong}"' in text
+
+    # A feature file as the guide's input: the report samples the same rows the guide did.
+    features = featpipe.extract(featpipe.ExtractConfig(images, tmp_path / "f.h5", model="test_resnet",
+                                                       weights="random", layers=("layer2", "pooled"))).output
+    on_file = guide(GuideConfig(features, sample=24, cv=3))
+    data = gather.from_guide(on_file)
+    from featpipe.guide.sample import stratified_sample
+
+    fs = featpipe.load(features)
+    assert np.array_equal(data.file_rows, stratified_sample(np.where(fs.valid, fs.y, -1), 24, 0, min_per_class=3))
+    assert featpipe.report.from_guide(on_file, tmp_path / "g2").mistakes == int(
+        (data.proba.argmax(axis=1) != data.labels).sum())
+
+
+def test_the_finetune_report_judges_the_validation_images_as_the_run_did(tmp_path):
+    from featpipe.finetune import FinetuneConfig, finetune
+
+    images = make_confusable_images(tmp_path / "images", per_class=8)
+    config = FinetuneConfig(images, tmp_path / "ft.pt", model="test_resnet", weights="random", unfreeze="head",
+                            epochs=1, batch_size=8, image_size=64)
+    result = finetune(config)
+    data = gather.from_finetune(result, config, tmp_path / "r")
+    assert len(data.held_out) == result.val_images
+    accuracy = float((data.proba.argmax(axis=1) == data.labels[data.held_out]).mean())
+    assert accuracy == pytest.approx(result.best.val_accuracy, abs=1e-9)  # the same images, the same network
+    assert (tmp_path / "r" / "features.h5").is_file() and featpipe.load(tmp_path / "r" / "features.h5").dim("logits") == 4
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["finetune", str(images), "-o", str(tmp_path / "cli.pt"), "--model", "test_resnet",
+                            "--weights", "random", "--unfreeze", "head", "--epochs", "1", "--batch-size", "8",
+                            "--image-size", "64", "-q", "--report", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "cli" / "index.html").read_text()
+    assert 'src="curves.png"' in text and "validation images" in text

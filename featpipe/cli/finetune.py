@@ -52,7 +52,7 @@ def finetune_command(
     precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Folder for curves.png: losses and accuracy per epoch.", show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option(help="Folder for curves.png (losses and accuracy per epoch) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."""
@@ -94,6 +94,10 @@ def finetune_command(
         from ..finetune.train import write_report
 
         typer.echo(f"report: {write_report(result, report)}", err=True)
+        from ..report import from_finetune
+        from .report import say_written
+
+        say_written(with_progress(lambda progress: from_finetune(result, config, report, progress), quiet, "report"))
     q = shlex.quote
     typer.echo("next:")
     # The checkpoint names its base model and preprocessing (image size and crop included): no --model.

@@ -31,7 +31,7 @@ def guide_command(
     cv: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the sample and the folds.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Folder for sweep.png, learning_curve.png and guide.json.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Folder for sweep.png, learning_curve.png, guide.json and index.html: the HTML report (the sample's mistakes out of fold, likely label errors, a map).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's features are cached (default ~/.cache/featpipe/guide).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
@@ -53,6 +53,10 @@ def guide_command(
 
         written = write_report(result, report)
         typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+        from ..report import from_guide
+        from .report import say_written
+
+        say_written(from_guide(result, report))
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

@@ -47,3 +47,13 @@ def from_guide(result, folder: str | Path):
 
     folder = Path(folder)
     return build(gather(result), folder, existing_figures(folder))
+
+
+def from_finetune(result, config, folder: str | Path, progress=None):
+    """The report of a fine-tuning run: its images through the fine-tuned network (kept as
+    ``folder/features.h5``), judged on its validation images, beside its curves."""
+    from .build import build
+    from .gather import from_finetune as gather
+
+    folder = Path(folder)
+    return build(gather(result, config, folder, progress), folder, existing_figures(folder))

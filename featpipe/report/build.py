@@ -243,7 +243,7 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
     context = {
         "version": __version__,
         "command": data.command,
-        "title": f"{data.fs.meta.get('model', '')} · {data.layer} · {data.fs.path.name}",
+        "title": f"{data.fs.meta.get('model', '')} · {data.layer} · {Path(data.source).name or data.fs.path.name}",
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "judged_on": data.judged_on,
         "metrics": [{"name": name, "value": value} for name, value in (
@@ -252,7 +252,7 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
             ("ECE", f"{metrics['ece']:.3f}"), ("held-out images", str(metrics["n"])))],
         "notes": data.notes,
         "classifier": data.classifier,
-        "extractor": extractor_summary(data.fs, data.layer),
+        "extractor": extractor_summary(data.fs, data.layer, data.source),
         "data": {"images": int(len(data.labels)), "classes": table, "hidden": max(0, k - TABLE_CLASSES)},
         "calibration": calibration, "calibration_size": calibration_size,
         "guide": _guide_context(data.guide, guide_figures) if data.guide else None,

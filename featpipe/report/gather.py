@@ -38,14 +38,15 @@ class ReportData:
     guide: dict | None = None  # GuideResult.to_dict() where a guide ran
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG name in the report folder)
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # what the user gave, where that is not the feature file (the guide's images)
 
     @property
     def paths(self) -> list[str]:
         return self.fs.paths
 
 
-def extractor_summary(fs: FeatureSet, layer: str) -> list[tuple[str, str]]:
-    """The extractor in words: model, weights, layer, preprocessing, precision."""
+def extractor_summary(fs: FeatureSet, layer: str, images: str = "") -> list[tuple[str, str]]:
+    """The extractor in words: model, weights, layer, preprocessing, precision; where the images are."""
     meta = fs.meta
     info = fs.layer_info(layer)
     rows = [("model", str(meta.get("model", "?"))), ("weights", str(meta.get("weights_source", "?"))),
@@ -58,7 +59,7 @@ def extractor_summary(fs: FeatureSet, layer: str) -> list[tuple[str, str]]:
                      f"{dc['crop'][0]}x{dc['crop'][1]}, mean {tuple(round(v, 3) for v in dc['mean'])}, "
                      f"std {tuple(round(v, 3) for v in dc['std'])}"))
     rows.append(("precision", f"{meta.get('precision', '?')}, stored as {meta.get('dtype', '?')}"))
-    rows.append(("images", str(meta.get("image_root", "?"))))
+    rows.append(("images", images or str(meta.get("image_root", "?"))))
     return rows
 
 
@@ -141,4 +142,58 @@ def from_guide(result) -> ReportData:
                ("advice", result.decision.strategy + f" ({result.decision.recommended_layer})")]
     return ReportData("guide", fs, layer, list(fs.classes), file_rows, labels, X, held, oof,
                       f"the guide's sample, each image predicted out of fold ({len(held)} images)", summary,
-                      seed=result.seed, out_of_fold=oof, guide=result.to_dict())
+                      seed=result.seed, out_of_fold=oof, guide=result.to_dict(), source=str(result.input))
+
+
+FINETUNED_FEATURES = "features.h5"
+
+
+def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
+    """A fine-tuning run: every image through the fine-tuned network once (its pooled features and its
+    logits, kept as ``folder/features.h5`` for `featpipe fit`), judged on the run's validation images.
+
+    ``result`` is the FinetuneResult, ``config`` its FinetuneConfig; ``progress(done, total)`` follows the
+    extraction.
+    """
+    from scipy.special import softmax
+
+    from ..classify.classes import match_classes
+    from ..extraction.run import ExtractConfig, extract
+    from ..finetune.checkpoint import read_meta
+    from ..finetune.train import _split as finetune_split  # the run's own split: the same validation images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = extract(ExtractConfig(input=config.input, output=folder / FINETUNED_FEATURES, weights=str(result.output),
+                                layers=("pooled", "logits"), device=config.device, batch_size=config.batch_size),
+                  progress=progress).output
+    fs = load(out)
+    meta = read_meta(result.output) or {}
+    tuned_classes = list(meta.get("classes", result.classes))
+    labels_all = np.where(fs.valid, fs.y, -1)
+    file_rows = np.flatnonzero(labels_all >= 0)
+    labels = labels_all[file_rows]
+    X = fs.X("pooled")[file_rows]
+    # The network's outputs are its own classes, in its own order: columns by class name.
+    logits = fs.X("logits")[file_rows].astype(np.float64)
+    where = match_classes(tuned_classes, list(fs.classes))
+    proba_all = np.zeros((len(file_rows), len(fs.classes)))
+    proba_all[:, where[where >= 0]] = softmax(logits, axis=1)[:, where >= 0]
+    _, val = finetune_split(np.asarray(fs.y), list(fs.classes), config.val_size, config.seed)
+    notes = []
+    if len(val):
+        held = np.flatnonzero(np.isin(file_rows, val))
+        judged = f"the run's validation images ({len(held)}, --val-size {config.val_size:g}, seed {config.seed})"
+    else:
+        held = np.arange(len(file_rows))
+        judged = f"every image ({len(held)}): all of them were trained on (--val-size 0)"
+        notes.append("--val-size 0 held no image out: the mistakes are training images the network could not fit, "
+                     "not an estimate of its accuracy on new images")
+    recipe = [("network", f"{meta.get('model', config.model)} fine-tuned, epoch {result.best_epoch} kept"),
+              ("trained", ", ".join(result.trainable)),
+              ("recipe", f"unfreeze {config.unfreeze}, {config.epochs} epochs, lr {config.lr:g} (decay "
+                         f"{config.lr_decay:g} per stage), {config.optimizer}, {config.schedule}, augment "
+                         f"{config.augment}, BatchNorm {config.bn}"),
+              ("checkpoint", str(result.output)),
+              ("features", f"{out} (pooled, logits): `featpipe fit {out} -o model.skops` trains on them")]
+    return ReportData("finetune", fs, "pooled", list(fs.classes), file_rows, labels, X, held, proba_all[held], judged,
+                      recipe, seed=config.seed, notes=notes, source=str(config.input))
