@@ -75,11 +75,9 @@ def _item(pos: int, caption: str, data: ReportData, made: dict) -> dict:
 
 
 def _calibration_plot(folder: Path, proba: np.ndarray, y: np.ndarray) -> tuple[str, tuple[int, int]]:
-    import matplotlib
+    from .._util import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     from ..classify.metrics import ECE_BINS
 
     confidence = proba.max(axis=1)

@@ -55,11 +55,9 @@ def embed(X: np.ndarray, seed: int) -> np.ndarray:
 def draw(folder: Path, xy: np.ndarray, labels: np.ndarray, classes: list[str], wrong: np.ndarray,
          title: str) -> tuple[str, tuple[int, int]]:
     """Write the map PNG; ``wrong`` marks the points a classifier got wrong. Returns its name and size."""
-    import matplotlib
+    from .._util import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.6, 6.4))
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     present = np.unique(labels)
@@ -85,8 +83,9 @@ def draw(folder: Path, xy: np.ndarray, labels: np.ndarray, classes: list[str], w
 def save_png(fig, path: Path, dpi: int = 110) -> tuple[int, int]:
     """Write a matplotlib figure to ``path`` and close it; its (width, height) in pixels, for the page's
     ``<img>`` (an image with its size laid out before it loads does not move the page)."""
-    import matplotlib.pyplot as plt
+    from .._util import pyplot
 
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     size = (int(round(fig.get_figwidth() * dpi)), int(round(fig.get_figheight() * dpi)))

@@ -5,7 +5,6 @@ environment autoescapes everything, so no value reaches the page as markup.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 PAGE = "index.html"
@@ -30,9 +29,10 @@ def render(context: dict) -> str:
 
 
 def write(folder: Path, context: dict) -> Path:
-    """Write ``folder/index.html`` whole (a rename), so a reader never sees half a page."""
+    """Write ``folder/index.html`` whole, so a reader never sees half a page."""
+    from .._util import atomic_write
+
     path = folder / PAGE
-    tmp = folder / f".{PAGE}.tmp-{os.getpid()}"
-    tmp.write_text(render(context), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(render(context), encoding="utf-8")
     return path
