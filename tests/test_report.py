@@ -6,6 +6,7 @@ import html
 import io
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -292,3 +293,37 @@ def test_the_finetune_report_judges_the_validation_images_as_the_run_did(tmp_pat
     assert r.exit_code == 0, r.output
     text = (tmp_path / "cli" / "index.html").read_text()
     assert 'src="curves.png"' in text and "validation images" in text
+
+
+def test_labels_fixed_from_label_issues_csv_recompute_nothing(fitted, report, tmp_path):
+    """The loop the page suggests: relabel the flagged images in a CSV list, extract again, fit again."""
+    features, _, _ = fitted
+    fs = featpipe.load(features)
+    root = Path(fs.meta["image_root"])
+    with open(report.path.parent / "label_issues.csv", newline="") as f:
+        fixes = {r["path"]: r["suggested"] for r in csv.DictReader(f)}
+    assert fixes
+    listing = root / "labels.csv"
+    with open(listing, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows((p, fixes.get(p, fs.classes[c])) for p, c in zip(fs.paths, fs.y.tolist(), strict=True))
+    out = tmp_path / "relabelled.h5"
+    shutil.copy(features, out)
+    summary = featpipe.extract(featpipe.ExtractConfig(listing, out, model="test_resnet", weights="random"))
+    assert summary.computed == 0
+    again = featpipe.load(out)
+    assert np.array_equal(again.X(), fs.X())
+    relabelled = {p: again.classes[c] for p, c in zip(again.paths, again.y.tolist(), strict=True)}
+    assert all(relabelled[p] == label for p, label in fixes.items())
+
+
+def test_a_large_feature_file_is_reported_from_a_sample(fitted, tmp_path, monkeypatch):
+    features, model, _ = fitted
+    full = gather.from_model(features, model)
+    monkeypatch.setattr(gather, "MAX_ROWS", 30)
+    data = gather.from_model(features, model)
+    assert len(data.labels) == 30 and len(full.labels) == 64 and data.notes and "random 30" in data.notes[0]
+    # The held-out rows of the sample are the sample's rows among the full report's held-out rows.
+    assert set(data.file_rows[data.held_out]) == set(data.file_rows) & set(full.file_rows[full.held_out])
+    assert "random 30" in featpipe.report.from_model(features, model, tmp_path / "r").path.read_text()

@@ -40,6 +40,7 @@ class Report:
     mistakes: int
     label_issues: int
     thumbnails: int
+    timings: dict  # seconds per phase: label_issues, thumbnails, map, page
 
 
 def _pct(x: float) -> str:
@@ -157,12 +158,21 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
     confidence = proba[wrong, pred[wrong]]
     by_confidence = wrong[np.argsort(-confidence, kind="stable")]  # held-out indices, most confident first
     thumbs = _Thumbs(MAX_THUMBNAILS)
+    timings = {}
+    lap = time.perf_counter()
+
+    def took(phase: str) -> None:
+        nonlocal lap
+        now = time.perf_counter()
+        timings[phase] = now - lap
+        lap = now
 
     # Likely label errors come first: they are what a user acts on.
     oof = data.out_of_fold if data.out_of_fold is not None else label_issues.out_of_fold_proba(
         data.X, data.labels, k, seed=data.seed)
     issues = label_issues.find(data.labels, oof)
     label_issues.write_csv(folder / label_issues.CSV_NAME, issues, [data.paths[r] for r in data.file_rows], classes)
+    took("label_issues")
     shown_issues = thumbs.room(issues.rows[:ISSUES_SHOWN])
     confident = thumbs.room(data.held_out[by_confidence[:CONFIDENT]])
 
@@ -196,6 +206,7 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
 
     made = thumbnails.make_thumbnails(folder, str(data.fs.meta.get("image_root", "")), data.paths,
                                       [int(data.file_rows[p]) for p in thumbs.wanted])
+    took("thumbnails")
     held_index = {int(p): i for i, p in enumerate(data.held_out)}  # labelled position -> held-out index
 
     def mistake(pos: int) -> dict:
@@ -223,9 +234,11 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
                            f"({issues.score[issue_at[p]]:.2f})", data, made) for p in shown_issues],
     }
 
-    the_map = embedding.make_map(folder, data.X, data.labels, classes, data.held_out[wrong], data.seed,
-                                 f"{data.layer} features")
+    on_map = embedding.choose_points(len(data.X), data.held_out[wrong], data.seed)
+    the_map = embedding.make_map(folder, embedding.embed(data.X[on_map], data.seed), on_map, len(data.X),
+                                 data.labels, classes, data.held_out[wrong], f"{data.layer} features")
     calibration, calibration_size = _calibration_plot(folder, proba, y)
+    took("map")
 
     labelled_counts = np.bincount(data.labels, minlength=k)
     top = max(int(labelled_counts.max()), 1)
@@ -269,7 +282,9 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
         "figures": [f for f in figures if f not in guide_figures],
     }
     path = page.write(folder, context)
+    took("page")
+    log.info("report phases: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     files = [page.PAGE, label_issues.CSV_NAME, the_map.file, calibration, *(f for _, f in figures),
              *(src for src, _ in made.values())]
     return Report(path, time.perf_counter() - t0, _folder_size(folder, files), int(len(wrong)), int(len(issues.rows)),
-                  len(made))
+                  len(made), timings)

@@ -2,7 +2,9 @@
 
 t-SNE costs grow with the rows, so past ``MAX_POINTS`` the map shows a random sample of them (every
 mistake included) and says so. The features go through PCA to at most 50 dimensions first, the usual
-preparation for t-SNE (less noise, much faster neighbour search).
+preparation for t-SNE (less noise, much faster neighbour search). Measured on the digits demo (1,797
+EfficientNet-Lite0 feature vectors, a busy 2-core machine): scikit-learn's defaults took 20 s; 1,000
+points, 400 iterations and a coarser Barnes-Hut angle (0.8) took 3.7 s, clusters alike to the eye.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_POINTS = 3000
+MAX_POINTS = 1000
 PCA_DIMS = 50
 FILE_NAME = "map.png"
 # Classes past this many share grey: a legend of hundreds of colours says nothing.
@@ -49,7 +51,8 @@ def embed(X: np.ndarray, seed: int) -> np.ndarray:
         if X.shape[1] > PCA_DIMS and len(X) > PCA_DIMS:
             X = PCA(PCA_DIMS, random_state=seed, svd_solver="randomized").fit_transform(X)
         perplexity = float(min(30, max(2, (len(X) - 1) / 3)))
-        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(X)
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=400,
+                    angle=0.8).fit_transform(X)
 
 
 def draw(folder: Path, xy: np.ndarray, labels: np.ndarray, classes: list[str], wrong: np.ndarray,
@@ -93,12 +96,12 @@ def save_png(fig, path: Path, dpi: int = 110) -> tuple[int, int]:
     return size
 
 
-def make_map(folder: Path, X: np.ndarray, labels: np.ndarray, classes: list[str], wrong: np.ndarray,
-             seed: int, what: str) -> MapResult:
-    """t-SNE of the rows ``X`` (labels ``labels``), the rows in ``wrong`` (positions) circled; a PNG in ``folder``."""
-    shown = choose_points(len(X), wrong, seed)
+def make_map(folder: Path, xy: np.ndarray, shown: np.ndarray, n: int, labels: np.ndarray, classes: list[str],
+             wrong: np.ndarray, what: str) -> MapResult:
+    """The map PNG in ``folder``: the rows ``shown`` (of ``n``; :func:`choose_points`) at their t-SNE
+    coordinates ``xy`` (:func:`embed`), coloured by ``labels``, the rows in ``wrong`` (positions) circled."""
     is_wrong = np.isin(shown, wrong)
-    xy = embed(X[shown], seed)
-    part = f"a random {len(shown)} of {len(X)} rows (every mistake included)" if len(shown) < len(X) else f"{len(X)} rows"
+    part = (f"a random {len(shown)} of {n} images (every mistake included)" if len(shown) < n
+            else f"{n} images")
     name, size = draw(folder, xy, labels[shown], classes, is_wrong, f"t-SNE of the {what}: {part}")
-    return MapResult(name, size, len(shown), len(X), int(is_wrong.sum()))
+    return MapResult(name, size, len(shown), n, int(is_wrong.sum()))

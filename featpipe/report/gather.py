@@ -7,6 +7,7 @@ that command already wrote (no model is refitted).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def extractor_summary(fs: FeatureSet, layer: str, images: str = "") -> list[tupl
     """The extractor in words: model, weights, layer, preprocessing, precision; where the images are."""
     meta = fs.meta
     info = fs.layer_info(layer)
-    rows = [("model", str(meta.get("model", "?"))), ("weights", str(meta.get("weights_source", "?"))),
+    # "pretrained (/long/site-packages/path/to/file.pth)": the file's name says which weights; the folder is noise.
+    weights = re.sub(r"\((/[^()]*/)([^/()]+)\)", r"(\2)", str(meta.get("weights_source", "?")))
+    rows = [("model", str(meta.get("model", "?"))), ("weights", weights),
             ("layer", f"{layer} ({fs.dim(layer)} features"
              + (f", {info['pool']} pooled" if info.get("pool") and layer != "pooled" else "") + ")")]
     dc = meta.get("data_config")
@@ -61,6 +64,11 @@ def extractor_summary(fs: FeatureSet, layer: str, images: str = "") -> list[tupl
     rows.append(("precision", f"{meta.get('precision', '?')}, stored as {meta.get('dtype', '?')}"))
     rows.append(("images", images or str(meta.get("image_root", "?"))))
     return rows
+
+
+# Past this many labelled rows a report reads a random sample of them: its features are held in memory, and
+# the label errors' cross-validation and the held-out predictions cost time in proportion.
+MAX_ROWS = 50_000
 
 
 def _full_proba(proba: np.ndarray, columns: np.ndarray, n_classes: int) -> np.ndarray:
@@ -91,8 +99,7 @@ def from_model(features: Path, model: Path, command: str = "report") -> ReportDa
     fs = load(features)
     mf.check_features(fs)
     rows, _ = rows_for_model(fs, mf.layer, mf.classes, "report", f"model {model.name}")
-    file_rows, labels = np.asarray(rows.rows), np.asarray(rows.labels)
-    X = rows.read()
+    labels = np.asarray(rows.labels)
     same = bool(mf.features_fingerprint) and mf.features_fingerprint == features_fingerprint(fs.meta)
     split = mf.split
     if not same:
@@ -108,13 +115,22 @@ def from_model(features: Path, model: Path, command: str = "report") -> ReportDa
     else:
         raise UsageError(f"{model.name} does not record which rows of {fs.path.name} were its test rows (written "
                          "by an older featpipe); fit it again, or give a labelled feature file of other images")
+    notes = []
+    seed = int(split.get("seed", 0))
+    if len(labels) > MAX_ROWS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), MAX_ROWS, replace=False))
+        notes.append(f"{fs.path.name} has {len(labels)} labelled rows; this page is made from a random {MAX_ROWS} "
+                     f"of them ({int(np.isin(held, keep).sum())} of its {len(held)} held-out rows): its metrics "
+                     "are estimates of the whole set's")
+        held = np.flatnonzero(np.isin(keep, held))
+        rows, labels = rows.subset(keep), labels[keep]
+    X = rows.read()
     stored = mf.metrics or {}
     summary = [("classifier", mf.classifier), ("model file", str(model))]
     if stored.get("accuracy") is not None:
         summary.append(("test accuracy at fit time", f"{stored['accuracy']:.4f}"))
-    return ReportData(command, fs, mf.layer, list(mf.classes), file_rows, labels, X, held,
-                      _predict(mf.pipeline, X[held], len(mf.classes)), judged, summary,
-                      seed=int(split.get("seed", 0)))
+    return ReportData(command, fs, mf.layer, list(mf.classes), np.asarray(rows.rows), labels, X, held,
+                      _predict(mf.pipeline, X[held], len(mf.classes)), judged, summary, seed=seed, notes=notes)
 
 
 def from_guide(result) -> ReportData:
