@@ -174,7 +174,7 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
     from scipy.special import softmax
 
     from ..classify.classes import match_classes
-    from ..extraction.run import ExtractConfig, extract
+    from ..extraction import ExtractConfig, extract
     from ..finetune.checkpoint import read_meta
     from ..finetune.train import _split as finetune_split  # the run's own split: the same validation images
 
