@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import featpipe
-from featpipe.classify import FitConfig, fit, load_model
+from featpipe.classify import FitConfig, fit, load_classifier
 from featpipe.cli import app
 from featpipe.errors import UsageError
 from featpipe.report import gather, label_issues, thumbnails
@@ -62,7 +62,7 @@ def report(fitted, tmp_path_factory):
 
 def test_the_model_file_records_its_split_and_the_report_finds_the_test_rows_again(fitted, report):
     features, model, result = fitted
-    assert load_model(model).split == {"test_size": 0.4, "seed": 0}
+    assert load_classifier(model).split == {"test_size": 0.4, "seed": 0}
     text = report.path.read_text()
     tested = result.rows[0].metrics
     wrong = round((1 - tested["accuracy"]) * tested["n"])
@@ -167,7 +167,7 @@ def test_a_model_tested_on_another_file_needs_that_file(fitted, tmp_path):
     features, _, _ = fitted
     model = tmp_path / "m.skops"
     fit(FitConfig(features, model, ("logreg",), test=features))
-    assert load_model(model).split == {"test_file": features.name}
+    assert load_classifier(model).split == {"test_file": features.name}
     with pytest.raises(UsageError, match="give that file"):
         featpipe.report.from_model(features, model, tmp_path / "r")
 

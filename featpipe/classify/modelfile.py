@@ -89,7 +89,7 @@ class ModelFile:
     # What the training features' extraction asked for (identity.request): `predict` extracts images with it.
     request: dict = field(default_factory=dict)
     # Where the test rows came from: {"test_size", "seed"} of fit's split of the training file, or
-    # {"test_file"}; {} in model files written before it was recorded.
+    # {"test_file"}.
     split: dict = field(default_factory=dict)
 
     @property
@@ -198,4 +198,4 @@ def load(path: str | os.PathLike) -> ModelFile:
                      images_digest=str(payload.get("images_digest", "")),
                      features_fingerprint=str(payload.get("features_fingerprint", "")),
                      request=json.loads(request) if request else {},
-                     split=json.loads(payload.get("split") or "{}"))
+                     split=json.loads(payload.get("split", "{}")))

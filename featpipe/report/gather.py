@@ -113,8 +113,8 @@ def from_model(features: Path, model: Path, command: str = "report") -> ReportDa
         held = np.sort(split_positions(labels, split["test_size"], split["seed"])[1])
         judged = f"the test rows of fit's split ({len(held)} of {len(labels)}, test size {split['test_size']:g}, seed {split['seed']})"
     else:
-        raise UsageError(f"{model.name} does not record which rows of {fs.path.name} were its test rows (written "
-                         "by an older featpipe); fit it again, or give a labelled feature file of other images")
+        raise UsageError(f"{model.name} does not record which rows of {fs.path.name} were its test rows; fit it "
+                         "again, or give a labelled feature file of other images")
     notes = []
     seed = int(split.get("seed", 0))
     if len(labels) > MAX_ROWS:
