@@ -86,9 +86,10 @@ def bench_overhead(n: int, dim: int, classes: int, repeats: int = 9) -> None:
 def own_work(path: Path, tmp: Path, repeats: int) -> dict[str, float]:
     """Median seconds of what featpipe fit does besides what the plain pipeline does: read the
     file (plain starts from arrays in memory), compute the metrics, save the model file."""
-    from featpipe.classify import make_classifier, modelfile
+    from featpipe.classify import make_classifier
     from featpipe.classify.metrics import evaluate_proba
     from featpipe.classify.rows import labelled_file_rows
+    from featpipe.files import classifier as modelfile
     from featpipe.store import load
 
     fs = load(path)

@@ -1,4 +1,5 @@
-"""The feature file (format version 1): write helpers and the FeatureSet reader.
+"""The feature file, read: ``FeatureSet`` behind ``featpipe.load()``, and ``write_arrays`` for features made
+elsewhere. Its format (constants, the version check, the writers) is files/features.py.
 
 One HDF5 file per extraction; row i is sample i in every dataset, always. See
 docs/feature-file.md for the layout. The reader opens the file for each read and closes
@@ -16,53 +17,17 @@ import h5py
 import numpy as np
 
 from .errors import FormatError, UsageError
-
-FORMAT = "featpipe-features"
-FORMAT_VERSION = 1
-STR = h5py.string_dtype("utf-8")
-CHUNK_BYTES = 1 << 20  # ~1 MiB row chunks: fast whole reads, cheap row slices
-AUGMENTED = "augmented"  # /augmented/<layer>: K augmented views per image, rows = images x K
-
-
-def augmented_name(layer: str) -> str:
-    """Where a layer's augmented views are: /augmented/<layer> in the file (in shards, a layer of their own)."""
-    return f"{AUGMENTED}/{layer}"
-
-
-def row_chunks(n: int, dim: int, itemsize: int) -> tuple[int, int]:
-    return (max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize))), dim)
-
-
-def write_samples(f: h5py.File, paths, labels: np.ndarray, valid: np.ndarray, classes) -> None:
-    g = f.create_group("samples")
-    g.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=STR)
-    g.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
-    g.create_dataset("valid", data=np.asarray(valid, dtype=bool))
-    f.create_dataset("classes", data=np.asarray(classes, dtype=object), dtype=STR, shape=(len(classes),))
-
-
-def write_images(f: h5py.File, images: dict) -> None:
-    """Each row's image identity (featpipe/identity.py): file size, modification time (ns), content sha256,
-    and the version of remote files and tar members."""
-    g = f["samples"]
-    g.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
-    g.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
-    n = len(images["size"])
-    g.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
-    version = images.get("version")  # remote files and tar members; '' for local files
-    version = [""] * n if version is None else version
-    g.create_dataset("version", data=np.asarray(version, dtype=object), dtype=STR, shape=(n,))
-
-
-def decode_strings(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def write_errors(f: h5py.File, index, paths, reasons) -> None:
-    g = f.create_group("errors")
-    g.create_dataset("index", data=np.asarray(index, dtype=np.int64))
-    g.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=STR, shape=(len(paths),))
-    g.create_dataset("reason", data=np.asarray(reasons, dtype=object), dtype=STR, shape=(len(reasons),))
+from .files.features import (
+    AUGMENTED,
+    FORMAT,
+    FORMAT_VERSION,
+    augmented_name,
+    check_format,
+    decode_strings,
+    row_chunks,
+    write_errors,
+    write_samples,
+)
 
 
 def write_arrays(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, classes: list[str],
@@ -89,9 +54,6 @@ def write_arrays(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, classes:
         write_samples(f, [f"{i}" for i in range(n)], y, np.ones(n, bool), classes)
         write_errors(f, [], [], [])
     return path
-
-
-_decode = decode_strings
 
 
 class _LazyRows:
@@ -136,14 +98,7 @@ class FeatureSet:
 
     def _read(self, f: h5py.File) -> None:
         attrs = dict(f.attrs)
-        if attrs.get("format") != FORMAT:
-            raise FormatError(f"{str(self.path)!r} is not a featpipe feature file (no format={FORMAT!r} attribute)")
-        version = int(attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise FormatError(
-                f"{str(self.path)!r} has format_version {version}; this featpipe reads version "
-                f"{FORMAT_VERSION}: use the featpipe release that wrote it, or extract again"
-            )
+        check_format(attrs, self.path)
         self.meta: dict[str, Any] = {
             k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()
         }
@@ -159,18 +114,18 @@ class FeatureSet:
         self.augmented_layers: list[str] = [k for k in self.layers if aug is not None and k in aug]
         self.y: np.ndarray = f["samples/label"][:]
         self.valid: np.ndarray = f["samples/valid"][:]
-        self.classes: list[str] = _decode(f["classes"][:])
+        self.classes: list[str] = decode_strings(f["classes"][:])
         self.errors = {
             "index": f["errors/index"][:],
-            "path": _decode(f["errors/path"][:]),
-            "reason": _decode(f["errors/reason"][:]),
+            "path": decode_strings(f["errors/path"][:]),
+            "reason": decode_strings(f["errors/reason"][:]),
         }
 
     @functools.cached_property
     def paths(self) -> list[str]:
         """Image path of every row (relative to ``meta['image_root']``); read on first use."""
         with h5py.File(self.path, "r") as f:
-            return _decode(f["samples/path"][:])
+            return decode_strings(f["samples/path"][:])
 
     def __len__(self) -> int:
         return len(self.y)

@@ -198,7 +198,7 @@ def test_predict_writes_why_each_image_failed(trained, tmp_path):
     with h5py.File(path, "r+") as f:
         f["samples/valid"][3] = False
         del f["errors"]
-        from featpipe.store import write_errors
+        from featpipe.files.features import write_errors
 
         write_errors(f, [3], ["3"], ["truncated JPEG (12 bytes)"])
     r = runner.invoke(app, ["predict", str(model), str(path)])

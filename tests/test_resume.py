@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -252,3 +253,16 @@ def test_client_killed_mid_run_resumes_without_computing_finished_shards_again(t
     assert a.paths == b.paths and len(set(a.paths)) == 36
     np.testing.assert_array_equal(a.valid, b.valid)
     np.testing.assert_allclose(a.X(), b.X(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_of_another_format_version_is_refused_in_one_line(tmp_path):
+    """The feature file's reader check (files/features.py) is also resume's: no half-understood reuse."""
+    images = make_images(tmp_path / "images", classes=2, per_class=2)
+    out = tmp_path / "features.h5"
+    cfg = ExtractConfig(images, out, model="test_resnet", weights="random")
+    extract(cfg)
+    with h5py.File(out, "r+") as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(RunConflictError, match="format_version 2.*--overwrite"):
+        extract(cfg)
+    assert extract(replace(cfg, overwrite=True)).computed == 4

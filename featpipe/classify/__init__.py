@@ -1,9 +1,9 @@
 """Classify: scikit-learn classifiers and PyTorch heads trained on cached features."""
+from ..files.classifier import ModelFile
+from ..files.classifier import load as load_classifier
 from .estimators import CLASSIFIERS, make_classifier
 from .fit import FitConfig, FitResult, HeadSettings, fit
 from .heads import LinearHead, MLPHead
-from .modelfile import ModelFile
-from .modelfile import load as load_classifier
 
 load_model = load_classifier  # the name before load_classifier, kept for one release (featpipe.load_model warns)
 

@@ -64,8 +64,8 @@ def evaluate_file(mf, fs, name: str = "the model") -> tuple[dict, int, int, list
     Raises:
         UsageError: features of another extractor, no valid labelled rows, a class the model never saw.
     """
+    from ..files.classifier import same_images_warning
     from .metrics import evaluate_rows
-    from .modelfile import same_images_warning
 
     mf.check_features(fs)
     rows, skipped = rows_for_model(fs, mf.layer, mf.classes, "evaluation", name)

@@ -21,8 +21,8 @@ from sklearn.pipeline import Pipeline
 
 from .._util import available_memory, pyplot
 from ..errors import FeatpipeError, UsageError
+from ..files import classifier as modelfile
 from ..store import FeatureSet, load
-from . import modelfile
 from .classes import rows_for_model
 from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
 from .heads import OPTIMIZERS, SCHEDULES

@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import store
 from .._util import atomic_write
+from ..files import features as file_format
 from .parts import Part
 from .sources import SampleList
 
@@ -107,12 +107,12 @@ class _NewFile:
             if views:  # augmented views: (images x K, D) at the file's root, see ViewRows
                 d = dim // views
                 ds = self.f.create_dataset(name, shape=(n * views, d), dtype=dtype, fillvalue=np.nan,
-                                           chunks=store.row_chunks(n * views, d, np.dtype(dtype).itemsize))
+                                           chunks=file_format.row_chunks(n * views, d, np.dtype(dtype).itemsize))
                 ds.attrs.update({"dim": d, **attrs})
                 self.datasets[name] = ViewRows(ds, views)
             else:
                 ds = self.feats.create_dataset(name, shape=(n, dim), dtype=dtype, fillvalue=np.nan,
-                                               chunks=store.row_chunks(n, dim, np.dtype(dtype).itemsize))
+                                               chunks=file_format.row_chunks(n, dim, np.dtype(dtype).itemsize))
                 ds.attrs.update({"dim": dim, **attrs})
                 self.datasets[name] = ds
         return self.datasets[name]
@@ -130,7 +130,7 @@ class _NewFile:
         has_old = np.flatnonzero(self.sources.old_rows >= 0)
         src = self.sources.old_rows[has_old]
         self._keep(has_old, old["samples/valid"][:][src],
-                   dict(zip(old["errors/index"][:].tolist(), store.decode_strings(old["errors/reason"][:]), strict=True)),
+                   dict(zip(old["errors/index"][:].tolist(), file_format.decode_strings(old["errors/reason"][:]), strict=True)),
                    src)
         for name in self.layers:  # the file's datasets in the order asked for
             if name not in self.sources.old_layers:
@@ -147,7 +147,7 @@ class _NewFile:
     def copy_part(self, s: h5py.File, in_part: np.ndarray, out_rows: np.ndarray) -> None:
         """A part's rows ``in_part`` as rows ``out_rows``, for every layer the previous file does not give them."""
         self._keep(out_rows, s["valid"][:][in_part],
-                   dict(zip(s["error_index"][:].tolist(), store.decode_strings(s["error_reason"][:]), strict=True)),
+                   dict(zip(s["error_index"][:].tolist(), file_format.decode_strings(s["error_reason"][:]), strict=True)),
                    in_part)
         sources = self.sources
         for name in self.layers:
@@ -176,10 +176,10 @@ class _NewFile:
                 ds[d:d + k] = np.nan
         views = {attrs["views"] for attrs in self.layers.values() if attrs.get("views")}
         if views:  # which image each augmented row is a view of
-            self.f.create_dataset(f"{store.AUGMENTED}/source_index",
+            self.f.create_dataset(f"{file_format.AUGMENTED}/source_index",
                                   data=np.repeat(np.arange(self.n, dtype=np.int64), views.pop()))
-        store.write_samples(self.f, samples.paths, samples.labels, self.valid, samples.classes)
-        store.write_images(self.f, images)
-        store.write_errors(self.f, bad.tolist(), [samples.paths[i] for i in bad.tolist()],
+        file_format.write_samples(self.f, samples.paths, samples.labels, self.valid, samples.classes)
+        file_format.write_images(self.f["samples"], images)
+        file_format.write_errors(self.f, bad.tolist(), [samples.paths[i] for i in bad.tolist()],
                            [self.reasons.get(i, "failed") for i in bad.tolist()])
         return bad

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .._util import cpu_cores
-from ..store import augmented_name
+from ..files.features import augmented_name
 from .decode import MAX_PIXELS, BadImage, PixelBudget
 from .devices import WorkerSlot, device_of_worker
 from .extractor import Extractor, ExtractorSpec, batch_limit, decode_pool, forward_adaptive, get_extractor

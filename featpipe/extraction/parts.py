@@ -44,7 +44,7 @@ import numpy as np
 from .. import remote
 from .._util import atomic_write, is_temporary, temporary_name
 from ..errors import UsageError
-from ..store import STR
+from ..files.features import STR, decode_strings, read_images, write_images
 
 if TYPE_CHECKING:
     from .partition import PartitionResult
@@ -243,12 +243,8 @@ def write_part(part: Part, result: PartitionResult, dtype: str, images: dict) ->
             "error_reason", data=np.asarray([r for _, r in result.errors], dtype=object), dtype=STR,
             shape=(len(result.errors),),
         )
-        n = len(result)
-        f.create_dataset("path", data=np.asarray(images["path"], dtype=object), dtype=STR, shape=(n,))
-        f.create_dataset("size", data=np.asarray(images["size"], dtype=np.int64))
-        f.create_dataset("mtime", data=np.asarray(images["mtime"], dtype=np.int64))
-        f.create_dataset("sha256", data=np.asarray(images["sha256"], dtype=object), dtype=STR, shape=(n,))
-        f.create_dataset("version", data=np.asarray(images["version"], dtype=object), dtype=STR, shape=(n,))
+        f.create_dataset("path", data=np.asarray(images["path"], dtype=object), dtype=STR, shape=(len(result),))
+        write_images(f, images)
     return part
 
 
@@ -266,14 +262,7 @@ class PartWrite:
 
 
 def _read_images(f: h5py.File) -> tuple[dict, np.ndarray]:
-    images = {
-        "path": [p.decode() if isinstance(p, bytes) else p for p in f["path"][:]],
-        "size": f["size"][:],
-        "mtime": f["mtime"][:],
-        "sha256": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["sha256"][:]], dtype=object),
-        "version": np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["version"][:]], dtype=object),
-    }
-    return images, f["valid"][:]
+    return {"path": decode_strings(f["path"][:]), **read_images(f)}, f["valid"][:]
 
 
 def finished_parts(store: PartStore) -> Iterator[tuple[Part, dict, np.ndarray]]:

@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 
 from .. import identity
-from ..errors import RunConflictError
-from ..store import augmented_name
-from ..store import decode_strings as store_decode
+from ..errors import FormatError, RunConflictError
+from ..files.features import augmented_name, check_format, read_images
+from ..files.features import decode_strings as store_decode
 from . import parts as parts_mod
 from .config import ExtractConfig
 from .sources import SampleList
@@ -99,10 +99,13 @@ def read_output(config: ExtractConfig) -> StoredOutput | None:
         return None
     try:
         with h5py.File(config.output, "r") as f:
+            check_format(f.attrs, config.output)
             old = json.loads(f.attrs.get("config", "{}"))
             request = json.loads(f.attrs.get("request", "null"))
             digest = str(f.attrs.get("images_digest", ""))
             failures = len(f["errors/index"]) if "errors/index" in f else 0
+    except FormatError as exc:
+        raise RunConflictError(f"{exc}; pass --overwrite to replace it") from None
     except (OSError, KeyError, ValueError):
         old = {}
     if not old:
@@ -164,7 +167,7 @@ def file_rows(config: ExtractConfig, stored: StoredOutput, run_config: dict, pre
     try:
         with h5py.File(stored.path, "r") as f:
             paths = store_decode(f["samples/path"][:])
-            images = _read_images(f)
+            images = read_images(f["samples"])
             prev.file_valid = f["samples/valid"][:]
     except (OSError, KeyError, ValueError):
         raise RunConflictError(f"{str(config.output)!r} is not a complete featpipe feature file; pass --overwrite "
@@ -173,13 +176,6 @@ def file_rows(config: ExtractConfig, stored: StoredOutput, run_config: dict, pre
     prev.file_layers = stored_layers([layer[0] for layer in old["layers"]], config.views)  # its views are ours
     keys = identity.row_keys(paths, images, config.verify_content)
     prev.file_rows = {key: j for j, key in enumerate(keys)}
-
-
-def _read_images(f: h5py.File) -> dict:
-    """Each row's image identity, as store.write_images wrote it."""
-    g = f["samples"]
-    return {"size": g["size"][:], "mtime": g["mtime"][:], "sha256": np.asarray(store_decode(g["sha256"][:]), dtype=object),
-            "version": np.asarray(store_decode(g["version"][:]), dtype=object)}
 
 
 # --- the parts of an interrupted run -------------------------------------------------------------------------

@@ -15,7 +15,6 @@ See ARCHITECTURE.md, "Crash safety" and "Identity".
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -29,9 +28,8 @@ import numpy as np
 
 from .. import identity
 from .._util import remove_temporaries
-from .._version import __version__
 from ..errors import TooManyFailuresError
-from ..store import FORMAT, FORMAT_VERSION, augmented_name
+from ..files.features import augmented_name, root_attrs
 from . import parts as parts_mod
 from . import resume
 from .config import (
@@ -274,34 +272,14 @@ def _merge(config: ExtractConfig, state: RunState, ex: Extractor, run_config: di
 
 
 def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, state: RunState, request: dict) -> dict:
-    """The feature file's root attributes (docs/feature-file.md)."""
+    """The feature file's root attributes (files/features.py) for this run."""
     import timm
     import torch
 
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "featpipe_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": run_config["model"],
-        "weights_source": ex.weights.describe(),
-        "weights_sha256": ex.weights.sha256,
-        "data_config": ex.data_config.to_json(),
-        "config_hash": identity.config_hash(run_config),
-        "config": json.dumps(run_config, sort_keys=True),
-        "samples_digest": state.samples.digest(),
-        "torch_version": str(torch.__version__),
-        "timm_version": str(timm.__version__),
-        "image_root": str(state.samples.root),
-        "precision": config.precision,
-        "dtype": config.dtype,
-        "seed": config.seed,
-        # The client's network: traced and frozen (CPU fp32), or eager; they agree to ~1e-6.
-        "graph": "traced" if ex.optimized else "eager",
-        # What --weights said, resolved: enough to extract the same way again (featpipe predict on images).
-        "weights": weights_argument(config),
-        # What was asked for, with the versions that turned it into this extractor: a rerun
-        # recognises a finished file from it without building the network.
-        "request": json.dumps(request, sort_keys=True),
-        "images_digest": state.images_digest,
-    }
+    return root_attrs(config=run_config, request=request, images_digest=state.images_digest,
+                      samples_digest=state.samples.digest(), image_root=str(state.samples.root),
+                      weights=weights_argument(config), weights_source=ex.weights.describe(),
+                      weights_sha256=ex.weights.sha256, data_config=ex.data_config.to_json(),
+                      precision=config.precision, dtype=config.dtype, seed=config.seed,
+                      graph="traced" if ex.optimized else "eager",  # the client's network (they agree to ~1e-6)
+                      versions={"torch": str(torch.__version__), "timm": str(timm.__version__)})
