@@ -92,10 +92,10 @@ def from_model(features: Path, model: Path, command: str = "report") -> ReportDa
     """
     from ..classify.classes import rows_for_model
     from ..classify.fit import split_positions
-    from ..classify.modelfile import load as load_model
+    from ..files.classifier import load as load_classifier
     from ..identity import features_fingerprint
 
-    mf = load_model(model)
+    mf = load_classifier(model)
     fs = load(features)
     mf.check_features(fs)
     rows, _ = rows_for_model(fs, mf.layer, mf.classes, "report", f"model {model.name}")
