@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 .PHONY: help install demo test test-all test-min lint docs bench
 
 help:
-	@echo "make install   install featpipe with its test and docs extras (skips what is already installed)"
+	@echo "make install   install featpipe with its test, docs and cpu (OpenVINO) extras (skips what is already installed)"
 	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set, summarise them, compare classifiers"
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
@@ -17,7 +17,7 @@ help:
 # pip leaves satisfied requirements alone, so a second install costs seconds,
 # not a new 5 GB torch. torch is pinned only where it is installed the first time.
 install:
-	$(PIP) install --disable-pip-version-check -q -e '.[dev,docs]'
+	$(PIP) install --disable-pip-version-check -q -e '.[dev,docs,cpu]'
 
 # A stamp, so an interrupted build is redone rather than taken as finished.
 data/digits/.complete:

@@ -7,7 +7,7 @@ side by side mean anything):
 1. featpipe images/s / baseline images/s (bench/baseline_extract.py: the
    hand-written ImageFolder + DataLoader + h5py loop), same model and batch size;
 2. featpipe images/s / pure forward images/s of the same network with the same
-   settings (precision, memory format, threads, fused graph) on pre-decoded tensors;
+   settings (precision, memory format, threads, backend) on pre-decoded tensors;
 3. peak memory (RSS) extracting 10x the images / peak memory for 1x.
 
     python bench/extract_speed.py [--n 1000] [--model resnet18] [--rounds 2] [--no-memory]
@@ -99,7 +99,7 @@ def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
 
     bs, n = int(batch_size), int(n)
     plan, streams = _work_plan(ExtractConfig(folder, "unused.h5", model=model, batch_size=bs), on_cpu=True)
-    ex = Extractor(ExtractorSpec(model, "random", 0, ("pooled",), "avg", "cpu", "fp32"))
+    ex = Extractor(ExtractorSpec(model, "random", 0, ("pooled",), "avg", "cpu", "fp32", backend="auto"))
     samples = discover(folder)
     crops = np.stack([ex.preprocess.image(load_rgb(samples.root / p)) for p in samples.paths[: 4 * bs]])
     batches = [ex.preprocess.batch(torch.from_numpy(crops[i:i + bs])) for i in range(0, len(crops), bs)]
@@ -125,7 +125,7 @@ def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
         "one_stream_images_per_s": timed(1, cpu_cores()),
         "streams": streams,
         "threads": plan.torch_threads,
-        "optimized": ex.optimized,
+        "backend": ex.backend + (" traced" if ex.optimized else ""),
     }
 
 
@@ -158,7 +158,7 @@ def main() -> None:
               f"(end to end incl. start-up {fp['wall_images_per_s']:5.1f}; forward {t['forward']:.1f} s, "
               f"decode {t['decode']:.1f} s, write {t['write']:.2f} s, start {t['start']:.1f} s) | pure forward "
               f"{pure['images_per_s']:6.1f} img/s ({pure['streams']} streams x {pure['threads']} threads; "
-              f"one stream x all cores: {pure['one_stream_images_per_s']:.1f}; fused graph: {pure['optimized']})",
+              f"one stream x all cores: {pure['one_stream_images_per_s']:.1f}; {pure['backend']})",
               flush=True)
     speedup = [fp["images_per_s"] / base for base, fp, _ in rows]
     speedup_e2e = [fp["wall_images_per_s"] / base for base, fp, _ in rows]

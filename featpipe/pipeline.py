@@ -35,7 +35,7 @@ from .store import load
 _EXTRACT_KEYS = {
     "input": (str, True), "output": (str, True), "model": (str, False), "weights": (str, False),
     "layers": (list, False), "pool": (str, False), "batch_size": ((int, str), False), "device": (str, False),
-    "precision": (str, False), "dtype": (str, False), "resampler": (str, False), "decode": (str, False), "seed": (int, False), "max_failures": ((int, float), False),
+    "precision": (str, False), "backend": (str, False), "dtype": (str, False), "resampler": (str, False), "decode": (str, False), "seed": (int, False), "max_failures": ((int, float), False),
     "partition_size": (int, False), "streams": (int, False), "decode_threads": (int, False), "devices": (str, False),
     "scheduler": (str, False), "overwrite": (bool, False), "verify_content": (bool, False),
     "retry_failed": (bool, False), "tta": (str, False), "augment": (int, False), "augment_strength": (str, False),

@@ -11,6 +11,18 @@ from PIL import Image
 TINY_MODEL = "test_resnet"  # timm's 160 px test network: real architecture, milliseconds per image
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_conversions(tmp_path_factory):
+    """Networks converted for a backend (extraction/backends.py) are cached in the session's folder: a test
+    neither finds the user's conversions nor leaves its own in the user's cache."""
+    from featpipe.extraction import backends
+
+    root = tmp_path_factory.mktemp("converted")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backends, "cache_path", lambda key: root / f"{key}.onnx")
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

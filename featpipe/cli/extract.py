@@ -39,6 +39,12 @@ class Decode(str, Enum):
     auto = "auto"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    openvino = "openvino"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -142,6 +148,10 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
             f"{t.get('forward', 0):.1f} s, decode+resize {t.get('decode', 0):.1f} s, write {t.get('write', 0):.1f} s "
             "(forward and decode summed over parallel streams, overlapped)"
         )
+        if s.backend:
+            converted = f" (converted in {s.conversion_seconds:.1f} s, cached for later runs)" \
+                if s.conversion_seconds else ""
+            console.print(f"forward pass on {s.backend}{converted}", markup=False, highlight=False)
         from ..extraction.config import bottleneck
 
         bound = bottleneck(s)
@@ -237,7 +247,8 @@ def extract_command(
     pool: Annotated[Pool, typer.Option(help="How intermediate layers become vectors.")] = Pool.avg,
     batch_size: Annotated[str, typer.Option(help="Images per forward pass, or auto: the largest that fits (halved on out-of-memory).")] = "32",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help="Compute precision.")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="Compute precision; bf16 on a CPU with AVX512-BF16 or AMX.")] = Precision.fp32,
+    backend: Annotated[Backend, typer.Option(help="What runs the forward pass on the CPU: openvino (converted once, cached; featpipe[cpu]), torch, or auto (openvino where installed and worth converting, else torch).")] = Backend.auto,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
     decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos), gpu (nvJPEG batches, resized on the GPU; the CPU takes what it refuses), auto (gpu on CUDA, else exact).")] = Decode.exact,
@@ -274,6 +285,7 @@ def extract_command(
             batch_size=parse_batch_size(batch_size),
             device=device,
             precision=precision.value,
+            backend=backend.value,
             dtype=dtype.value,
             resampler=resampler.value,
             decode=decode.value,

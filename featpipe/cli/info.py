@@ -18,7 +18,8 @@ def describe(path: Path, errors: bool = False) -> str:
         f"file      {fs.path} ({fs.path.stat().st_size / 2**20:.1f} MiB, format v{m['format_version']}, featpipe {m['featpipe_version']})",
         f"created   {m['created']}",
         f"model     {m['model']}  weights {m['weights_source']}  sha256 {str(m['weights_sha256'])[:16]}",
-        f"compute   precision {m['precision']}, stored as {m['dtype']}, torch {m['torch_version']}, timm {m['timm_version']}",
+        f"compute   precision {m['precision']}, stored as {m['dtype']}, torch {m['torch_version']}, timm {m['timm_version']}"
+        + (f", backend {m['backend']}" if m.get("backend") else ""),
         f"images    {len(fs)} rows, {int(fs.valid.sum())} valid, {len(fs.errors['index'])} failed; root {m['image_root']}",
     ]
     dc = m["data_config"]

@@ -15,6 +15,7 @@ from .. import identity, models
 from ..errors import UsageError
 from ..models.data_config import check_decode, check_resampler
 from ..store import load
+from .backends import check_backend
 from .decode import MAX_PIXELS
 from .parts import PartStore
 from .views import ViewSpec
@@ -35,6 +36,7 @@ class ExtractConfig:
     batch_size: int | str = 32  # or "auto": the largest that fits, halved on out-of-memory
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "auto"  # auto, torch or openvino: what runs the CPU's forward pass (extraction/backends.py)
     resampler: str = "auto"  # auto, torch or pil: see extraction/preprocess.py
     decode: str = "exact"  # exact, fast, gpu or auto: see models/data_config.py DECODES
     dtype: str = "float32"
@@ -90,6 +92,8 @@ class ExtractSummary:
     wall_seconds: float = 0.0  # the whole call, model build and merge included
     # How many of each stage ran side by side (decode threads or CPU streams; forward passes at once).
     parallel: dict[str, int] = field(default_factory=dict)
+    backend: str = ""  # what ran the forward pass, with its version ('openvino 2026.4.1'); "" when nothing ran
+    conversion_seconds: float = 0.0  # converting the network for the backend (0 when read from the cache)
 
     @property
     def valid(self) -> int:
@@ -111,6 +115,7 @@ def check_settings(config: ExtractConfig) -> None:
     if bs != "auto" and not (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
         raise UsageError(f"--batch-size must be at least 1, got {bs!r} (or auto: the largest that fits)")
     check_resampler(config.resampler)
+    check_backend(config.backend)
     config.views.check()
     check_decode(config.decode)
     if config.devices is not None and config.scheduler:
@@ -202,7 +207,9 @@ _ADVICE = {
               "--decode fast for photos much larger than the network's input; --decode gpu on a GPU",
     "gpu_decode": "nvJPEG decoding and resizing on the GPU: larger batches (--batch-size auto), or "
                   "--decode exact to share the work with the CPU's cores",
-    "forward": "the network's forward pass: a GPU instead of the CPU, --precision bf16 or fp16 on a GPU, "
+    "forward": "the network's forward pass: --backend openvino on the CPU (featpipe[cpu]; auto picks it for runs of "
+               "256 images or more), --precision bf16 on a CPU with AVX512-BF16 or AMX, a GPU instead of the CPU, "
+               "--precision bf16 or fp16 on a GPU, "
                "more GPUs (--devices all), or a smaller model",
     "copy": "host-to-device copies: larger batches; --decode gpu sends compressed JPEGs instead of pixels",
     "write": "writing features: fewer or smaller layers (--pool, --layer), --dtype float16",

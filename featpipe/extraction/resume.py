@@ -87,6 +87,7 @@ class StoredOutput:
     request: dict | None  # what was asked for
     images_digest: str
     failures: int
+    backend: str = ""  # what computed its rows (the `backend` attribute; "" in files from before it existed)
 
 
 def read_output(config: ExtractConfig) -> StoredOutput | None:
@@ -104,15 +105,16 @@ def read_output(config: ExtractConfig) -> StoredOutput | None:
             request = json.loads(f.attrs.get("request", "null"))
             digest = str(f.attrs.get("images_digest", ""))
             failures = len(f["errors/index"]) if "errors/index" in f else 0
+            backend = str(f.attrs.get("backend", ""))
     except FormatError as exc:
         raise RunConflictError(f"{exc}; pass --overwrite to replace it") from None
     except (OSError, KeyError, ValueError):
-        old = {}
+        old, backend = {}, ""
     if not old:
         raise RunConflictError(
             f"{str(config.output)!r} exists and is not a featpipe feature file; pass --overwrite to replace it"
         )
-    return StoredOutput(config.output, old, request, digest, failures)
+    return StoredOutput(config.output, old, request, digest, failures, backend)
 
 
 def is_complete(config: ExtractConfig, images_digest: str, stored: StoredOutput | None, same_extractor: bool) -> bool:

@@ -30,8 +30,8 @@ from .. import identity
 from .._util import remove_temporaries
 from ..errors import TooManyFailuresError
 from ..files.features import augmented_name, root_attrs
+from . import backends, resume
 from . import parts as parts_mod
-from . import resume
 from .config import (
     ExtractConfig,
     ExtractSummary,
@@ -151,12 +151,19 @@ def _extract(config: ExtractConfig, state: RunState, spec: ExtractorSpec, ex: Ex
     finally:
         torch.set_num_threads(threads_before)
     t0 = time.perf_counter()
-    _merge(config, state, ex, run_config, request, plan, prev, run.new_parts)
+    kept = int((plan.old_rows >= 0).sum())
+    attrs = _file_attrs(config, ex, run_config, state, request,
+                        backends.file_backends(stored.backend if stored else "", kept,
+                                               ex.backend if run.computed else None))
+    _merge(config, state, ex, attrs, plan, prev, run.new_parts)
     parts.remove()
     run.timings["write"] += time.perf_counter() - t0
     summary = summary_of(config.output, run.computed, len({p[0] for p in plan.part_rows if p is not None}),
                          run.seconds, run.timings, wall=time.perf_counter() - t_start)
     summary.parallel = run.parallel
+    if run.computed:
+        summary.backend = ex.backend
+        summary.conversion_seconds = ex.converted.conversion_seconds if ex.converted is not None else 0.0
     if prev.file is not None:
         summary.updated, summary.changes, summary.layers_added = True, plan.changes, plan.layers_added
     return summary
@@ -250,8 +257,8 @@ def _too_many_failures(failed: int, limit: int, errors: list, samples: SampleLis
     )
 
 
-def _merge(config: ExtractConfig, state: RunState, ex: Extractor, run_config: dict, request: dict,
-           plan: resume.Plan, prev: resume.Previous, new_parts: list) -> None:
+def _merge(config: ExtractConfig, state: RunState, ex: Extractor, attrs: dict, plan: resume.Plan,
+           prev: resume.Previous, new_parts: list) -> None:
     """Step 6: the final file, each row from the previous file or a part (merge.py)."""
     from .merge import Sources, merge
 
@@ -267,12 +274,12 @@ def _merge(config: ExtractConfig, state: RunState, ex: Extractor, run_config: di
     if config.augment:
         layer_attrs.update({augmented_name(layer.name): {"pool": layer.pool, "node": layer.node, "layer": layer.name,
                                                          "views": config.augment} for layer in ex.layers})
-    attrs = _file_attrs(config, ex, run_config, state, request)
     merge(config.output, state.samples, attrs, layer_attrs, config.dtype, state.images, sources)
 
 
-def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, state: RunState, request: dict) -> dict:
-    """The feature file's root attributes (files/features.py) for this run."""
+def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, state: RunState, request: dict,
+                backend: str) -> dict:
+    """The feature file's root attributes (files/features.py) for this run; ``backend``: backends.file_backends."""
     import timm
     import torch
 
@@ -281,5 +288,6 @@ def _file_attrs(config: ExtractConfig, ex: Extractor, run_config: dict, state: R
                       weights=weights_argument(config), weights_source=ex.weights.describe(),
                       weights_sha256=ex.weights.sha256, data_config=ex.data_config.to_json(),
                       precision=config.precision, dtype=config.dtype, seed=config.seed,
-                      graph="traced" if ex.optimized else "eager",  # the client's network (they agree to ~1e-6)
-                      versions={"torch": str(torch.__version__), "timm": str(timm.__version__)})
+                      # the client's network (they agree to ~1e-6)
+                      graph="converted" if ex.converted is not None else "traced" if ex.optimized else "eager",
+                      backend=backend, versions={"torch": str(torch.__version__), "timm": str(timm.__version__)})

@@ -86,7 +86,7 @@ def check_format(attrs, path) -> None:
 
 def root_attrs(*, config: dict, request: dict, images_digest: str, samples_digest: str, image_root: str,
                weights: str, weights_source: str, weights_sha256: str, data_config: str, precision: str, dtype: str,
-               seed: int, graph: str, versions: dict[str, str]) -> dict:
+               seed: int, graph: str, backend: str, versions: dict[str, str]) -> dict:
     """The root attributes of a feature file that `featpipe extract` writes (docs/feature-file.md): ``config``
     is the extractor identity, ``request`` what was asked for (featpipe/identity.py); ``versions`` torch's and
     timm's."""
@@ -108,8 +108,10 @@ def root_attrs(*, config: dict, request: dict, images_digest: str, samples_diges
         "precision": precision,
         "dtype": dtype,
         "seed": seed,
-        # The client's network: traced and frozen (CPU fp32), or eager; they agree to ~1e-6.
+        # The client's network: converted (--backend), traced and frozen (CPU fp32), or eager.
         "graph": graph,
+        # Every backend whose rows the file holds, with its version (extraction/backends.file_backends).
+        "backend": backend,
         # What --weights said, resolved: enough to extract the same way again (featpipe predict on images).
         "weights": weights,
         # What was asked for, with the versions that turned it into this extractor: a rerun

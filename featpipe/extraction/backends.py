@@ -1,0 +1,238 @@
+"""Where the CPU's forward pass runs: PyTorch (eager, or traced and frozen) or OpenVINO (``--backend``).
+
+OpenVINO runs the same network 2-4x faster than eager PyTorch on a CPU in fp32, and in bf16 where the CPU has
+AVX512-BF16 or AMX (docs/benchmarks.md). ONNX Runtime was measured too: slower than OpenVINO in fp32 on the
+development machine, and without a bf16 path on the CPU, so it is not offered.
+
+The tapped network (``models.TappedModel``: one output per ``--layer``, pooled as asked) is exported once to
+ONNX, so every layer comes out of the converted graph. The export is cached on disk
+(``~/.cache/featpipe/openvino``), keyed by what makes the network (model, weights' sha256, layers, input size)
+and the versions of torch (the exporter) and OpenVINO; a second run and every Dask worker on the host read it.
+Each load is checked against PyTorch on a probe batch before it is used (see :func:`agreement`); a cache
+file that fails to load or to agree is converted again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .. import identity
+from .._util import atomic_write, cache_dir, cpu_cores, installed_version
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+# Exactness (tests/test_backends.py checks it on real Lite0 weights and the classic architectures):
+# fp32 features within FP32_RTOL of PyTorch's, relative to the row's largest magnitude (a feature near zero has
+# no relative error to speak of), and a cosine per row of at least FP32_MIN_COSINE. bf16 against fp32: a cosine
+# per row of at least BF16_MIN_COSINE: real Lite0 weights on six sample photos measured 0.9985 (OpenVINO) and
+# 0.9989 (torch autocast) at the worst row, resnet18 0.99999; --decode fast's is 0.9965.
+FP32_RTOL = 1e-4
+FP32_MIN_COSINE = 0.99999
+BF16_MIN_COSINE = 0.998
+INSTALL_HINT = "pip install 'featpipe[cpu]'"
+
+
+class ConversionError(Exception):
+    """The network could not be converted, or the converted one does not agree with PyTorch."""
+
+
+def check_backend(choice: str) -> None:
+    if choice not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
+
+
+def openvino_version() -> str | None:
+    version = installed_version("openvino")
+    return None if version == "none" else version
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from the kernel's flags (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve(choice: str, device_type: str, precision: str) -> str:
+    """``--backend`` for a run on ``device_type`` at ``precision``: 'torch' or 'openvino'.
+
+    'auto' is OpenVINO where it is installed and can do the precision on the CPU (fp32, bf16), else torch.
+
+    Raises:
+        UsageError: an unknown backend; OpenVINO on a GPU, in fp16, or not installed; bf16 on a CPU without it.
+    """
+    check_backend(choice)
+    if device_type == "cpu" and precision == "bf16" and not cpu_has_bf16():
+        raise UsageError("--precision bf16 is unsupported on this CPU (it has neither AVX512-BF16 nor AMX): "
+                         "it would be emulated, slower than fp32; use --precision fp32")
+    if choice == "torch" or (choice == "auto" and (device_type != "cpu" or precision == "fp16")):
+        return "torch"
+    if device_type != "cpu":
+        raise UsageError(f"--backend openvino runs on the CPU, not {device_type}; use --backend auto or torch")
+    if precision == "fp16":
+        raise UsageError("--backend openvino computes fp32 or bf16 on the CPU; use --precision fp32 or bf16")
+    if openvino_version() is None:
+        if choice == "auto":
+            return "torch"
+        raise UsageError(f"--backend openvino needs OpenVINO: {INSTALL_HINT}")
+    return "openvino"
+
+
+def agreement(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(largest difference relative to its row's largest magnitude, smallest cosine of a row), over layers."""
+    rel, cos = 0.0, 1.0
+    for name, ref in want.items():
+        a, b = np.asarray(got[name], np.float64), np.asarray(ref, np.float64)
+        scale = np.maximum(np.abs(b).max(axis=1, keepdims=True), 1e-12)
+        rel = max(rel, float((np.abs(a - b) / scale).max()))
+        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-24)
+        cos = min(cos, float(((a * b).sum(axis=1) / norms).min()))
+    return rel, cos
+
+
+def exact(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> bool:
+    """``got`` is within the fp32 tolerance of PyTorch fp32's ``want``."""
+    rel, cos = agreement(got, want)
+    return rel <= FP32_RTOL and cos >= FP32_MIN_COSINE
+
+
+def file_backends(kept: str, kept_rows: int, computed_by: str | None) -> str:
+    """The feature file's ``backend`` attribute: every backend whose rows it holds, those of this run first.
+
+    An update keeps the previous file's rows whatever computed them: backends agree within the tolerance of
+    the precision (FP32_RTOL and FP32_MIN_COSINE; BF16_MIN_COSINE against fp32), which the identity pins
+    (a bf16 row never joins fp32 ones). The attribute says when a file holds rows of more than one.
+    """
+    names = ([computed_by] if computed_by else []) + (kept.split(", ") if kept and kept_rows else [])
+    mixed = [n for n in dict.fromkeys(names) if n]
+    if computed_by and len(mixed) > 1:
+        log.info("keeping %d rows computed by %s; the new ones come from %s (they agree within the precision's "
+                 "tolerance: docs/extract.md, 'On the CPU'); --overwrite computes every row again", kept_rows, kept, computed_by)
+    return ", ".join(mixed)
+
+
+def cache_key(model: str, weights_sha256: str, layers: Sequence, crop: Sequence[int]) -> str:
+    """The converted network's cache name: what makes the network, and the converters' versions."""
+    import torch
+
+    return identity.config_hash({"model": model, "weights_sha256": weights_sha256,
+                                 "layers": [list(layer) for layer in layers], "input": list(crop),
+                                 "torch": str(torch.__version__), "openvino": openvino_version()})[:32]
+
+
+def cache_path(key: str) -> Path:
+    return cache_dir("openvino", f"{key}.onnx")
+
+
+def _export(tapped, names: Sequence[str], probe, path: Path) -> None:
+    """The tapped network as an ONNX graph whose outputs are the layers, in order; batch size free."""
+    import torch
+
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tapped = tapped
+
+        def forward(self, x):
+            out = self.tapped(x)
+            return tuple(out[name] for name in names)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = [f"out{i}" for i in range(len(names))]  # layer names may be any module's: keep ONNX's plain
+    with atomic_write(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(Outputs().eval(), (probe,), str(tmp), dynamo=False, input_names=["pixels"],
+                          output_names=outputs, opset_version=17,
+                          dynamic_axes={"pixels": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+
+
+class OpenVinoNetwork:
+    """The tapped network on OpenVINO: ``net(x)`` with x float32 (B, 3, H, W) -> {layer: float32 (B, D)}.
+
+    Compiled for the calling thread's share of the cores (``torch.get_num_threads()``, which featpipe's stream
+    plan sets, on Dask workers too), with as many OpenVINO streams as such shares fit the host, so that CPU
+    streams calling at once run side by side; each calling thread has its own infer request.
+    """
+
+    def __init__(self, tapped, names: Sequence[str], crop: Sequence[int], key: str, precision: str):
+        import openvino as ov
+        import torch
+
+        self.names = tuple(names)
+        self.precision = precision
+        self.version = openvino_version()
+        self.path = cache_path(key)
+        self.conversion_seconds = 0.0  # > 0 when this process converted the network (not read from the cache)
+        self._core = ov.Core()
+        self._compiled: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn(3, 3, *crop, generator=gen)
+        with torch.inference_mode():
+            want = {k: v.float().numpy() for k, v in tapped(probe[1:]).items()}
+        for attempt in ("cached", "converted"):
+            if attempt == "converted" or not self.path.exists():
+                t0 = time.perf_counter()
+                try:
+                    _export(tapped, self.names, probe[:1], self.path)
+                except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one
+                    raise ConversionError(f"ONNX export failed ({type(exc).__name__}: {exc})") from exc
+                self.conversion_seconds = time.perf_counter() - t0
+                attempt = "converted"
+            try:
+                self._model = self._core.read_model(str(self.path))
+                check = self._compile(1, "f32")
+                got = self._infer(check.create_infer_request(), probe[1:].numpy())
+            except Exception as exc:  # noqa: BLE001 - a corrupt cache file or a graph OpenVINO rejects
+                if attempt == "converted":
+                    raise ConversionError(f"OpenVINO cannot run the converted network ({exc})") from exc
+                log.warning("converted network %s is unreadable (%s); converting again", self.path, exc)
+                continue
+            if exact(got, want):
+                return
+            rel, cos = agreement(got, want)
+            if attempt == "converted":
+                raise ConversionError(f"the converted network differs from PyTorch by {rel:.2g} "
+                                      f"(cosine {cos:.6f}), more than {FP32_RTOL:g}")
+            log.warning("converted network %s differs from PyTorch (%.2g); converting again", self.path, rel)
+
+    def _compile(self, threads: int, hint: str):
+        streams = max(1, cpu_cores() // threads)
+        return self._core.compile_model(self._model, "CPU", {
+            "INFERENCE_PRECISION_HINT": hint,  # explicit: on AMX CPUs OpenVINO's default is bf16
+            "NUM_STREAMS": streams,
+            "INFERENCE_NUM_THREADS": streams * threads,
+        })
+
+    def _infer(self, request, x: np.ndarray) -> dict[str, np.ndarray]:
+        result = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        # The request's output buffers are reused by its next inference: copy.
+        return {name: np.array(result[i], dtype=np.float32) for i, name in enumerate(self.names)}
+
+    def __call__(self, x) -> dict[str, np.ndarray]:
+        import torch
+
+        threads = torch.get_num_threads()
+        local = self._local
+        if getattr(local, "threads", None) != threads:
+            with self._lock:
+                if threads not in self._compiled:
+                    self._compiled[threads] = self._compile(threads, "bf16" if self.precision == "bf16" else "f32")
+                compiled = self._compiled[threads]
+            local.request, local.threads = compiled.create_infer_request(), threads
+        return self._infer(local.request, x.numpy() if isinstance(x, torch.Tensor) else x)
+
+    def describe(self) -> str:
+        return f"openvino {self.version}"
