@@ -10,7 +10,8 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
   logistic regression on the last pooled layer with augmented views (extract --augment K --no-flip:
       the training images' views join the training rows; the test rows are the same originals)
   logistic regression on the best intermediate layer (chosen on validation rows)
-  finetune --unfreeze head / 2 / all
+  finetune with no options: the recipe featpipe measures on the training rows (finetune/recipe.py)
+  finetune --unfreeze head / 2 / all, with the hand-found recipe below (--unfreeze "" skips them)
   finetune --unfreeze all --val-size 0 --epochs E: a refit on all the training rows (the validation rows
       too) for the E epochs the validated --unfreeze all run kept; nothing is chosen on the test rows
 
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--no-refit", dest="refit", action="store_false",
                     help="skip the refit of the last --unfreeze on every training row (--val-size 0)")
     ap.add_argument("--only", choices=("frozen", "finetune"), default=None)
+    ap.add_argument("--no-defaults", dest="defaults", action="store_false",
+                    help="skip the run with no options (featpipe finetune's measured recipe)")
     args = ap.parse_args()
     import featpipe
     from featpipe.finetune import FinetuneConfig, finetune
@@ -135,10 +138,19 @@ def main() -> None:
                 probs, _ = predict_proba(load(result.output), test_paths)
                 return result, float((probs.argmax(1) == y[test]).mean()), time.perf_counter() - t0
 
-            for unfreeze in args.unfreeze.split(","):
+            if args.defaults:
+                # What a user gets from `featpipe finetune train.csv -o ft.pt --model MODEL`: every setting measured.
+                t0 = time.perf_counter()
+                result = finetune(FinetuneConfig(train_csv, work / "ft-defaults.pt", model=args.model))
+                probs, _ = predict_proba(load(result.output), test_paths)
+                recipe = " ".join(result.recipe.options())
+                rows.append((f"finetune, no options (epoch {result.best_epoch} kept, {time.perf_counter() - t0:.0f} s)",
+                             float((probs.argmax(1) == y[test]).mean())))
+                print(f"the measured recipe: {recipe}", flush=True)
+            for unfreeze in filter(None, args.unfreeze.split(",")):
                 result, acc, seconds = finetuned(unfreeze)
                 rows.append((f"finetune --unfreeze {unfreeze} (epoch {result.best_epoch} kept, {seconds:.0f} s)", acc))
-            if args.refit and result.best_epoch > 0:
+            if args.refit and args.unfreeze and result.best_epoch > 0:
                 # The validated run chose the epochs; the refit trains on its validation rows too.
                 refit, acc, seconds = finetuned(unfreeze, val_size=0.0, epochs=result.best_epoch,
                                                 output=work / f"ft-{unfreeze}-refit.pt")

@@ -1,7 +1,9 @@
 """featpipe finetune: LP-FT, frozen stages untouched, BatchNorm policy, resume after SIGKILL, the checkpoint."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +38,11 @@ def config(tmp_path: Path, images: Path, **kw) -> FinetuneConfig:
     kw.setdefault("epochs", 2)
     kw.setdefault("batch_size", 8)
     kw.setdefault("image_size", 64)
+    # The plumbing tests train with given settings (the measured ones have their own tests, below).
+    kw.setdefault("lr", 1e-4)
+    kw.setdefault("crop_pct", None)
+    kw.setdefault("flip", True)
+    kw.setdefault("augment", "standard")
     return FinetuneConfig(images, kw.pop("output", tmp_path / "ft.pt"), **kw)
 
 
@@ -152,7 +159,10 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, lab
     run = cli(tmp_path / "val.pt")
     assert run.exit_code == 0, run.output
     kept = torch.load(tmp_path / "val.pt", weights_only=True)["featpipe"]["best_epoch"]
-    assert kept > 0 and f"the same command with --val-size 0 --epochs {kept}: a refit on all 24 images" in run.output
+    refit = next(line for line in run.output.splitlines() if line.startswith("  featpipe finetune"))
+    assert kept > 0 and f"--epochs {kept} --unfreeze all --lr-decay 1.0" in refit and "--lr 0.001" in refit
+    assert refit.endswith("--val-size 0") and "--image-size 64" in refit and "-o " + str(tmp_path / "val-refit.pt") in refit
+    assert "(a refit on all 24 images, validation ones included" in run.output
 
     out = tmp_path / "all.pt"
     run = cli(out, "--val-size", "0")
@@ -242,18 +252,21 @@ def test_the_best_epoch_by_validation_loss_is_kept(tmp_path, labelled):
     result = finetune(config(tmp_path, labelled, epochs=3))
     assert result.best.val_loss == min(e.val_loss for e in result.history)
     assert [e.epoch for e in result.history] == [0, 1, 2, 3]
-    assert write_report(result, tmp_path / "report").stat().st_size > 10_000
+    written = write_report(result, tmp_path / "report")
+    assert [p.name for p in written] == ["curves.png"] and written[0].stat().st_size > 10_000  # no range test ran
 
 
 def test_bad_options_are_one_line(tmp_path, labelled):
-    with pytest.raises(UsageError, match="--lr must be positive"):
+    with pytest.raises(UsageError, match="--lr must be auto or positive"):
         finetune(config(tmp_path, labelled, lr=0))
     with pytest.raises(UsageError, match="--augment must be one of"):
         finetune(config(tmp_path, labelled, augment="extreme"))
     with pytest.raises(UsageError, match="output folder"):
         finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
-    with pytest.raises(UsageError, match="--crop-pct must be between 0.5 and 2"):
+    with pytest.raises(UsageError, match="--crop-pct must be auto or between 0.5 and 2"):
         finetune(config(tmp_path, labelled, crop_pct=3.0))
+    with pytest.raises(UsageError, match="--epochs must be auto or a whole number, got 'many'"):
+        finetune(config(tmp_path, labelled, epochs="many"))
 
 
 def test_crop_pct_keeps_the_whole_image_or_pads_it_as_timm_does():
@@ -343,3 +356,64 @@ def test_extract_takes_model_and_image_size_from_the_checkpoint(tmp_path, labell
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "plain.pt")
     with pytest.raises(UsageError, match="plain state dict that does not say which model"):
         extract(ExtractConfig(labelled, tmp_path / "g.h5", weights=str(tmp_path / "plain.pt")))
+
+
+def test_the_defaults_measure_a_recipe_and_say_why(tmp_path, labelled):
+    """No options: every auto setting is measured, printed with its reason, and recorded in the checkpoint."""
+    from typer.testing import CliRunner
+
+    from featpipe.cli import app
+
+    out = tmp_path / "ft.pt"
+    run = CliRunner().invoke(app, ["finetune", str(labelled), "-o", str(out), "--model", TINY_MODEL, "--weights",
+                                   "random", "--batch-size", "8", "--quiet"])
+    assert run.exit_code == 0, run.output
+    said = run.output.split("recipe:", 1)[1]
+    # test_resnet is a 160-px model: BiT's 128 at 224 px scales to 96, and the cheaper size is 64.
+    chosen = re.search(r"of 64 and 96 px, the linear probe's held-out log-loss chose (64|96) \(64 px [0-9.]+, 96 px", said)
+    assert chosen, said
+    for needle in (f"--image-size {chosen[1]}: small images", "--epochs 8:", "--unfreeze all: BiT's recipe",
+                   "--lr-decay 1: BiT's recipe", "the probe's accuracy on", "--lr ", "range test (the network with a fresh head)"):
+        assert needle in said, needle
+    meta = torch.load(out, weights_only=True)["featpipe"]
+    recipe = json.loads(meta["recipe"])
+    assert {"image_size", "crop_pct", "flip", "augment", "epochs", "unfreeze", "lr_decay", "lr"} <= set(recipe)
+    assert all(recipe[k]["auto"] for k in ("image_size", "crop_pct", "flip", "augment", "lr", "epochs"))
+    config = json.loads(meta["config"])
+    size = int(chosen[1])
+    assert config["lr"] == recipe["lr"]["value"] > 0 and config["image_size"] == size  # the values, not "auto"
+    assert json.loads(meta["data_config"])["crop"] == [size, size]
+
+
+def test_a_run_that_never_beats_the_probe_says_so_plainly(tmp_path, labelled):
+    from typer.testing import CliRunner
+
+    from featpipe.cli import app
+
+    run = CliRunner().invoke(app, ["finetune", str(labelled), "-o", str(tmp_path / "ft.pt"), "--model", TINY_MODEL,
+                                   "--weights", "random", "--batch-size", "8", "--image-size", "64", "--epochs", "1",
+                                   "--lr", "5", "--warmup", "0", "--quiet"])
+    assert run.exit_code == 0, run.output
+    assert "epoch 0 kept" in run.output
+    assert "fine-tuning did not improve on the linear probe: the checkpoint holds the probe on the frozen network" \
+        in run.output
+    assert "try --lr 1.7" in run.output  # what the measurements suggest: the rate moved the features too far
+
+
+def test_the_range_test_leaves_the_weights_as_the_probe_made_them(tmp_path, labelled, monkeypatch):
+    """--lr auto trains during its test; the network and the head are put back before fine-tuning starts."""
+    from featpipe.finetune import train as T
+
+    seen = {}
+    real = T._range_test
+
+    def spy(net, head, *args, **kw):
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        finding = real(net, head, *args, **kw)
+        seen["same"] = all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+        return finding
+
+    monkeypatch.setattr(T, "_range_test", spy)
+    result = finetune(config(tmp_path, labelled, epochs=0, lr="auto"))
+    assert seen["same"] and result.recipe.choices["lr"].auto and result.lr_finding is not None
+    assert result.recipe["lr"] == pytest.approx(result.lr_finding.suggestion)

@@ -145,6 +145,56 @@ def test_a_cant_tell_says_what_would_settle_it():
     assert d.settle and "--sample" in d.settle
 
 
+def measured(accuracies, frozen, recipe=None):
+    from featpipe.guide.probe import Folds, paired_noise
+    from featpipe.guide.tuning import FinetuneMeasurement
+
+    folds = Folds(tuple((np.arange(80), np.arange(80, 100)) for _ in accuracies))
+    return FinetuneMeasurement(True, layer="layer3", folds=list(range(len(accuracies))), accuracies=accuracies,
+                               frozen=frozen, noise=paired_noise(np.array(accuracies), np.array(frozen), folds),
+                               recipe=recipe or {"unfreeze": "all", "lr": 4e-4}, what="LP-FT")
+
+
+def test_fine_tuning_measured_to_pay_is_the_advice_whatever_the_rule_of_thumb_says():
+    d = decide(comparison(per_class_median=180, gain=0.06, best_mean=0.96,
+                          finetune=measured([0.97, 0.98, 0.975], [0.93, 0.94, 0.935])))
+    assert (d.data_size, d.strategy) == ("much", "fine-tune-all")
+    assert any("fine-tuning reached 0.975" in r and "it pays" in r for r in d.reasons)
+    assert any("rule of thumb (1000 per class) would say little data: the measurement decides" in r for r in d.reasons)
+
+
+def test_fine_tuning_inside_the_noise_keeps_the_frozen_advice():
+    d = decide(comparison(per_class_median=5000, finetune=measured([0.92, 0.88, 0.95], [0.90, 0.91, 0.90])))
+    assert (d.data_size, d.strategy, d.recommended_layer) == ("little", "last-layer", "pooled")
+    assert any("does not pay by more than the noise" in r for r in d.reasons)
+
+
+def test_without_a_measurement_the_rule_decides_and_says_so():
+    from featpipe.guide.tuning import skipped
+
+    d = decide(comparison(per_class_median=5000, finetune=skipped("--finetune measures it")))
+    assert d.strategy == "fine-tune-top"
+    assert any("by the rule of thumb: fine-tuning was not measured (--finetune measures it)" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize("gain,noise,verdict", [(0.06, 0.03, "climbing"), (0.005, 0.001, "flat"),
+                                                (0.06, 0.12, "can't tell"), (-0.02, 0.05, "flat")])
+def test_the_learning_curve_in_three_words(gain, noise, verdict):
+    d = decide(comparison(curve_gain=gain, curve_noise=noise))
+    assert d.curve == verdict
+    said = next(r for r in d.reasons if r.startswith("from 50% to 100%"))
+    assert ("may pay" in said) == (verdict != "flat")
+
+
+def test_the_printed_finetune_command_carries_the_measured_recipe():
+    recipe = {"image_size": 128, "crop_pct": 1.2, "flip": False, "augment": "none", "epochs": 8, "unfreeze": "all",
+              "lr_decay": 1.0, "lr": 3.7e-4}
+    d = decide(comparison(finetune=measured([0.97, 0.98, 0.975], [0.93, 0.94, 0.935], recipe)))
+    assert commands("digits", "m", "pretrained", d, from_features=False, recipe=recipe)[-1] == (
+        "featpipe finetune digits -o finetuned.pt --model m --image-size 128 --crop-pct 1.2 --no-flip "
+        "--augment none --epochs 8 --unfreeze all --lr-decay 1.0 --lr 0.00037")
+
+
 def test_commands_are_the_ones_to_run_next():
     d = decide(comparison(gain=0.06, best_mean=0.96))
     steps = commands("my images", "timm:resnet50", "pretrained", d, from_features=False)
@@ -281,13 +331,15 @@ def digits(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_advice(digits, tmp_path_factory):
+    """The sweep alone (the fine-tuning measurement has its own, slow, tests below)."""
     return guide(GuideConfig(digits, models=("tf_efficientnet_lite0",), cache_dir=tmp_path_factory.mktemp("cache")))
 
 
 def test_digits_are_far_from_imagenet_and_an_earlier_layer_is_advised(digits_advice):
     """The demo data: tiny grey digits. An intermediate layer, and plain words about the distance."""
     d = digits_advice.decision
-    assert d.similarity == "different" and d.data_size == "little"
+    assert d.similarity == "different" and d.data_size == "little"  # by the rule: fine-tuning not measured here
+    assert any("fine-tuning was not measured (--finetune measures it" in r for r in d.reasons)
     assert d.strategy == "earlier-layer"
     assert d.recommended_layer.startswith("blocks.")
     assert any("far from ImageNet photos" in r for r in d.reasons)
@@ -341,3 +393,34 @@ def test_photos_close_to_imagenet_get_last_layer_advice(tmp_path):
     assert (d.strategy, d.recommended_layer, d.similarity) == ("last-layer", "pooled", "similar")
     assert d.features_help
     assert result.chosen.head is not None and result.chosen.head["top_classes"]
+
+
+# --- the fine-tuning measurement ----------------------------------------------------------------------
+
+
+def test_fine_tuning_is_measured_on_the_folds_with_the_recipe_chosen_inside_them(tmp_path):
+    """A tiny network: three folds fine-tuned, each recipe chosen on an inner split, held-out rows scored once."""
+    images = make_images(tmp_path / "images", classes=3, per_class=14)
+    result = guide(GuideConfig(images, models=(TINY_MODEL,), weights="random", sample=42, cv=3,
+                               cache_dir=tmp_path / "c", finetune=True))
+    ft = result.finetune
+    assert ft.measured and ft.folds == [0, 1, 2] and len(ft.accuracies) == 3
+    assert all(0 <= a <= 1 for a in ft.accuracies)
+    assert ft.frozen == [float(a) for a in result.chosen.best.folds[:3]] and ft.layer == result.chosen.best.name
+    assert np.isfinite(ft.noise) and ft.seconds > 0
+    for fold in ft.recipes:  # each fold's own recipe, measured on its inner split, capped for the guide's time
+        assert fold["image_size"]["value"] <= 96 and fold["lr"]["auto"] and fold["flip"]["auto"]
+    assert set(ft.recipe) >= {"image_size", "crop_pct", "flip", "augment", "epochs", "unfreeze", "lr"}
+    as_json = result.to_dict()["finetune"]
+    assert as_json["measured"] and as_json["accuracies"] == ft.accuracies and "inner 20%" in as_json["what"]
+    assert any(r.startswith("fine-tuning reached") for r in result.decision.reasons)
+
+
+def test_too_few_images_per_class_skip_the_fine_tuning_in_one_line_and_the_sweep_runs(tmp_path):
+    images = make_images(tmp_path / "images", classes=3, per_class=10)
+    code, out, err = run_guide(str(images), "--model", TINY_MODEL, "--weights", "random", "--sample", "30",
+                               "--cv", "3", "--cache-dir", str(tmp_path / "c"), "-q", "--finetune")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if "fine-tuning not measured" in x)
+    assert "fewer than the 8 that fine-tuning with an inner validation split needs" in line
+    assert "CV accuracy" in out and "by the rule of thumb" in out

@@ -10,6 +10,7 @@ divergence. That one rate can be passed to `featpipe fit --lr`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,27 +88,47 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
                     if not (skip_lone and len(yb) == 1):  # batch norm cannot train on a lone row
                         yield torch.from_numpy(xb), torch.from_numpy(yb)
 
-        lrs, losses = [], []
-        avg, best, diverged = 0.0, math.inf, None
-        growth = (end / start) ** (1 / (steps - 1))
-        total = int(math.ceil(math.log(max_lr / start) / math.log(growth))) + 1
         net.train()
-        for i, (xb, yb) in zip(range(total), endless(), strict=False):
-            lr = start * growth ** i
+        batches = endless()
+
+        def step(lr: float) -> float:
+            xb, yb = next(batches)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = loss_fn(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            avg = 0.98 * avg + 0.02 * float(loss.detach())
-            smoothed = avg / (1 - 0.98 ** (i + 1))  # bias-corrected moving average
-            if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
-                diverged = lr
-                break
-            best = min(best, smoothed)
-            lrs.append(lr)
-            losses.append(smoothed)
+            return float(loss.detach())
+
+        return range_test(step, start, end, steps, max_lr)
+
+
+def range_test(step: Callable[[float], float], start: float, end: float, steps: int,
+               max_lr: float = MAX_LR) -> LRFinding:
+    """The range test around any training step: ``step(lr)`` trains one mini-batch at ``lr`` and returns its loss.
+
+    The rate grows from ``start`` by the factor that reaches ``end`` in ``steps`` calls, and on past ``end``
+    until the smoothed loss diverges (or ``max_lr``); then RULE picks the rate. `featpipe lr-find` and
+    `featpipe finetune --lr auto` both decide here.
+    """
+    lrs, losses = [], []
+    avg, best, diverged = 0.0, math.inf, None
+    growth = (end / start) ** (1 / (steps - 1))
+    total = int(math.ceil(math.log(max_lr / start) / math.log(growth))) + 1
+    for i in range(total):
+        lr = start * growth ** i
+        avg = 0.98 * avg + 0.02 * step(lr)
+        smoothed = avg / (1 - 0.98 ** (i + 1))  # bias-corrected moving average
+        if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+            diverged = lr
+            break
+        best = min(best, smoothed)
+        lrs.append(lr)
+        losses.append(smoothed)
+    if not lrs:
+        raise UsageError(f"the learning-rate range test diverged at its first rate ({start:.2g}): the loss was "
+                         "not finite; check the labels and the input")
     lowest = float(lrs[int(np.argmin(losses))])
     return LRFinding(lrs, losses, suggestion=lowest / 10, lowest=lowest, diverged_at=diverged)
 

@@ -15,6 +15,7 @@ from .extract import with_progress
 
 
 class Augment(str, Enum):
+    auto = "auto"
     none = "none"
     light = "light"
     standard = "standard"
@@ -33,26 +34,26 @@ def finetune_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt): state dict and metadata, loadable with weights_only=True.")],
     model: Annotated[str, typer.Option(help="timm or torchvision model, as for extract.")],
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path to start from.")] = "pretrained",
-    unfreeze: Annotated[str, typer.Option(help="head (a linear probe, trained on), N (the top N stages), or all.")] = "2",
-    epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone).")] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate of the head and the top stage (Adam; 1e-3 destroyed the probe's accuracy within one epoch on the digits).")] = 1e-4,
-    lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it.")] = 0.5,
+    unfreeze: Annotated[str, typer.Option(help="head (a linear probe, trained on), N (the top N stages), or all (BiT's recipe).")] = "all",
+    epochs: Annotated[str, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone); auto: from the number of training images, stopping after 3 epochs without a lower validation loss.")] = "auto",
+    lr: Annotated[str, typer.Option(help="Learning rate of the head and the top stage; auto: a learning-rate range test of the network with a fresh head, by the rule of `featpipe lr-find`.")] = "auto",
+    lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it (1: one rate for all, BiT's recipe).")] = 1.0,
     optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,  # type: ignore[attr-defined]
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule after the warm-up (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).")] = Schedule.cosine,  # type: ignore[attr-defined]
     warmup: Annotated[float, typer.Option(help="Epochs over which the rates rise linearly from near 0 (Adam's first steps are full-size whatever the gradient).")] = 1.0,
     weight_decay: Annotated[float, typer.Option(help="L2 penalty on weights (not biases).")] = 1e-4,
-    augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong.")] = Augment.standard,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips; turn off where flipping changes the class (text, digits, left/right signs).")] = True,
+    augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong. auto: the strongest whose views the linear probe still recognises.")] = Augment.auto,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Horizontal flips (default: auto, off where the linear probe recognises mirrored images less well: text, digits, left/right signs).", show_default=False)] = None,
     bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,
-    image_size: Annotated[int | None, typer.Option(help="Square input crop in pixels (default: the model's).", show_default=False)] = None,
-    crop_pct: Annotated[float | None, typer.Option(help="Crop size / resize, as in timm (default: the model's, often 0.875, which cuts the edges): 1 keeps the whole image; above 1 pads it with black, for objects that fill the frame (digits, characters).", show_default=False)] = None,
+    image_size: Annotated[str, typer.Option(help="Square input crop in pixels; auto: the model's own, and for images under 96 px BiT's upsampling (128 for a 224-px model).")] = "auto",
+    crop_pct: Annotated[str, typer.Option(help="Crop size / resize, as in timm: the model's (often 0.875) cuts the edges, 1 keeps the whole image, above 1 pads it with black; auto: the model's, unless it would cut objects that fill the frame on a plain background (digits, characters).")] = "auto",
     val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch; 0 trains on all of them for --epochs and keeps the last (a refit, with the epochs a validated run chose).")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Folder for curves.png (losses and accuracy per epoch) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.", show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option(help="Folder for curves.png (losses and accuracy per epoch), lr_find.png (the range test of --lr auto) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."""
@@ -62,10 +63,9 @@ def finetune_command(
         input=input, output=output, model=model, weights=weights, unfreeze=unfreeze, epochs=epochs, lr=lr,
         lr_decay=lr_decay, optimizer=optimizer.value, schedule=schedule.value, warmup=warmup,
         weight_decay=weight_decay,
-        augment=augment.value, flip=flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct, val_size=val_size,
+        augment=augment.value, flip="auto" if flip is None else flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct, val_size=val_size,
         batch_size=batch_size, device=device, precision=precision, seed=seed, resume=resume,
     )
-    typer.echo(f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'lr':>8}  {'s':>5}", err=True)
 
     def number(value: float, fmt: str) -> str:
         return "-" if math.isnan(value) else format(value, fmt)
@@ -75,9 +75,15 @@ def finetune_command(
         typer.echo(f"{e.epoch:>5}  {train:>10}  {number(e.val_loss, '.4f'):>9}  {number(e.val_accuracy, '.3f'):>7}  "
                    f"{e.lr:>8.2g}  {e.seconds:>5.1f}", err=True)
 
+    def on_recipe(recipe) -> None:
+        typer.echo("recipe:", err=True)
+        for line in recipe.lines():
+            typer.echo(f"  {line}", err=True)
+        typer.echo(f"{'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'val acc':>7}  {'lr':>8}  {'s':>5}", err=True)
+
     result = with_progress(
         lambda progress: finetune(config, progress=(lambda phase, d, t: progress(d, t, description=phase))
-                                  if progress else None, on_epoch=on_epoch),
+                                  if progress else None, on_epoch=on_epoch, on_recipe=on_recipe),
         quiet, description="finetune",
     )
     best = result.best
@@ -86,6 +92,11 @@ def finetune_command(
     typer.echo(f"{result.output}: epoch {result.best_epoch} kept ({kept}; "
                f"{result.train_images} trained on" + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
                + (f"; {result.skipped_images} images could not be decoded" if result.skipped_images else "") + ")")
+    if result.probe_kept:
+        from ..finetune.recipe import probe_kept_advice
+
+        typer.echo("fine-tuning did not improve on the linear probe: the checkpoint holds the probe on the frozen "
+                   f"network. {probe_kept_advice(result.recipe, result.history)}")
     typer.echo(f"trained: {', '.join(result.trainable)}; what changed (parameter tensors, BatchNorm statistics):")
     for row in result.audit:
         typer.echo(f"  {row['group']:24} params {row['changed']:>4}/{row['parameters']:<4} "
@@ -93,7 +104,8 @@ def finetune_command(
     if report is not None:
         from ..finetune.train import write_report
 
-        typer.echo(f"report: {write_report(result, report)}", err=True)
+        for path in write_report(result, report):
+            typer.echo(f"report: {path}", err=True)
         from ..report import from_finetune
         from .report import say_written
 
@@ -103,5 +115,9 @@ def finetune_command(
     # The checkpoint names its base model and preprocessing (image size and crop included): no --model.
     typer.echo(f"  featpipe extract {q(str(input))} -o features.h5 --weights {q(str(result.output))}")
     if result.val_images and result.best_epoch > 0:
-        typer.echo(f"  the same command with --val-size 0 --epochs {result.best_epoch}: a refit on all "
-                   f"{result.train_images + result.val_images} images, validation ones included")
+        refit = result.recipe.options(epochs=result.best_epoch)
+        weights_opt = "" if weights == "pretrained" else f" --weights {q(weights)}"
+        typer.echo(f"  featpipe finetune {q(str(input))} -o {q(str(output.with_stem(output.stem + '-refit')))} "
+                   f"--model {q(model)}{weights_opt} {' '.join(refit)} --val-size 0")
+        typer.echo(f"    (a refit on all {result.train_images + result.val_images} images, validation ones included, "
+                   f"for the {result.best_epoch} epochs this run kept, with the recipe it measured)")

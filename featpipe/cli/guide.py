@@ -35,6 +35,7 @@ def guide_command(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's features are cached (default ~/.cache/featpipe/guide).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    finetune: Annotated[bool, typer.Option("--finetune/--no-finetune", help="Measure fine-tuning against the best frozen layer on 3 of the same folds (minutes on a CPU); without it the rule of thumb decides, and says so.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure where your data sits in the transfer-learning 2x2 table, and say what to do."""
@@ -42,7 +43,7 @@ def guide_command(
 
     config = GuideConfig(
         input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layers), cv=cv, seed=seed,
-        cache_dir=cache_dir, device=device, batch_size=batch_size,
+        cache_dir=cache_dir, device=device, batch_size=batch_size, finetune=finetune,
     )
     result = with_progress(
         lambda progress: guide(config, progress=(lambda m, d, t: progress(d, t, description=m)) if progress else None),
@@ -90,7 +91,15 @@ def render(result: GuideResult) -> str:
         lines.append(f"  ImageNet head on the sample: mean top-1 probability {h['mean_top1']:.2f}, "
                      f"entropy {h['mean_entropy']:.2f} of at most {h['max_entropy']:.2f} nats")
     curve = ", ".join(f"{100 * r['fraction']:g}% {r['cv_mean']:.3f}" for r in result.learning_curve)
-    lines += [f"  learning curve ({chosen.best.name}): {curve}: {d.curve}", ""]
+    lines.append(f"  learning curve ({chosen.best.name}): {curve}: {d.curve}")
+    ft = result.finetune
+    if ft is not None and ft.measured:
+        folds = ", ".join(f"{a:.3f}" for a in ft.accuracies)
+        lines.append(f"  fine-tuned ({ft.what}): {ft.mean:.3f} +- {ft.std:.3f} (folds {folds}) against "
+                     f"{ft.frozen_mean:.3f} for {ft.layer} on the same folds")
+    elif ft is not None:
+        lines.append(f"  fine-tuning not measured: {ft.why_not}")
+    lines.append("")
     lines.append(f"quadrant: {d.quadrant}")
     what = rules.STRATEGIES[d.strategy]
     lines.append(f"advice:   {what}" + (f" ({d.recommended_layer})" if d.strategy != "can't tell" else ""))
@@ -102,6 +111,7 @@ def render(result: GuideResult) -> str:
         lines.append("  (the first two give the frozen-feature baseline that fine-tuning should beat)")
     t = result.timings
     lines += ["", f"time: {t['total']:.1f} s (extract the sample {t['extract']:.1f} s, CV {t.get('cv', 0):.1f} s, "
-                  f"LogME {t.get('logme', 0):.1f} s, learning curve {t.get('learning_curve', 0):.1f} s); "
-                  "thresholds and their reasons: README, 'featpipe guide'"]
+                  f"LogME {t.get('logme', 0):.1f} s, learning curve {t.get('learning_curve', 0):.1f} s, "
+                  f"fine-tuning {t.get('finetune', 0):.1f} s); "
+                  "thresholds and their reasons: docs/guide.md"]
     return "\n".join(lines)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -30,14 +29,17 @@ import torch
 from torch import nn
 
 from .. import models
+from .._util import atomic_write, pyplot
 from ..classify.heads import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from ..errors import UsageError
 from ..extraction.devices import resolve_device
 from ..extraction.preprocess import Preprocessor, resolve_resampler
 from ..extraction.sources import discover
+from ..extraction.views import check_augment
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
 from . import blocks
+from . import recipe as recipe_rules
 from .checkpoint import FORMAT
 from .data import Images, collate, train_transform
 
@@ -46,28 +48,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Settings of one fine-tuning run (the CLI's options, as one typed object)."""
+    """Settings of one fine-tuning run (the CLI's options, as one typed object).
+
+    ``"auto"`` settings are measured on the data (featpipe/finetune/recipe.py says how); the others are used
+    as given. The defaults are the measured recipe."""
 
     input: Path
     output: Path
     model: str
     weights: str = "pretrained"
-    unfreeze: str = "2"  # head, a number of stages from the top, or all
-    epochs: int = 10
-    # Adam at 1e-3 wrecked the linear probe's features within one epoch on the digits (training loss 7-23,
-    # validation accuracy 0.86 -> 0.10, EfficientNet-Lite0 at 64 and 96 px); 1e-4 keeps them.
-    lr: float = 1e-4
-    lr_decay: float = 0.5  # each stage below the top trains at this times its upper neighbour's rate
+    unfreeze: str = recipe_rules.UNFREEZE  # head, a number of stages from the top, or all
+    epochs: int | str = "auto"
+    lr: float | str = "auto"  # auto: a range test of the network with a fresh head (recipe.py)
+    lr_decay: float = recipe_rules.LR_DECAY  # each stage below the top trains at this times its upper neighbour's rate
     optimizer: str = "adam"
     schedule: str = "cosine"
     warmup: float = 1.0  # epochs over which every rate rises linearly from ~0 to its own (0: none)
     weight_decay: float = 1e-4
-    augment: str = "standard"
-    flip: bool = True
+    augment: str = "auto"
+    flip: bool | str = "auto"
     bn: str = "frozen"
-    image_size: int | None = None  # square input crop; None: the model's own
-    crop_pct: float | None = None  # crop / resize, as in timm (above 1 pads with black); None: the model's
-    val_size: float = 0.2  # 0: train on every image for --epochs and keep the last (a refit, epochs chosen before)
+    image_size: int | str | None = "auto"  # square input crop; None: the model's own
+    crop_pct: float | str | None = "auto"  # crop / resize, as in timm (above 1 pads with black); None: the model's
+    val_size: float = recipe_rules.VAL_SIZE  # 0: train on every image for --epochs and keep the last (a refit, epochs chosen before)
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
@@ -98,17 +101,30 @@ class FinetuneResult:
     skipped_images: int = 0
     resumed_from: int = 0
     timings: dict = field(default_factory=dict)
+    recipe: recipe_rules.Recipe | None = None  # what it trained with, each setting with its reason
+    lr_finding: object | None = None  # the range test behind --lr auto (classify.lr_find.LRFinding)
+
+    @property
+    def probe_kept(self) -> bool:
+        """Fine-tuning never beat the linear probe: the checkpoint is the probe on the unchanged network."""
+        return self.best_epoch == 0 and len(self.history) > 1
 
     @property
     def best(self) -> Epoch:
         return next(e for e in self.history if e.epoch == self.best_epoch)
 
 
-def _check(config: FinetuneConfig) -> None:
-    if config.epochs < 0:
-        raise UsageError(f"--epochs must be at least 0, got {config.epochs}")
-    if not config.lr > 0:
-        raise UsageError(f"--lr must be positive, got {config.lr}")
+def _check(config: FinetuneConfig) -> FinetuneConfig:
+    """The config with every ``auto`` spelled as "auto" and every number as a number, or a one-line error."""
+    auto = recipe_rules.parse_auto
+    config = replace(config, epochs=auto(config.epochs, "--epochs", int), lr=auto(config.lr, "--lr", float),
+                     flip=auto(config.flip, "--flip", bool),
+                     image_size=config.image_size if config.image_size is None else auto(config.image_size, "--image-size", int),
+                     crop_pct=config.crop_pct if config.crop_pct is None else auto(config.crop_pct, "--crop-pct", float))
+    if config.epochs != "auto" and config.epochs < 0:
+        raise UsageError(f"--epochs must be auto or at least 0, got {config.epochs}")
+    if config.lr != "auto" and not config.lr > 0:
+        raise UsageError(f"--lr must be auto or positive, got {config.lr}")
     if not 0 < config.lr_decay <= 1:
         raise UsageError(f"--lr-decay must be in (0, 1], got {config.lr_decay}")
     if config.warmup < 0:
@@ -117,20 +133,23 @@ def _check(config: FinetuneConfig) -> None:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.schedule not in SCHEDULES:
         raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if config.augment != "auto":
+        check_augment(config.augment)
     if not 0 <= config.val_size < 1:
         raise UsageError(f"--val-size must be a fraction from 0 (no validation: keep the last epoch) to below 1, "
                          f"got {config.val_size}")
     if config.batch_size < 2:
         raise UsageError(f"--batch-size must be at least 2 (BatchNorm and a mean loss need two), got {config.batch_size}")
-    if config.image_size is not None and config.image_size < 32:
-        raise UsageError(f"--image-size must be at least 32 pixels, got {config.image_size}")
-    if config.crop_pct is not None and not 0.5 <= config.crop_pct <= 2:
-        raise UsageError(f"--crop-pct must be between 0.5 and 2 (crop size / resize), got {config.crop_pct}")
+    if config.image_size not in (None, "auto") and config.image_size < 32:
+        raise UsageError(f"--image-size must be auto or at least 32 pixels, got {config.image_size}")
+    if config.crop_pct not in (None, "auto") and not 0.5 <= config.crop_pct <= 2:
+        raise UsageError(f"--crop-pct must be auto or between 0.5 and 2 (crop size / resize), got {config.crop_pct}")
     if config.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {config.precision!r}")
     out = Path(config.output)
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
+    return config
 
 
 def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +175,7 @@ def _data_config(net: nn.Module, spec, image_size: int | None, crop_pct: float |
     timm's meaning of crop_pct: below 1 the centre crop drops a border (0.875 cuts 1/16 of each edge,
     half a scan pixel of an 8x8 digit); 1 keeps the whole image; above 1 the image is resized smaller
     than the crop and padded with black (room for shifted views, as MNIST's 20 px digits sit in 28 px)."""
-    cfg = models.data_config(net, spec)
+    cfg = models.eval_config(net, spec)
     crop = cfg.crop if image_size is None else (image_size, image_size)
     if crop_pct is not None:
         side = math.floor(crop[0] / crop_pct)  # timm's arithmetic (transforms_imagenet_eval)
@@ -183,13 +202,21 @@ def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int):
+    """Batches of ``dataset``, decoded and transformed in one worker process beside the network's threads.
+
+    The worker runs torch with one thread (DataLoader's rule for its workers): per-image resizes and rotations
+    are too small to share between threads, and in the training process they would contend with the
+    network's own threads (measured 15x slower per image on a busy 2-core machine). Its random stream comes
+    from ``seed`` (the loader's generator), so an epoch's views are the same in every run."""
     gen = torch.Generator().manual_seed(seed)
+    workers = 1 if len(dataset) > batch_size else 0  # a process costs more than a batch or two
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       collate_fn=collate, num_workers=0)
+                                       collate_fn=collate, num_workers=workers)
 
 
-def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of the frozen network (the linear probe's input)."""
+def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device,
+            mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of the frozen network (the linear probe's input); of mirror images with ``mirror``."""
     tapped = models.TappedModel(net, spec, models.resolve_layers(net, spec, ["pooled"]))
     feats, labels = [], []
     net.eval()
@@ -198,6 +225,8 @@ def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device) -> t
             for pixels, y, _ in loader:
                 if pixels is None:
                     continue
+                if mirror:
+                    pixels = torch.flip(pixels, dims=[2])  # (N, H, W, 3): W is dim 2
                 x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
                 feats.append(tapped(x)["pooled"].float().cpu().numpy())
                 labels.append(y.numpy())
@@ -240,7 +269,38 @@ def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int, C
 PROBE_C = (0.001, 0.01, 0.1, 1.0)
 
 
+@dataclass
+class _Probe:
+    """The frozen network's pooled features at one input size, and the probe they give."""
+
+    data_config: object
+    preprocess: Preprocessor
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    C: float
+    loss: float  # held-out log-loss (validation rows, or cross-validated)
+
+
+def _probe_at(net, spec, size: int, crop_pct: float, paths, labels, train_rows, val_rows, config, device) -> _Probe:
+    data_config = _data_config(net, spec, size, crop_pct)
+    preprocess = Preprocessor(data_config)
+
+    def loader(rows):
+        return _loader(Images([paths[i] for i in rows], labels[rows], preprocess), config.batch_size, False, 0)
+
+    X, y = _pooled(net, spec, loader(train_rows), preprocess, device)
+    X_val, y_val = _pooled(net, spec, loader(val_rows), preprocess, device) if len(val_rows) else (X[:0], y[:0])
+    C, loss = _probe_fit(X, y, X_val, y_val)
+    return _Probe(data_config, preprocess, X, y, X_val, y_val, C, loss)
+
+
 def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> float:
+    return _probe_fit(X, y, X_val, y_val)[0]
+
+
+def _probe_fit(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
     """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
     `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows
     (C=1 where a class has a single image and nothing can be held out). The probe is fine-tuning's starting
@@ -262,7 +322,7 @@ def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.n
              if (keep := np.isin(y_held, np.unique(y_fit))).any()]
     if not folds:
         log.info("no held-out image of a class the probe saw: its strength is C=1, not chosen")
-        return 1.0
+        return 1.0, math.nan
     losses = dict.fromkeys(PROBE_C, 0.0)
     for X_fit, y_fit, X_held, y_held in folds:
         for C in PROBE_C:
@@ -271,7 +331,8 @@ def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.n
             with torch.no_grad():
                 p = torch.softmax(head(torch.from_numpy(X_held).float()), 1).numpy()
             losses[C] += log_loss(y_held, p, labels=np.arange(classes)) * len(y_held)
-    return min(losses, key=losses.get)
+    best = min(losses, key=losses.get)
+    return best, losses[best] / sum(len(held) for _, _, _, held in folds)
 
 
 def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
@@ -308,9 +369,8 @@ def _with_warmup(optimizer, steps: int, schedule: Callable):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _identity(config: FinetuneConfig, spec, weights_sha: str, classes: list[str]) -> str:
@@ -320,89 +380,155 @@ def _identity(config: FinetuneConfig, spec, weights_sha: str, classes: list[str]
     return json.dumps({**d, "model": spec.name, "weights_sha256": weights_sha, "classes": classes}, sort_keys=True)
 
 
-def finetune(config: FinetuneConfig,
-             progress: Callable[[str, int, int], None] | None = None,
-             on_epoch: Callable[[Epoch], None] | None = None) -> FinetuneResult:
-    """Fine-tune ``config.model`` on the labelled images of ``config.input``; write the best epoch's checkpoint.
-
-    ``progress(phase, done, total)`` reports batches; ``on_epoch(row)`` each finished epoch (0: the linear probe).
-
-    Raises:
-        UsageError: bad options or input, a head that is not linear, a stale ``<output>.resume`` without --resume.
-        WeightsError: as for extract.
-    """
-    t_start = time.perf_counter()
-    config = replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute())
-    _check(config)
-    resume_path = config.output.with_name(config.output.name + ".resume")
-    if resume_path.exists() and not config.resume:
-        raise UsageError(f"{str(resume_path)!r} holds an interrupted run: pass --resume to continue it, "
-                         "or delete the file to start again")
-    samples = discover(config.input)
-    classes = list(samples.classes)
-    train_rows, val_rows = _split(samples.labels, classes, config.val_size, config.seed)
-    paths = samples.files("finetune")
-
-    spec = models.resolve(config.model)
-    net, weights = models.load_model(spec, config.weights, config.seed)
-    data_config = _data_config(net, spec, config.image_size, config.crop_pct)
-    preprocess = Preprocessor(data_config)
-    device = torch.device(resolve_device(config.device))
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-
+def _autocast_for(device: torch.device, bf16: bool):
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return autocast
 
+
+def _model_crop_pct(cfg) -> float:
+    resize = cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]
+    return cfg.crop[0] / resize
+
+
+@dataclass
+class Trained:
+    """A fine-tuned network in memory (the best epoch's weights loaded), with how it got there."""
+
+    net: nn.Module
+    data_config: object
+    preprocess: Preprocessor
+    device: torch.device
+    autocast: Callable
+    recipe: recipe_rules.Recipe
+    history: list[Epoch]
+    best_epoch: int
+    audit: list[dict]
+    trainable: list[str]
+    lr_finding: object | None  # the range test (classify.lr_find.LRFinding) where --lr auto
+    skipped: int
+    resumed_from: int
+
+
+def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.ndarray, classes: list[str],
+          train_rows: np.ndarray, val_rows: np.ndarray, progress: Callable[[str, int, int], None] | None = None,
+          on_epoch: Callable[[Epoch], None] | None = None,
+          on_recipe: Callable[[recipe_rules.Recipe], None] | None = None,
+          resume_path: Path | None = None, identity: str | None = None,
+          budget: Callable[[recipe_rules.Recipe], None] | None = None) -> Trained:
+    """LP-FT of ``config.model`` on ``train_rows`` of ``paths``, the epoch kept by ``val_rows`` (or the last).
+
+    ``config`` is checked (see _check). The recipe's ``auto`` settings are measured here, each where its evidence
+    exists; ``on_recipe`` hears the whole recipe before the first fine-tuning epoch. With ``resume_path``, the
+    state is written there after each epoch and read back when it exists (its recipe included). ``budget(recipe)``
+    may cap the recipe once its input framing and epochs are chosen (the guide's cheaper measurement)."""
+    state = None
+    if resume_path is not None and resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["identity"] != identity:
+            raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
+                             "delete it to start again, or run the command that made it")
+    model_cfg = models.eval_config(net, spec)
+    recipe = recipe_rules.Recipe()
+    if state is not None:
+        recipe = recipe_rules.Recipe.from_dict(json.loads(state["recipe"]))
+    else:
+        train_paths = [paths[i] for i in train_rows]
+        framing = None
+        if "auto" in (config.image_size, config.crop_pct):
+            framing = recipe_rules.measure_framing(train_paths, _model_crop_pct(model_cfg), config.seed)
+        recipe_rules.frame(framing, model_cfg.crop[0], _model_crop_pct(model_cfg),
+                           model_cfg.crop[0] if config.image_size is None else config.image_size,
+                           round(_model_crop_pct(model_cfg), 4) if config.crop_pct is None else config.crop_pct, recipe)
+        if config.epochs == "auto":
+            epochs, why = recipe_rules.epochs_for(len(train_rows))
+            recipe.set("epochs", epochs, True, why)
+        else:
+            recipe.set("epochs", config.epochs, False)
+        recipe.set("unfreeze", config.unfreeze, config.unfreeze == recipe_rules.UNFREEZE,
+                   "BiT's recipe: every layer trains" if config.unfreeze == recipe_rules.UNFREEZE else "")
+        recipe.set("lr_decay", config.lr_decay, config.lr_decay == recipe_rules.LR_DECAY,
+                   "BiT's recipe: one rate for every layer" if config.lr_decay == recipe_rules.LR_DECAY else "")
+        if budget:
+            budget(recipe)
+    device = torch.device(resolve_device(config.device))
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    autocast = _autocast_for(device, bf16)
     head_name = classifier_name(net, spec)
     if head_name is None:
         raise UsageError(f"cannot find the classifier of {spec} to replace; finetune needs a linear head")
-    stages = stage_layers(net, spec, data_config.crop)
     net = net.to(device, memory_format=torch.channels_last)
     head = _replace_head(net, head_name, len(classes)).to(device)
-    groups = blocks.group_parameters(net, stages, head_name)
-    trainable = blocks.trainable_groups(groups, config.unfreeze)
-    identity = _identity(config, spec, weights.sha256, classes)
-
-    def images(rows, augment=None):
-        return Images([paths[i] for i in rows], samples.labels[rows], preprocess, augment)
-
-    val_loader = _loader(images(val_rows), config.batch_size, False, 0)
-    augment = train_transform(data_config, config.augment, config.flip)
-    timings = {}
-
-    # Phase 1: the linear probe, from the frozen network's features.
-    state = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path.exists() else None
-    if state is not None and state["identity"] != identity:
-        raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
-                         "delete it to start again, or run the command that made it")
     history: list[Epoch] = []
+    finding = None
+    # Phase 1: the linear probe, from the frozen network's features (at each candidate input size, where the
+    # size is measured); then what it tells of views.
     if state is None:
         t0 = time.perf_counter()
-        X, y = _pooled(net, spec, _loader(images(train_rows), config.batch_size, False, 0), preprocess, device)
-        X_val, y_val = _pooled(net, spec, val_loader, preprocess, device) if len(val_rows) else (X[:0], y[:0])
-        _linear_probe(head, X, y, len(classes), C=_probe_strength(X, y, X_val, y_val))
+        probes = {size: _probe_at(net, spec, size, recipe["crop_pct"], paths, labels, train_rows, val_rows, config,
+                                  device) for size in recipe.size_candidates or [recipe["image_size"]]}
+        # The lower held-out loss; a tie (or nothing held out to tell) to the cheaper size.
+        size = min(probes, key=lambda k: (probes[k].loss if math.isfinite(probes[k].loss) else math.inf, k))
+        if len(probes) > 1:
+            choice = recipe.choices["image_size"]
+            losses = ", ".join(f"{k} px {probes[k].loss:.3f}" for k in sorted(probes))
+            recipe.set("image_size", size, True, f"{choice.reason}; of {' and '.join(map(str, sorted(probes)))} "
+                       f"px, the linear probe's held-out log-loss chose {size} ({losses})")
+        probe = probes[size]
+        data_config, preprocess = probe.data_config, probe.preprocess
+        X, y, X_val, y_val = probe.X, probe.y, probe.X_val, probe.y_val
+        _linear_probe(head, X, y, len(classes), C=probe.C)
+    else:
+        data_config = _data_config(net, spec, recipe["image_size"], recipe["crop_pct"])
+        preprocess = Preprocessor(data_config)
+    stages = stage_layers(net, spec, data_config.crop)
+    groups = blocks.group_parameters(net, stages, head_name)
+    trainable = blocks.trainable_groups(groups, recipe["unfreeze"])
+
+    def images(rows, augment=None):
+        return Images([paths[i] for i in rows], labels[rows], preprocess, augment)
+
+    val_loader = _loader(images(val_rows), config.batch_size, False, 0)
+    if state is None:
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
-        if on_epoch:
-            on_epoch(history[-1])
+        _choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val, y_val,
+                      data_config, preprocess, device, len(classes))
+    augment = train_transform(data_config, recipe["augment"], recipe["flip"])
     snapshot_start = blocks.snapshot(net)  # the audit compares the end with this
 
     # Phase 2: the chosen stages, the neck and the head, on augmented views.
     blocks.freeze(net, groups, trainable)
-    rates = blocks.learning_rates(groups, trainable, config.lr, config.lr_decay)
-    params = dict(net.named_parameters())
-    param_groups = []
-    for g in trainable:
-        for decayed in (True, False):
-            chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
-            if chosen:
-                param_groups.append({"params": chosen, "lr": rates[g],
-                                     "weight_decay": config.weight_decay if decayed else 0.0})
-    optimizer = make_optimizer(config.optimizer, param_groups, config.lr, config.weight_decay)
-    train_loader_len = math.ceil(len(train_rows) / config.batch_size)
-    scheduler = _with_warmup(optimizer, round(config.warmup * train_loader_len), lambda: make_schedule(
-        config.schedule, optimizer, config.lr, max(math.ceil(config.epochs - config.warmup), 1), train_loader_len,
-        (max(1, config.epochs // 2), max(1, 3 * config.epochs // 4)), max(1, config.epochs // 2)))
+    ratios = blocks.learning_rates(groups, trainable, 1.0, recipe["lr_decay"])
+
+    def optimizer_at(lr: float):
+        params = dict(net.named_parameters())
+        param_groups = []
+        for g in trainable:
+            for decayed in (True, False):
+                chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
+                if chosen:
+                    param_groups.append({"params": chosen, "lr": lr * ratios[g], "ratio": ratios[g],
+                                         "weight_decay": config.weight_decay if decayed else 0.0})
+        return make_optimizer(config.optimizer, param_groups, lr, config.weight_decay)
+
+    if state is None:
+        if config.lr == "auto":
+            finding = _range_test(net, head, groups, trainable, config, optimizer_at, images(train_rows, augment),
+                                  preprocess, device, autocast, progress, recipe.range_steps)
+            recipe.set("lr", finding.suggestion, True, recipe_rules.describe_rate(finding))
+        else:
+            recipe.set("lr", float(config.lr), False)
+    if on_recipe:
+        on_recipe(recipe)
+    if state is None and on_epoch:
+        on_epoch(history[-1])
+    epochs = int(recipe["epochs"])
+    optimizer = optimizer_at(recipe["lr"])
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    scheduler = _with_warmup(optimizer, round(config.warmup * steps_per_epoch), lambda: make_schedule(
+        config.schedule, optimizer, recipe["lr"], max(math.ceil(epochs - config.warmup), 1), steps_per_epoch,
+        (max(1, epochs // 2), max(1, 3 * epochs // 4)), max(1, epochs // 2)))
     best_state, best_epoch, best_loss = snapshot_start, 0, history[0].val_loss if history else math.inf
     first = 1
     if state is not None:
@@ -414,76 +540,230 @@ def finetune(config: FinetuneConfig,
         best_state, best_epoch, best_loss = state["best"], int(state["best_epoch"]), float(state["best_loss"])
         history = [Epoch(**row) for row in json.loads(state["history"])]
         first = int(state["epoch"]) + 1
-        log.info("resuming %s after epoch %d", config.output, first - 1)
+        log.info("resuming after epoch %d", first - 1)
     skipped = 0  # images that could not be decoded (counted in the last epoch)
-    for epoch in range(first, config.epochs + 1):
+    for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation and dropout: this epoch's own stream
         loader = _loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
         blocks.set_train_mode(net, groups, trainable, config.bn)
         total = torch.zeros((), device=device)
         seen = skipped = 0
-        for i, (pixels, y, bad) in enumerate(loader):
+        for i, (pixels, yb, bad) in enumerate(loader):
             skipped += bad
             if pixels is None:
                 continue
-            y = y.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
             x = preprocess.batch(pixels.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
             with autocast():
-                loss = nn.functional.cross_entropy(net(x).float(), y)
+                loss = nn.functional.cross_entropy(net(x).float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += loss.detach() * len(y)  # no host sync inside the step
-            seen += len(y)
+            total += loss.detach() * len(yb)  # no host sync inside the step
+            seen += len(yb)
             if progress:
-                progress(f"epoch {epoch}/{config.epochs}", i + 1, len(loader))
+                progress(f"epoch {epoch}/{epochs}", i + 1, len(loader))
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         row = Epoch(epoch, float(total) / max(seen, 1), val_loss, val_acc,
                     max(g["lr"] for g in optimizer.param_groups), time.perf_counter() - t0)
         history.append(row)
         if val_loss < best_loss or not len(val_rows):  # without validation rows the last epoch is kept
             best_state, best_epoch, best_loss = blocks.snapshot(net), epoch, val_loss
-        _atomic_save({
-            "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {}, "start": snapshot_start,
-            "best": best_state, "best_epoch": best_epoch, "best_loss": best_loss,
-            "history": json.dumps([asdict(e) for e in history]),
-        }, resume_path)
+        if resume_path is not None:
+            _atomic_save({
+                "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {}, "start": snapshot_start,
+                "best": best_state, "best_epoch": best_epoch, "best_loss": best_loss,
+                "history": json.dumps([asdict(e) for e in history]), "recipe": json.dumps(recipe.to_dict()),
+            }, resume_path)
         if on_epoch:
             on_epoch(row)
-
     net.load_state_dict(best_state)
-    audit = blocks.audit(snapshot_start, net, groups)
-    best = next(e for e in history if e.epoch == best_epoch)
+    return Trained(net, data_config, preprocess, device, autocast, recipe, history, best_epoch,
+                   blocks.audit(snapshot_start, net, groups), trainable, finding, skipped,
+                   first - 1 if state is not None else 0)
+
+
+def _choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val, y_val,
+                  data_config, preprocess, device, n_classes) -> None:
+    """--flip and --augment: given, or from the probe's accuracy on views of held-out images.
+
+    The probe is the head just fitted (held-out rows: the validation images); without validation images, a
+    probe fitted on four fifths of the training images, checked on the rest."""
+    if config.flip != "auto" and config.augment != "auto":
+        recipe.set("flip", bool(config.flip), False)
+        recipe.set("augment", config.augment, False)
+        return
+    if len(val_rows):
+        W, b, held, y_held, X_held = head.weight, head.bias, val_rows, y_val, X_val
+    else:
+        from sklearn.model_selection import train_test_split
+
+        fit, held = train_test_split(np.arange(len(train_rows)), test_size=0.2, random_state=config.seed,
+                                     stratify=y if np.bincount(y).min() >= 2 else None)
+        probe = nn.Linear(X.shape[1], n_classes)
+        _linear_probe(probe, X[fit], y[fit], n_classes)
+        W, b, y_held, X_held, held = probe.weight, probe.bias, y[held], X[held], train_rows[held]
+
+    def correct(features: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = torch.from_numpy(features).float() @ W.detach().float().cpu().T + b.detach().float().cpu()
+        return (logits.argmax(1).numpy() == y_held)
+
+    def views(transform=None, mirror=False) -> np.ndarray:
+        torch.manual_seed(config.seed)
+        loader = _loader(Images([paths[i] for i in held], labels[held], preprocess, transform), config.batch_size,
+                         False, 0)
+        return _pooled(net, spec, loader, preprocess, device, mirror=mirror)[0]
+
+    originals = correct(X_held)
+    if config.flip == "auto":
+        check = recipe_rules.views_check(originals, correct(views(mirror=True)))
+        flip = not recipe_rules.flip_hurts(check)
+        recipe.set("flip", flip, True, f"the probe's accuracy on {check.images} held-out images is "
+                   f"{check.original:.3f}, mirrored {check.view:.3f}: " + (
+                       "mirroring keeps the class" if flip else "mirroring changes what they show; no flips"))
+    else:
+        recipe.set("flip", bool(config.flip), False)
+    if config.augment == "auto":
+        tried = []
+        chosen = "none"
+        for strength in recipe_rules.AUGMENT_ORDER:
+            check = recipe_rules.views_check(
+                originals, correct(views(train_transform(data_config, strength, recipe["flip"]))))
+            tried.append(f"{strength} views {check.view:.3f}")
+            if recipe_rules.augment_keeps(check):
+                chosen = strength
+                break
+        recipe.set("augment", chosen, True,
+                   f"the probe's accuracy on held-out originals {check.original:.3f}, on {', '.join(tried)}; "
+                   f"the strongest that keeps {recipe_rules.AUGMENT_KEEPS:.0%} of it"
+                   + ("" if chosen != "none" else ": none does, so no augmentation"))
+    else:
+        recipe.set("augment", config.augment, False)
+
+
+def _range_test(net, head, groups, trainable, config, optimizer_at, dataset, preprocess, device, autocast, progress,
+                steps: int):
+    """The learning-rate range test on the trainable network, from the probe; the weights are put back after."""
+    from ..classify.lr_find import range_test
+
+    saved = blocks.snapshot(net)
+    torch.manual_seed(config.seed)
+    # From a fresh head, as lr-find's rule expects: from the probe the training loss starts near its floor (the
+    # probe fits the training images) and has nowhere to fall, so its lowest point says nothing of the rate.
+    head.reset_parameters()
+    optimizer = optimizer_at(recipe_rules.RANGE_START)
+    blocks.set_train_mode(net, groups, trainable, config.bn)
+
+    def batches():
+        epoch = 0
+        while True:
+            for pixels, y, _ in _loader(dataset, config.batch_size, True, config.seed * 7919 + epoch):
+                if pixels is not None and len(y) > 1:
+                    yield pixels, y
+            epoch += 1
+
+    stream = batches()
+    done = [0]
+
+    def step(lr: float) -> float:
+        pixels, y = next(stream)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g["ratio"]
+        x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
+        with autocast():
+            loss = nn.functional.cross_entropy(net(x).float(), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done[0] += 1
+        if progress:
+            progress("learning-rate range test", done[0], steps)
+        return float(loss.detach())
+
+    try:
+        finding = range_test(step, recipe_rules.RANGE_START, recipe_rules.RANGE_END, steps, recipe_rules.RANGE_MAX)
+    finally:
+        net.load_state_dict(saved)
+    return recipe_rules.settle_rate(finding)
+
+
+def predict_rows(trained: Trained, paths: list, labels: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """Per image of ``rows``, whether the fine-tuned network gets it right (one that cannot be decoded: wrong)."""
+    loader = _loader(Images([paths[i] for i in rows], labels[rows], trained.preprocess), batch_size, False, 0)
+    correct = []
+    trained.net.eval()
+    with torch.inference_mode():
+        for pixels, y, bad in loader:
+            correct.append(np.zeros(bad, bool))
+            if pixels is None:
+                continue
+            x = trained.preprocess.batch(pixels.to(trained.device)).contiguous(memory_format=torch.channels_last)
+            with trained.autocast():
+                predicted = trained.net(x).float().argmax(1).cpu()
+            correct.append((predicted == y).numpy())
+    return np.concatenate(correct)
+
+
+def finetune(config: FinetuneConfig,
+             progress: Callable[[str, int, int], None] | None = None,
+             on_epoch: Callable[[Epoch], None] | None = None,
+             on_recipe: Callable[[recipe_rules.Recipe], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``config.model`` on the labelled images of ``config.input``; write the best epoch's checkpoint.
+
+    ``progress(phase, done, total)`` reports batches; ``on_epoch(row)`` each finished epoch (0: the linear probe);
+    ``on_recipe(recipe)`` the settings chosen, each with its reason, before the first fine-tuning epoch.
+
+    Raises:
+        UsageError: bad options or input, a head that is not linear, a stale ``<output>.resume`` without --resume.
+        WeightsError: as for extract.
+    """
+    t_start = time.perf_counter()
+    config = _check(replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute()))
+    resume_path = config.output.with_name(config.output.name + ".resume")
+    if resume_path.exists() and not config.resume:
+        raise UsageError(f"{str(resume_path)!r} holds an interrupted run: pass --resume to continue it, "
+                         "or delete the file to start again")
+    samples = discover(config.input)
+    classes = list(samples.classes)
+    train_rows, val_rows = _split(samples.labels, classes, config.val_size, config.seed)
+    paths = samples.files("finetune")
+    spec = models.resolve(config.model)
+    net, weights = models.load_model(spec, config.weights, config.seed)
+    trained = train(config, spec, net, paths, samples.labels, classes, train_rows, val_rows, progress, on_epoch,
+                    on_recipe, resume_path, _identity(config, spec, weights.sha256, classes))
+    best = next(e for e in trained.history if e.epoch == trained.best_epoch)
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    resolved.update({k: c.value for k, c in trained.recipe.choices.items()})
     meta = {
         "format": FORMAT, "format_version": 1, "model": spec.name, "weights": config.weights,
-        "base_weights_sha256": weights.sha256, "classes": classes, "data_config": data_config.to_json(),
-        "config": json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}),
-        "best_epoch": best_epoch, "val_loss": None if math.isnan(best.val_loss) else best.val_loss,
+        "base_weights_sha256": weights.sha256, "classes": classes,
+        "data_config": trained.data_config.to_json(), "config": json.dumps(resolved),
+        "recipe": json.dumps(trained.recipe.to_dict()),
+        "best_epoch": trained.best_epoch, "val_loss": None if math.isnan(best.val_loss) else best.val_loss,
         "val_accuracy": None if math.isnan(best.val_accuracy) else best.val_accuracy,
         "train_images": len(train_rows), "val_images": len(val_rows),
     }
-    _atomic_save({"state_dict": {k: v.cpu() for k, v in best_state.items()}, "featpipe": meta}, config.output)
+    _atomic_save({"state_dict": {k: v.cpu() for k, v in trained.net.state_dict().items()}, "featpipe": meta},
+                 config.output)
     resume_path.unlink(missing_ok=True)
-    timings["total"] = time.perf_counter() - t_start
-    return FinetuneResult(config.output, classes, history, best_epoch, audit, trainable, len(train_rows),
-                          len(val_rows), skipped, first - 1 if state is not None else 0, timings)
+    return FinetuneResult(config.output, classes, trained.history, trained.best_epoch, trained.audit,
+                          trained.trainable, len(train_rows), len(val_rows), trained.skipped, trained.resumed_from,
+                          {"total": time.perf_counter() - t_start}, trained.recipe, trained.lr_finding)
 
 
-def write_report(result: FinetuneResult, folder: Path) -> Path:
-    """``curves.png``: training and validation loss, and validation accuracy, per epoch (0: the linear probe)."""
+def write_report(result: FinetuneResult, folder: Path) -> list[Path]:
+    """``curves.png``: training and validation loss, and validation accuracy, per epoch (0: the linear probe);
+    ``lr_find.png``: the range test behind --lr auto, where it ran."""
     folder = Path(folder)
     if not folder.parent.is_dir():
         raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose another --report")
     folder.mkdir(exist_ok=True)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [e.epoch for e in result.history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     trained = [e for e in result.history if e.epoch > 0]
@@ -503,4 +783,11 @@ def write_report(result: FinetuneResult, folder: Path) -> Path:
     path = folder / "curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    written = [path]
+    if result.lr_finding is not None:
+        from ..classify.lr_find import plot_lr_find
+
+        plot_lr_find(result.lr_finding, folder / "lr_find.png",
+                     f"{result.output.name}: range test, fresh head (--lr auto)")
+        written.append(folder / "lr_find.png")
+    return written

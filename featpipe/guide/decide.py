@@ -4,11 +4,14 @@
  little data  classifier on last-layer features   classifier on an earlier layer
  much data    fine-tune the top blocks            fine-tune the whole network
 
-Data size: the median number of labelled images per class in the whole input.
-Below LITTLE_DATA_PER_CLASS a fine-tuned network overfits more easily than a
-linear classifier on frozen features does (the usual rule of thumb of the
-transfer-learning literature and tutorials, which fine-tune from about a
-thousand images per class).
+Data size is measured: on the sweep's folds the guide fine-tunes the network
+(featpipe/guide/tuning.py) and compares it, paired, with the best frozen layer.
+Fine-tuning that beats it by more than the noise (and by MIN_GAIN) means there is
+enough data to fine-tune ("much data"); otherwise frozen features serve ("little").
+The rule of thumb of the tutorials, LITTLE_DATA_PER_CLASS labelled images per
+class, is shown beside it as a reason, and decides only where fine-tuning could
+not be measured (--no-finetune, a feature file, too few images per class), with
+that label.
 
 Similarity is read off the layer sweep, on the user's own labels:
 - "different" when an earlier layer beats the last one by more than the noise
@@ -74,6 +77,7 @@ class Comparison:
     per_class_median: float
     curve_gain: float | None  # accuracy at 100% of the sample minus at 50%
     curve_noise: float | None
+    finetune: object | None = None  # guide.tuning.FinetuneMeasurement: measured, or why not
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Decision:
     strategy: str  # a key of STRATEGIES
     recommended_layer: str
     features_help: bool
-    curve: str  # "climbing" or "flat"
+    curve: str  # "climbing", "flat" or "can't tell"
     reasons: list[str] = field(default_factory=list)
     settle: str | None = None  # what would settle a "can't tell"
 
@@ -101,12 +105,29 @@ def _pts(x: float) -> str:
 def decide(c: Comparison) -> Decision:
     """Place the data in the 2x2 table and choose one strategy, with the reasons in words."""
     reasons = []
-    data_size = "little" if c.per_class_median < LITTLE_DATA_PER_CLASS else "much"
-    reasons.append(
-        f"{c.per_class_median:g} labelled images per class (median) is "
-        f"{'fewer' if data_size == 'little' else 'at least'} than the {LITTLE_DATA_PER_CLASS} where fine-tuning "
-        f"starts to pay: {data_size} data"
-    )
+    rule = "little" if c.per_class_median < LITTLE_DATA_PER_CLASS else "much"
+    ft = c.finetune
+    measured = ft is not None and ft.measured
+    if measured:
+        pays = ft.gain > max(ft.noise, MIN_GAIN)
+        data_size = "much" if pays else "little"
+        reasons.append(
+            f"fine-tuning reached {ft.mean:.3f} +- {ft.std:.3f} against {ft.frozen_mean:.3f} +- {ft.frozen_std:.3f} for "
+            f"{ft.layer} on the same {len(ft.folds)} folds (noise {_pts(ft.noise)}): "
+            + ("it pays" if pays else "it does not pay by more than the noise" if ft.gain > 0 else "it does not pay")
+        )
+        reasons.append(
+            f"{c.per_class_median:g} labelled images per class (median); the tutorials' rule of thumb "
+            f"({LITTLE_DATA_PER_CLASS} per class) would say {rule} data: the measurement decides"
+        )
+    else:
+        data_size = rule
+        why = f" ({ft.why_not})" if ft is not None and ft.why_not else ""
+        reasons.append(
+            f"{c.per_class_median:g} labelled images per class (median) is "
+            f"{'fewer' if data_size == 'little' else 'at least'} than the {LITTLE_DATA_PER_CLASS} where fine-tuning "
+            f"starts to pay, by the rule of thumb: fine-tuning was not measured{why}"
+        )
     features_help = c.pixels_gap is None or c.pixels_gap > c.pixels_noise
     if not features_help:
         reasons.append(
@@ -147,32 +168,46 @@ def decide(c: Comparison) -> Decision:
                            "class: to ImageNet's eyes they all look alike")
     curve = "flat"
     if c.curve_gain is not None:
-        climbing = c.curve_gain > max(c.curve_noise or 0.0, MIN_GAIN)
-        curve = "climbing" if climbing else "flat"
-        reasons.append(
-            f"from 50% to 100% of the sample the best layer gains {_pts(c.curve_gain)}: "
-            + ("still climbing, so more labelled images (or fine-tuning) will pay" if climbing else
-               "flat, so frozen features have saturated on this data")
-        )
+        curve = curve_verdict(c.curve_gain, c.curve_noise)
+        reasons.append(f"from 50% to 100% of the sample the best layer gains {_pts(c.curve_gain)} (noise "
+                       f"{_pts(c.curve_noise or 0.0)}): " + {
+                           "climbing": "still climbing, so more labelled images (or fine-tuning) may pay",
+                           "flat": "flat, so frozen features have saturated on this data",
+                           "can't tell": "can't tell whether it still climbs; more labelled images (or fine-tuning) "
+                                         "may pay",
+                       }[curve] + (" (the fine-tuning measurement above settles that one)"
+                                   if measured and curve != "flat" else ""))
     settle = None
-    if similarity == "can't tell":
+    if data_size == "much":
+        # Fine-tuning measured to pay wins over the table's similarity cell; otherwise the rule's cell.
+        strategy = "fine-tune-all" if (ft.recipe.get("unfreeze") == "all" if measured else similarity != "similar") \
+            else "fine-tune-top"
+        layer = c.best if c.gain > 0 else c.last  # for the frozen-feature baseline
+    elif similarity == "can't tell":
         strategy, layer = "can't tell", c.last
         settle = ("a larger sample (--sample 2000) narrows the noise; another model (--model a,b) may separate "
                   "the layers more clearly. Meanwhile the last layer is the safe default")
-    elif data_size == "little":
+    else:
         # Far from ImageNet, the lecture's advice is an earlier layer; where the last one still
         # measures best (pixels alone did the telling), the measurement wins.
         earlier = similarity == "different" and c.gain > 0
         strategy = "earlier-layer" if earlier else "last-layer"
         layer = c.best if earlier else c.last
-    else:
-        strategy = "fine-tune-top" if similarity == "similar" else "fine-tune-all"
-        layer = c.best if c.gain > 0 else c.last  # for the frozen-feature baseline
     return Decision(data_size, similarity, strategy, layer, features_help, curve, reasons, settle)
 
 
-def commands(input: str, model: str, weights: str, decision: Decision, from_features: bool) -> list[str]:
-    """The exact next commands: the frozen-feature route always, fine-tuning where it is the advice."""
+def curve_verdict(gain: float, noise: float | None) -> str:
+    """climbing: doubling the rows gained more than the noise and MIN_GAIN; flat: less than MIN_GAIN;
+    can't tell: more than MIN_GAIN, inside the noise."""
+    if gain > max(noise or 0.0, MIN_GAIN):
+        return "climbing"
+    return "flat" if gain <= MIN_GAIN else "can't tell"
+
+
+def commands(input: str, model: str, weights: str, decision: Decision, from_features: bool,
+             recipe: dict | None = None) -> list[str]:
+    """The exact next commands: the frozen-feature route always, fine-tuning where it is the advice, with the
+    recipe the guide measured (``recipe``: option name -> value) where it measured one."""
     q = shlex.quote
     layer = decision.recommended_layer
     weights_opt = "" if weights == "pretrained" else f" --weights {q(weights)}"
@@ -184,6 +219,11 @@ def commands(input: str, model: str, weights: str, decision: Decision, from_feat
             f"featpipe fit features.h5 -o model.skops --layer {q(layer)} --classifier logreg,linear",
         ]
     if decision.strategy.startswith("fine-tune") and not from_features:
-        unfreeze = "2" if decision.strategy == "fine-tune-top" else "all"
-        steps.append(f"featpipe finetune {q(input)} -o finetuned.pt --model {q(model)}{weights_opt} --unfreeze {unfreeze}")
+        if recipe:
+            from ..finetune.recipe import Choice, Recipe
+
+            options = " ".join(Recipe({k: Choice(v, False, "") for k, v in recipe.items()}).options())
+        else:
+            options = f"--unfreeze {'2' if decision.strategy == 'fine-tune-top' else 'all'}"
+        steps.append(f"featpipe finetune {q(input)} -o finetuned.pt --model {q(model)}{weights_opt} {options}")
     return steps

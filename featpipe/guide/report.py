@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import pyplot
 from ..errors import UsageError
 from .run import GuideResult
 
@@ -20,11 +21,7 @@ def write_report(result: GuideResult, folder: Path) -> list[Path]:
     if not folder.parent.is_dir():
         raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose another --report")
     folder.mkdir(exist_ok=True)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = [_sweep_plot(result, folder / "sweep.png", plt), _curve_plot(result, folder / "learning_curve.png", plt)]
     path = folder / "guide.json"
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

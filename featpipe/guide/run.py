@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import models
+from .._util import atomic_write, cache_dir
 from ..errors import RunConflictError, UsageError
 from ..extraction import ExtractConfig, extract
 from ..extraction.sources import discover
@@ -33,6 +33,7 @@ from . import decide as rules
 from .logme import logme
 from .probe import Folds, cv_accuracies, learning_curve, paired_noise
 from .sample import check_labels, stratified_sample
+from .tuning import FinetuneMeasurement
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class GuideConfig:
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/featpipe/guide (~/.cache/featpipe/guide)
     device: str = "auto"
     batch_size: int = 32
+    # Measure fine-tuning on the folds (guide/tuning.py). Off by default until its cheap run predicts the full
+    # run's ranking (on the digits it does not yet: docs/guide.md) within the guide's time; off, the rule decides.
+    finetune: bool = False
 
 
 @dataclass
@@ -121,6 +125,7 @@ class GuideResult:
     cv: int
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    finetune: FinetuneMeasurement | None = None
 
     @property
     def chosen(self) -> ModelReport:
@@ -149,6 +154,7 @@ class GuideResult:
             "head": chosen.head,
             "learning_curve": self.learning_curve,
             "learning_curve_verdict": d.curve,
+            "finetune": self.finetune.to_dict() if self.finetune else None,
             "models": [m.to_dict() for m in self.models],
             "commands": self.commands,
             "thresholds": rules.thresholds(),
@@ -159,8 +165,7 @@ class GuideResult:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "featpipe" / "guide"
+    return cache_dir("guide")
 
 
 # --- the sample -------------------------------------------------------------------------------------
@@ -217,12 +222,10 @@ def _sample_key(sample: _Sample) -> str:
 def _write_sample_csv(sample: _Sample, path: Path) -> None:
     if path.exists():
         return
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
         w.writerows((p, sample.classes[k]) for p, k in zip(sample.paths, sample.labels.tolist(), strict=True))
-    os.replace(tmp, path)
 
 
 # --- one model ----------------------------------------------------------------------------------------
@@ -244,7 +247,7 @@ def _plan(model: str, config: GuideConfig) -> tuple[list[str], bool]:
     head = config.weights == "pretrained" and (spec.source == "tv" or getattr(net, "num_classes", None) == 1000)
     if config.layers:
         return list(config.layers), head
-    crop = models.data_config(net, spec).crop
+    crop = models.eval_config(net, spec).crop
     return [*stage_layers(net, spec, crop), "pooled"], head
 
 
@@ -363,11 +366,31 @@ def guide(config: GuideConfig, progress: Callable[[str, int, int], None] | None 
         X_best = load(chosen.features).X(chosen.best.name)[rows]
         curve = learning_curve(X_best, y, folds, rules.CURVE_FRACTIONS, config.seed, full=chosen.best.folds)
         timings["learning_curve"] = time.perf_counter() - t0
-    decision = rules.decide(_comparison(chosen, curve, folds, sample.data))
-    commands = rules.commands(str(config.input), chosen.model, chosen.weights, decision, from_features)
+    t0 = time.perf_counter()
+    tuned = _measure_finetune(config, chosen, sample, rows, y, folds, from_features, progress)
+    timings["finetune"] = time.perf_counter() - t0
+    decision = rules.decide(_comparison(chosen, curve, folds, sample.data, tuned))
+    commands = rules.commands(str(config.input), chosen.model, chosen.weights, decision, from_features,
+                              tuned.recipe if tuned.measured else None)
     timings["total"] = time.perf_counter() - t_start
     return GuideResult(str(config.input), sample.data, reports, decision, _curve_rows(curve, folds), commands,
-                       config.cv, config.seed, timings)
+                       config.cv, config.seed, timings, tuned)
+
+
+def _measure_finetune(config: GuideConfig, chosen: ModelReport, sample: _Sample, rows: np.ndarray, y: np.ndarray,
+                      folds: Folds, from_features: bool, progress) -> FinetuneMeasurement:
+    """Fine-tuning against the best frozen layer on the sweep's folds, or why it was not measured."""
+    from ..finetune.recipe import VAL_SIZE
+    from . import tuning
+
+    why = tuning.check_options(config.finetune, from_features)
+    if why:
+        return tuning.skipped(why)
+    paths = [sample.paths[i] for i in rows]
+    return tuning.measure(chosen.model, chosen.weights, paths, y, sample.classes, folds, chosen.best.name,
+                          chosen.best.folds, config.device, config.batch_size, config.seed,
+                          (lambda phase, done, total: progress(phase, done, total)) if progress else None,
+                          full_train_images=int(round(sample.data["images"] * (1 - VAL_SIZE))))
 
 
 def _check_file_options(config: GuideConfig, fs: FeatureSet) -> None:
@@ -415,7 +438,8 @@ def _measure_model(model: str, weights: str, fs: FeatureSet, rows: np.ndarray, l
     return ModelReport(model, weights, scores, pixels, concat, head_stats, fs.path)
 
 
-def _comparison(chosen: ModelReport, curve: list[np.ndarray], folds: Folds, data: dict) -> rules.Comparison:
+def _comparison(chosen: ModelReport, curve: list[np.ndarray], folds: Folds, data: dict,
+                tuned: FinetuneMeasurement | None = None) -> rules.Comparison:
     """The differences the decision rests on, each with its noise."""
     best, last = chosen.best, chosen.last
     earlier = chosen.layers[:-1]
@@ -433,6 +457,7 @@ def _comparison(chosen: ModelReport, curve: list[np.ndarray], folds: Folds, data
         per_class_median=data["per_class_median"],
         curve_gain=float(np.mean(curve[-1]) - np.mean(curve[-2])),
         curve_noise=paired_noise(curve[-1], curve[-2], folds),
+        finetune=tuned,
     )
 
 

@@ -206,9 +206,9 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
                      "not an estimate of its accuracy on new images")
     recipe = [("network", f"{meta.get('model', config.model)} fine-tuned, epoch {result.best_epoch} kept"),
               ("trained", ", ".join(result.trainable)),
-              ("recipe", f"unfreeze {config.unfreeze}, {config.epochs} epochs, lr {config.lr:g} (decay "
-                         f"{config.lr_decay:g} per stage), {config.optimizer}, {config.schedule}, augment "
-                         f"{config.augment}, BatchNorm {config.bn}"),
+              ("recipe", " ".join(result.recipe.options()) + f" --optimizer {config.optimizer} --schedule "
+                         f"{config.schedule} --bn {config.bn} (each choice's reason: the run's output, or the "
+                         "checkpoint's recipe)"),
               ("checkpoint", str(result.output)),
               ("features", f"{out} (pooled, logits): `featpipe fit {out} -o model.skops` trains on them")]
     return ReportData("finetune", fs, "pooled", list(fs.classes), file_rows, labels, X, held, proba_all[held], judged,

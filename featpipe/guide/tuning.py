@@ -1,0 +1,213 @@
+"""The guide's fourth measurement: does fine-tuning beat the best frozen layer, on these images?
+
+On the same stratified sample and the same folds as the layer sweep, each of the
+first FOLDS folds fine-tunes the network on its training rows with finetune's own
+recipe (featpipe/finetune/recipe.py), every ``auto`` setting chosen on an inner
+validation split of those training rows; the fold's held-out rows are touched once,
+to score the kept epoch. The per-fold accuracies are then compared, paired, with the
+best frozen layer's on the same folds, with the sweep's noise (Nadeau-Bengio).
+
+To fit the guide's time, the measurement runs at most MAX_SIZE pixels and MAX_EPOCHS
+epochs, with a shorter range test: a cheaper run of the same recipe. That it ranks
+fine-tuning against frozen features as the full run does is what tests/test_guide.py
+and bench/guide_advice.py check (the digits: it pays; textures near ImageNet: it does not).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+FOLDS = 3  # of the sweep's folds: enough for a paired spread, within the guide's time
+MAX_SIZE = 96  # pixels: the measurement's input at most (the full run's recipe may use more)
+MAX_EPOCHS = 4
+INNER_VAL = 0.2  # of each fold's training rows: where the recipe and the epoch are chosen
+RANGE_STEPS = 30  # the range test's steps (the full run takes 60 over the same span)
+MIN_PER_CLASS = 5  # training images per class in a fold's inner split, to fit a probe and choose on held-out rows
+
+
+@dataclass
+class FinetuneMeasurement:
+    """What fine-tuning reached on the folds, against the best frozen layer on the same folds."""
+
+    measured: bool
+    why_not: str | None = None
+    layer: str | None = None  # the frozen layer compared with
+    folds: list[int] = field(default_factory=list)  # indexes of the sweep's folds used
+    accuracies: list[float] = field(default_factory=list)  # fine-tuned, per fold
+    frozen: list[float] = field(default_factory=list)  # the best frozen layer, the same folds
+    noise: float | None = None
+    recipe: dict = field(default_factory=dict)  # option -> value, as the printed command carries it
+    recipes: list[dict] = field(default_factory=list)  # each fold's recipe, with the reasons
+    seconds: float = 0.0
+    what: str = ""
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
+
+    @property
+    def frozen_mean(self) -> float:
+        return float(np.mean(self.frozen))
+
+    @property
+    def frozen_std(self) -> float:
+        return float(np.std(self.frozen, ddof=1)) if len(self.frozen) > 1 else 0.0
+
+    @property
+    def gain(self) -> float:
+        return self.mean - self.frozen_mean
+
+    def to_dict(self) -> dict:
+        if not self.measured:
+            return {"measured": False, "why_not": self.why_not}
+        return {"measured": True, "what": self.what, "layer": self.layer, "folds": self.folds,
+                "accuracies": self.accuracies, "mean": self.mean, "std": self.std, "frozen": self.frozen,
+                "frozen_mean": self.frozen_mean, "frozen_std": self.frozen_std, "gain": self.gain,
+                "noise": self.noise, "recipe": self.recipe, "recipes": self.recipes, "seconds": self.seconds}
+
+
+def skipped(why: str) -> FinetuneMeasurement:
+    return FinetuneMeasurement(False, why_not=why)
+
+
+def too_few(labels: np.ndarray, folds) -> str | None:
+    """Why the folds leave too few images per class to fine-tune and choose on an inner split, or None."""
+    smallest = min(int(np.bincount(labels[train]).min()) for train, _ in folds.splits[:FOLDS])
+    need = math.ceil(MIN_PER_CLASS / (1 - INNER_VAL)) + 1
+    if smallest < need:
+        return (f"a class has {smallest} training images in a fold, fewer than the {need} that fine-tuning with an "
+                f"inner validation split needs; a larger --sample (or more images of the smallest class) allows it")
+    return None
+
+
+def measure(model: str, weights: str, paths: list[str], labels: np.ndarray, classes: list[str], folds,
+            frozen_layer: str, frozen_folds: np.ndarray, device: str, batch_size: int, seed: int,
+            progress: Callable[[str, int, int], None] | None = None,
+            full_train_images: int | None = None) -> FinetuneMeasurement:
+    """Fine-tune on the first FOLDS folds' training rows; score each on its held-out rows.
+
+    The returned recipe is what the printed `featpipe finetune` command carries: the measured settings, with
+    the input size and the epochs a full run on ``full_train_images`` would take (the measurement's caps are
+    for its time, not advice).
+
+    Raises:
+        UsageError, WeightsError: as for finetune (a model without a linear head, say).
+    """
+    import torch
+
+    from .. import models
+    from ..finetune.train import FinetuneConfig, predict_rows, train
+    from .probe import Folds, paired_noise
+
+    t0 = time.perf_counter()
+    why = too_few(labels, folds)
+    if why:
+        return skipped(why)
+    spec = models.resolve(model)
+    base, _ = models.load_model(spec, weights, seed)
+    used = list(range(min(FOLDS, folds.k)))
+    config = FinetuneConfig(Path("."), Path("guide.pt"), model=model, weights=weights, device=device,
+                            batch_size=batch_size, seed=seed)
+    accuracies, recipes, full_sizes = [], [], []
+
+    def budget(recipe) -> None:
+        """The measurement's caps on the recipe: at most MAX_SIZE pixels, a shorter range test."""
+        size = recipe.choices["image_size"]
+        # The printed command's size: the measured one where a full run could choose it too, else the full run's.
+        full_sizes.append(max([k for k in recipe.size_candidates if k <= MAX_SIZE], default=size.value))
+        if size.value > MAX_SIZE:
+            recipe.set("image_size", MAX_SIZE, size.auto,
+                       f"{size.reason}; at most {MAX_SIZE} px in the guide's measurement")
+        recipe.size_candidates = sorted({min(k, MAX_SIZE) for k in recipe.size_candidates})
+        if len(recipe.size_candidates) == 1:
+            recipe.set("image_size", recipe.size_candidates[0], size.auto, recipe.choices["image_size"].reason)
+        recipe.range_steps = RANGE_STEPS
+
+    for k in used:
+        train_rows, test_rows = folds.splits[k]
+        inner_train, inner_val = _inner_split(train_rows, labels, seed + k)
+        fold_config = replace(config, epochs=_epochs(len(inner_train)))
+
+        def fold_progress(phase, done, total, k=k):
+            if progress:
+                progress(f"fine-tuning fold {k + 1}/{len(used)}: {phase}", done, total)
+
+        trained = train(fold_config, spec, copy.deepcopy(base), paths, labels, classes, inner_train, inner_val,
+                        progress=fold_progress, budget=budget)
+        correct = predict_rows(trained, paths, labels, test_rows, batch_size)
+        accuracies.append(float(correct.mean()))
+        recipes.append(trained.recipe.to_dict())
+        log.info("fold %d: fine-tuned %.3f, %s %.3f", k, accuracies[-1], frozen_layer, frozen_folds[k])
+        del trained
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    frozen = [float(frozen_folds[k]) for k in used]
+    noise = paired_noise(np.array(accuracies), np.array(frozen), Folds(tuple(folds.splits[k] for k in used)))
+    size = recipes[0]["image_size"]["value"]
+    recipe = _consensus(recipes)
+    recipe["image_size"] = max(set(full_sizes), key=full_sizes.count)
+    if full_train_images:
+        from ..finetune.recipe import epochs_for
+
+        recipe["epochs"] = epochs_for(full_train_images)[0]
+    return FinetuneMeasurement(
+        True, layer=frozen_layer, folds=used, accuracies=accuracies, frozen=frozen, noise=noise,
+        recipe=recipe, recipes=recipes, seconds=time.perf_counter() - t0,
+        what=(f"LP-FT ({recipes[0]['unfreeze']['value']} stages) at {size} px for at most {MAX_EPOCHS} epochs on "
+              f"{len(used)} of the {folds.k} folds; every auto setting chosen on an inner {INNER_VAL:.0%} of each "
+              "fold's training rows, the fold's held-out rows scored once"),
+    )
+
+
+def _inner_split(rows: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    inner_train, inner_val = train_test_split(rows, test_size=INNER_VAL, stratify=labels[rows], random_state=seed)
+    return np.sort(inner_train), np.sort(inner_val)
+
+
+def _epochs(train_images: int) -> int:
+    from ..finetune.recipe import epochs_for
+
+    return min(MAX_EPOCHS, epochs_for(train_images)[0])
+
+
+def _consensus(recipes: list[dict]) -> dict:
+    """One recipe for the printed command: each setting's most common value over the folds; the rate's
+    geometric mean (the folds' range tests differ by their data, not by what they measure)."""
+    out = {}
+    for name in recipes[0]:
+        values = [r[name]["value"] for r in recipes]
+        if name == "lr":
+            out[name] = float(np.exp(np.mean(np.log(values))))
+        else:
+            out[name] = max(set(map(repr, values)), key=[repr(v) for v in values].count)
+            out[name] = next(v for v in values if repr(v) == out[name])
+    return out
+
+
+def check_options(enabled: bool, from_features: bool) -> str | None:
+    """Why fine-tuning cannot be measured for this input, or None."""
+    if not enabled:
+        return "--finetune measures it, on 3 folds: minutes on a CPU"
+    if from_features:
+        return "the input is a feature file: fine-tuning needs the images"
+    return None
+
+
+__all__ = ["FinetuneMeasurement", "measure", "skipped", "check_options", "UsageError"]
