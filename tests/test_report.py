@@ -114,6 +114,20 @@ def test_cleanlab_finds_flipped_labels():
     assert np.all(issues.suggested[np.isin(issues.rows, flipped)] == y[issues.rows[np.isin(issues.rows, flipped)]])
 
 
+def test_label_issues_start_no_processes(monkeypatch):
+    """cleanlab's default n_jobs forks a pool per call (0.3 s of the digits report's 2.4 s): the report asks for none."""
+    import multiprocessing
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("find_label_issues started a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", refuse)
+    y = np.repeat(np.arange(3), 20)
+    X = np.random.default_rng(2).normal(0, 1, (60, 4)) + y[:, None] * 3
+    issues = label_issues.find(y, label_issues.out_of_fold_proba(X, y, 3))
+    assert issues.checked == 60
+
+
 def test_a_single_class_row_is_left_out_of_the_check():
     rng = np.random.default_rng(1)
     y = np.array([0] * 20 + [1] * 20 + [2])
