@@ -11,7 +11,10 @@
 
 A stage whose output is already complete is skipped: extraction by its own
 resume logic, fitting when the model file was trained on these very features
-with these very settings. A bad key or value is reported with its line.
+with these very settings. The fit's ``report`` folder gets the HTML report
+(``index.html``) whenever the fit runs, and when the fit is skipped but the
+folder has no report yet (no refit: the saved model is judged). A bad key or
+value is reported with its line.
 """
 from __future__ import annotations
 
@@ -195,18 +198,21 @@ class PipelineResult:
     extract: ExtractSummary
     fit: FitResult | None
     fit_skipped: bool
+    report: object | None = None  # featpipe.report.build.Report, where one was written
 
 
 def _prepare_outputs(pipeline: Pipeline) -> None:
     """Every output's folder exists (created if need be) and is writable, before any work starts."""
-    outputs = [("extract.output", pipeline.extract.output)]
+    outputs = [("extract.output", pipeline.extract.output, False)]  # (key, path, is a folder)
     if pipeline.fit is not None:
-        outputs += [("fit.output", pipeline.fit.output)]
+        outputs += [("fit.output", pipeline.fit.output, False)]
         if pipeline.fit.report is not None:
-            outputs += [("fit.report", Path(pipeline.fit.report))]
-    for key, path in outputs:
-        if path.is_dir():
+            outputs += [("fit.report", Path(pipeline.fit.report), True)]
+    for key, path, folder in outputs:
+        if path.is_dir() and not folder:
             raise UsageError(f"{pipeline.path}: {key} {str(path)!r} is a folder; give a file name")
+        if path.is_file() and folder:
+            raise UsageError(f"{pipeline.path}: {key} {str(path)!r} is a file; give a folder")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -224,6 +230,19 @@ def run_pipeline(pipeline: Pipeline, progress: Callable[[int, int], None] | None
     if pipeline.fit is None:
         return PipelineResult(summary, None, False)
     if _fit_is_current(pipeline.fit):
-        return PipelineResult(summary, None, True)
-    return PipelineResult(summary, fit(pipeline.fit, fingerprint=fit_fingerprint(pipeline.fit, pipeline.fit.features)),
-                          False)
+        return PipelineResult(summary, None, True, _report(pipeline.fit, fit_ran=False))
+    result = fit(pipeline.fit, fingerprint=fit_fingerprint(pipeline.fit, pipeline.fit.features))
+    return PipelineResult(summary, result, False, _report(pipeline.fit, fit_ran=True))
+
+
+def _report(config: FitConfig, fit_ran: bool):
+    """The fit's HTML report, where the pipeline asks for one: after a fit, or where a skipped fit's folder has
+    none yet (``report`` added to a finished pipeline, or the report deleted); else None."""
+    if config.report is None:
+        return None
+    from .report import from_fit
+    from .report.page import PAGE
+
+    if not fit_ran and (Path(config.report) / PAGE).is_file():
+        return None
+    return from_fit(config)

@@ -81,6 +81,29 @@ def test_run_skips_finished_stages(tmp_path):
     assert r.exit_code == 0 and "up to date" in r.stdout and "already complete" in r.stdout
 
 
+def test_run_writes_the_fits_report(tmp_path):
+    """[fit] report = DIR: the HTML report after the fit; a skipped fit leaves it, or makes it where it is missing."""
+    make_images(tmp_path / "images", classes=2, per_class=6)
+    path = tmp_path / "job.toml"
+    path.write_text('[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
+                    '[fit]\noutput = "m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\nreport = "rep"\n')
+    page = tmp_path / "rep" / "index.html"
+    first = run_pipeline(load_pipeline(path))
+    assert not first.fit_skipped and first.report.path == page and page.is_file()
+    assert (tmp_path / "rep" / "label_issues.csv").is_file() and (tmp_path / "rep" / "metrics.json").is_file()
+    made = page.stat().st_mtime_ns
+    again = run_pipeline(load_pipeline(path))  # the report's folder exists now: not a bad output path
+    assert again.fit_skipped and again.report is None and page.stat().st_mtime_ns == made
+    page.unlink()
+    r = CliRunner().invoke(app, ["run", str(path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "up to date" in r.stdout and f"report: {page}" in r.output and page.is_file()
+    (tmp_path / "taken").write_text("a file where the report's folder should be")
+    path.write_text(path.read_text().replace('report = "rep"', 'report = "taken"'))
+    with pytest.raises(UsageError, match="fit.report .* is a file; give a folder"):
+        run_pipeline(load_pipeline(path))
+
+
 def test_changed_images_make_the_fit_stale(tmp_path):
     """Finding 4 of issue 8: the fit fingerprint left out the images, so a re-extraction kept the old model."""
     import shutil

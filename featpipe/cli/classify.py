@@ -149,11 +149,10 @@ def fit_command(
     result = fit(config, progress=_search_progress if search else None)
     print_fit(result)
     if report is not None:
-        from ..report import from_model
+        from ..report import from_fit
         from .report import say_written
 
-        # The test rows are --test's file when there is one, else found again from the split the model records.
-        say_written(from_model(test or features, result.output, report, command="fit"))
+        say_written(from_fit(config))
 
 
 @app.command("evaluate")

@@ -27,5 +27,9 @@ def run_command(
         return
     if result.fit_skipped:
         typer.echo(f"{p.fit.output} is up to date with these features and settings: nothing to fit")
-        return
-    print_fit(result.fit)
+    else:
+        print_fit(result.fit)
+    if result.report is not None:
+        from .report import say_written
+
+        say_written(result.report)

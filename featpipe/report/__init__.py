@@ -40,6 +40,12 @@ def from_model(features: str | Path, model: str | Path, folder: str | Path, comm
     return build(data, folder, existing_figures(folder))
 
 
+def from_fit(config):
+    """The report of the fit just run with ``config`` (a FitConfig with ``report`` set), into that folder:
+    judged on ``config.test`` where there is one, else on the test rows of the split the model records."""
+    return from_model(config.test or config.features, config.output, config.report, command="fit")
+
+
 def from_guide(result, folder: str | Path):
     """The report of a guide run (its sample, predicted out of fold), beside its sweep and learning curve."""
     from .build import build
