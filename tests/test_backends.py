@@ -178,3 +178,16 @@ def test_pipelines_take_a_backend(tmp_path):
     path.write_text('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nbackend = "onnx"\n')
     with pytest.raises(UsageError, match=r"p.toml:5: extract.backend must be one of auto, torch, openvino, got 'onnx'"):
         load_pipeline(path)
+
+
+def test_a_forward_bound_cpu_run_on_torch_is_pointed_to_openvino(tmp_path):
+    from featpipe.extraction.config import ExtractSummary, bottleneck
+
+    def advice(backend: str, timings: dict) -> str:
+        s = ExtractSummary(tmp_path, 10, 0, 10, 0, 1.0, timings, backend=backend)
+        return bottleneck(s)[2]
+
+    cpu = {"decode": 0.1, "forward": 0.9}
+    assert "--backend openvino" in advice("torch 2.5.1", cpu)
+    assert "--backend openvino" not in advice("openvino 2026.4.1", cpu)
+    assert "--backend openvino" not in advice("torch 2.5.1", {**cpu, "copy": 0.1})  # a GPU run

@@ -207,10 +207,9 @@ _ADVICE = {
               "--decode fast for photos much larger than the network's input; --decode gpu on a GPU",
     "gpu_decode": "nvJPEG decoding and resizing on the GPU: larger batches (--batch-size auto), or "
                   "--decode exact to share the work with the CPU's cores",
-    "forward": "the network's forward pass: --backend openvino on the CPU (featpipe[cpu]; auto picks it for runs of "
-               "256 images or more), --precision bf16 on a CPU with AVX512-BF16 or AMX, a GPU instead of the CPU, "
-               "--precision bf16 or fp16 on a GPU, "
-               "more GPUs (--devices all), or a smaller model",
+    "forward": "the network's forward pass: --precision bf16 on a CPU with AVX512-BF16 or AMX, a GPU instead of the "
+               "CPU, --precision bf16 or fp16 on a GPU, more GPUs (--devices all), or a smaller model",
+
     "copy": "host-to-device copies: larger batches; --decode gpu sends compressed JPEGs instead of pixels",
     "write": "writing features: fewer or smaller layers (--pool, --layer), --dtype float16",
 }
@@ -229,7 +228,11 @@ def bottleneck(summary: ExtractSummary) -> tuple[str, float, str] | None:
     if not busy:
         return None
     stage = max(busy, key=busy.get)
-    return stage, busy[stage], _ADVICE[stage]
+    advice = _ADVICE[stage]
+    if stage == "forward" and summary.backend.startswith("torch") and "copy" not in t:  # a CPU run on torch
+        advice = advice.replace(": ", ": --backend openvino (featpipe[cpu]; auto takes it for runs of 256 images or "
+                                "more), ", 1)
+    return stage, busy[stage], advice
 
 
 def summary_of(output: Path, computed: int, resumed: int, seconds: float, timings: dict,
