@@ -202,16 +202,13 @@ def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int):
-    """Batches of ``dataset``, decoded and transformed in one worker process beside the network's threads.
+    """Batches of ``dataset`` in this process, shuffled by ``seed``: an epoch's order is the same in every run.
 
-    The worker runs torch with one thread (DataLoader's rule for its workers): per-image resizes and rotations
-    are too small to share between threads, and in the training process they would contend with the
-    network's own threads (measured 15x slower per image on a busy 2-core machine). Its random stream comes
-    from ``seed`` (the loader's generator), so an epoch's views are the same in every run."""
+    No worker processes: a fork of a process that has loaded OpenVINO's thread pool (extract --backend) crashed
+    the parent (tests/test_backends.py then tests/test_finetune.py, SIGSEGV)."""
     gen = torch.Generator().manual_seed(seed)
-    workers = 1 if len(dataset) > batch_size else 0  # a process costs more than a batch or two
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       collate_fn=collate, num_workers=workers)
+                                       collate_fn=collate, num_workers=0)
 
 
 def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device,
