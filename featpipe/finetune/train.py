@@ -426,6 +426,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
             raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
                              "delete it to start again, or run the command that made it")
     model_cfg = models.eval_config(net, spec)
+    model_crop_pct = _model_crop_pct(model_cfg)
     recipe = recipe_rules.Recipe()
     if state is not None:
         recipe = recipe_rules.Recipe.from_dict(json.loads(state["recipe"]))
@@ -433,10 +434,10 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         train_paths = [paths[i] for i in train_rows]
         framing = None
         if "auto" in (config.image_size, config.crop_pct):
-            framing = recipe_rules.measure_framing(train_paths, _model_crop_pct(model_cfg), config.seed)
-        recipe_rules.frame(framing, model_cfg.crop[0], _model_crop_pct(model_cfg),
+            framing = recipe_rules.measure_framing(train_paths, model_crop_pct, config.seed)
+        recipe_rules.frame(framing, model_cfg.crop[0], model_crop_pct,
                            model_cfg.crop[0] if config.image_size is None else config.image_size,
-                           round(_model_crop_pct(model_cfg), 4) if config.crop_pct is None else config.crop_pct, recipe)
+                           round(model_crop_pct, 4) if config.crop_pct is None else config.crop_pct, recipe)
         if config.epochs == "auto":
             epochs, why = recipe_rules.epochs_for(len(train_rows))
             recipe.set("epochs", epochs, True, why)

@@ -19,6 +19,7 @@ import copy
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -159,7 +160,7 @@ def measure(model: str, weights: str, paths: list[str], labels: np.ndarray, clas
     noise = paired_noise(np.array(accuracies), np.array(frozen), Folds(tuple(folds.splits[k] for k in used)))
     size = recipes[0]["image_size"]["value"]
     recipe = _consensus(recipes)
-    recipe["image_size"] = max(set(full_sizes), key=full_sizes.count)
+    recipe["image_size"] = _most_common(full_sizes)
     if full_train_images:
         from ..finetune.recipe import epochs_for
 
@@ -195,9 +196,13 @@ def _consensus(recipes: list[dict]) -> dict:
         if name == "lr":
             out[name] = float(np.exp(np.mean(np.log(values))))
         else:
-            out[name] = max(set(map(repr, values)), key=[repr(v) for v in values].count)
-            out[name] = next(v for v in values if repr(v) == out[name])
+            out[name] = _most_common(values)
     return out
+
+
+def _most_common(values: list):
+    """The most frequent value; a tie goes to the earliest fold's."""
+    return Counter(values).most_common(1)[0][0]
 
 
 def check_options(enabled: bool, from_features: bool) -> str | None:
