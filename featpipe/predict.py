@@ -19,6 +19,7 @@ from .classify import load_classifier
 from .classify.rows import FileRows, predict_proba_rows
 from .errors import UsageError
 from .extraction import ExtractConfig, extract
+from .settings import PREDICT, PREDICTIONS_CSV
 from .store import load
 
 FEATURE_SUFFIXES = (".h5", ".hdf5")
@@ -39,7 +40,9 @@ class Predictions:
         return [self.class_names[int(i)] if v else "" for i, v in zip(np.nan_to_num(self.proba).argmax(1), self.valid, strict=True)]
 
     def write_csv(self, out: TextIO, top_k: int = 3) -> None:
-        k = max(1, min(top_k, self.proba.shape[1]))
+        """One row per sample: the most probable class and the ``top_k`` most probable (all, if fewer)."""
+        PREDICTIONS_CSV.check(top_k=top_k)
+        k = min(top_k, self.proba.shape[1])
         w = csv.writer(out)
         w.writerow(["path", "predicted", "probability", "top_k", "error"])
         for i, path in enumerate(self.paths):
@@ -66,6 +69,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
         UsageError: features of another extractor, weights that are no longer where they were, bad input.
         FormatError: a model file that is corrupt or not featpipe's.
     """
+    PREDICT.check(batch_size=batch_size)
     source = Path(input)
     if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
         return _predict_finetuned(Path(model), source, device, batch_size)

@@ -121,7 +121,7 @@ def test_backend_choices(monkeypatch):
     assert backends.resolve("auto", "cpu", "fp32") == "openvino"
     assert backends.resolve("auto", "cuda", "fp32") == "torch"
     assert backends.resolve("auto", "cpu", "fp16") == "torch"
-    with pytest.raises(UsageError, match="--backend must be one of auto, torch, openvino"):
+    with pytest.raises(UsageError, match="ExtractConfig.backend must be one of auto, torch, openvino"):
         backends.resolve("onnx", "cpu", "fp32")
     with pytest.raises(UsageError, match="runs on the CPU, not cuda"):
         backends.resolve("openvino", "cuda", "fp32")

@@ -78,7 +78,7 @@ def test_max_failures_rejects_nonsense(text):
     from featpipe.cli.extract import parse_max_failures
     from featpipe.errors import UsageError
 
-    with pytest.raises(UsageError, match="max-failures"):
+    with pytest.raises(UsageError, match="max.failures must be a count"):
         parse_max_failures(text)
 
 

@@ -186,10 +186,10 @@ def test_resampler_is_recorded_and_close_to_pillow(tmp_path, image_folder):
         ({"layers": ("fc8",)}, "featpipe layers"),
         ({"layers": ("fc7",)}, "only for AlexNet and VGG"),
         ({"output": Path("/no/such/folder/x.h5")}, "does not exist"),
-        ({"batch_size": 0}, "batch-size"),
-        ({"dtype": "int8"}, "dtype"),
+        ({"batch_size": 0}, r"ExtractConfig\.batch_size must be at least 1 or auto, got 0"),
+        ({"dtype": "int8"}, r"ExtractConfig\.dtype must be one of float32, float16, got 'int8'"),
         ({"device": "tpu"}, "device"),
-        ({"resampler": "cv2"}, "resampler"),
+        ({"resampler": "cv2"}, r"ExtractConfig\.resampler must be one of"),
     ],
 )
 def test_bad_arguments_are_usage_errors(tmp_path, image_folder, kw, match):

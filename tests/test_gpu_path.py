@@ -220,7 +220,7 @@ def test_batch_size_is_a_count_or_auto(tmp_path, image_folder):
     from featpipe.errors import UsageError
 
     for bad in (0, "big", 2.5):
-        with pytest.raises(UsageError, match="--batch-size must be"):
+        with pytest.raises(UsageError, match=r"ExtractConfig\.batch_size must be at least 1 or auto, got"):
             extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
                                   batch_size=bad))
 

@@ -134,7 +134,7 @@ def test_resampler_choice():
     assert resolve_resampler("pil", "bilinear") == "pil"
     with pytest.raises(UsageError, match="--resampler pil"):
         resolve_resampler("torch", "nearest")
-    with pytest.raises(UsageError, match="must be one of"):
+    with pytest.raises(UsageError, match="resampler must be one of auto, torch, pil, got 'cv2'"):
         resolve_resampler("cv2", "bilinear")
 
 

@@ -119,9 +119,10 @@ def test_views_follow_incremental_updates_and_are_part_of_the_identity(tmp_path,
 
 
 def test_bad_view_options_are_one_line(tmp_path, image_folder):
-    for kw, match in (({"tta": "ten"}, "--tta must be one of none, flip, crops"),
-                      ({"augment": -1}, "--augment must be a number of views"),
-                      ({"augment": 2, "augment_strength": "huge"}, "--augment-strength must be one of")):
+    for kw, match in (({"tta": "ten"}, "ExtractConfig.tta must be one of none, flip, crops, got 'ten'"),
+                      ({"augment": -1}, "ExtractConfig.augment must be at least 0, got -1"),
+                      ({"augment": 2, "augment_strength": "huge"},
+                       "ExtractConfig.augment_strength must be one of light, standard, strong")):
         with pytest.raises(UsageError, match=match):
             extract(config(image_folder, tmp_path / "x.h5", **kw))
 

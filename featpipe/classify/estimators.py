@@ -18,20 +18,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from ..errors import UsageError
+from ..settings import CLASSIFIERS, HEADS
 from .heads import LinearHead, MLPHead
 
-CLASSIFIERS = {
-    "logreg": "multinomial logistic regression, L2 (lbfgs)",
-    "rf": "random forest",
-    "nb": "Gaussian naive Bayes, probabilities calibrated (sigmoid)",
-    "svm": "linear SVM with calibrated probabilities",
-    "knn": "k nearest neighbours, cosine distance",
-    "linear": "PyTorch linear softmax head (the new last layer)",
-    "mlp": "PyTorch MLP head: one hidden layer, batch norm or SELU, dropout",
-}
-
-# Classifiers that can train from rows streamed out of the feature file.
-STREAMING = ("linear", "mlp")
+# Classifiers that can train from rows streamed out of the feature file: the PyTorch heads.
+STREAMING = HEADS
 # From the simplest model to the most flexible: model selection breaks ties towards the front.
 # Linear models first (logistic regression is convex and calibrated), then naive Bayes (quadratic
 # boundaries), then the ones that memorise (knn) or grow capacity with the data (rf, mlp).

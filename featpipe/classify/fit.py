@@ -22,10 +22,10 @@ from sklearn.pipeline import Pipeline
 from .._util import available_memory, pyplot
 from ..errors import FeatpipeError, UsageError
 from ..files import classifier as modelfile
+from ..settings import FIT, HEAD, told_by_option
 from ..store import FeatureSet, load
 from .classes import rows_for_model
 from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
-from .heads import OPTIMIZERS, SCHEDULES
 from .metrics import evaluate_rows, plot_confusion
 from .rows import FileRows, Rows, labelled_file_rows, with_views
 from .search import SearchProgress, check_folds, cross_validate, random_search
@@ -41,8 +41,8 @@ class HeadSettings:
     """Training settings of the PyTorch heads (`linear`, `mlp`); None keeps each head's default."""
 
     lr: float | None = None
-    optimizer: str | None = None  # sgd, momentum, nesterov, rmsprop, adam
-    schedule: str | None = None  # constant, step, cyclic, sgdr
+    optimizer: str | None = None  # settings.OPTIMIZERS
+    schedule: str | None = None  # settings.SCHEDULES
     epochs: int | None = None
     batch_size: int | None = None
     weight_decay: float | None = None
@@ -53,17 +53,8 @@ class HeadSettings:
         return {names.get(k, k): v for k, v in vars(self).items() if v is not None}
 
     def check(self) -> None:
-        """Raises UsageError naming the option, its allowed values and the value given."""
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("lr", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be greater than 0, got {value}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise UsageError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        """Raises SettingError naming the field (``HeadSettings.lr``), its allowed values and the value given."""
+        HEAD.check(self)
 
 
 @dataclass(frozen=True)
@@ -156,7 +147,7 @@ def _split(config: FitConfig, fs: FeatureSet, rows: Rows, test: Rows | None) -> 
     """Training and test rows: the --test file's, or a stratified split of ``rows``."""
     if test is not None:
         return rows, test
-    y = rows.labels  # (config's values are checked by check_settings)
+    y = rows.labels  # (config's values are checked by check_config)
     counts = np.bincount(y)
     small = [fs.classes[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
     if small:
@@ -178,8 +169,7 @@ def split_positions(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndar
 def validation_split(rows: Rows, size: float, seed: int) -> tuple[Rows, Rows]:
     """(rows to fit on, rows to compare on): ``size`` of every class held out, at least one row of each
     class that has two or more, none of a class with a single row (it stays in the fitting part)."""
-    if not 0 < size < 1:
-        raise UsageError(f"--validation-size must be between 0 and 1, got {size}")
+    FIT.check_value("validation_size", size)
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(rows.labels):
@@ -274,27 +264,20 @@ def _with_paths(config: FitConfig) -> FitConfig:
     return replace(config, **as_path)
 
 
-def check_settings(config: FitConfig) -> None:
-    """The settings' own values, checked before any file is read (`fit` first of all; a pipeline when it is
-    loaded, so that a bad value gets its TOML line). Messages name the command-line option.
+def check_config(config: FitConfig) -> None:
+    """The settings' own values, checked before any file is read: each field against its constraint
+    (settings.FIT, and settings.HEAD for ``config.head``), then whether the head settings apply.
 
     Raises:
-        UsageError: an unknown classifier, a size outside (0, 1), --cv below 2, --search below 1, bad head settings.
+        SettingError: an unknown classifier, a size outside (0, 1), cv below 2, search below 1, bad head settings;
+            named ``FitConfig.<field>`` or ``HeadSettings.<field>``.
+        UsageError: head settings without a head to train.
     """
-    for name in config.classifiers:
-        try:
-            make_classifier(name)  # unknown names fail before any training
-        except UsageError as exc:
-            raise UsageError(f"--classifier: {exc}") from None
-    if config.test is None and not 0 < config.test_size < 1:
-        raise UsageError(f"--test-size must be between 0 and 1, got {config.test_size}")
-    if not 0 < config.validation_size < 1:
-        raise UsageError(f"--validation-size must be between 0 and 1, got {config.validation_size}")
-    if config.cv is not None and config.cv < 2:
-        raise UsageError(f"--cv must be at least 2, got {config.cv}")
-    if config.search is not None and config.search < 1:
-        raise UsageError(f"--search must be at least 1, got {config.search}")
+    FIT.check(config, skip=("test_size",) if config.test is not None else ())  # a test file replaces the split
     _head_params(config)
+
+
+check_settings = told_by_option(check_config)  # pipeline.py's, until it names its keys from SettingError
 
 
 def _head_params(config: FitConfig) -> dict:
@@ -342,7 +325,7 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     config = _with_paths(config)
     if config.output is None:
         raise UsageError("fit needs --output/-o, the model file to write (only --sanity runs without one)")
-    check_settings(config)
+    check_config(config)
     head = config.head.params()
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
@@ -460,10 +443,9 @@ def sanity_check(config: FitConfig) -> list[tuple[str, float, int]]:
     features or labels, or far too much regularisation.
     """
     config = _with_paths(config)
+    FIT.check_value("classifiers", config.classifiers)
     fs = load(config.features)
     layer = fs.resolve_layer(config.layer)
-    for name in config.classifiers:
-        make_classifier(name)
     head = _head_params(config)
     rows, skipped = labelled_file_rows(fs, layer, "training")
     if not len(rows):

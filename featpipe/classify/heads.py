@@ -20,11 +20,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from ..settings import OPTIMIZERS, SCHEDULES
 from .rows import ArrayRows, Rows
 
 _SEEDED_FIT = threading.Lock()
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
-SCHEDULES = ("constant", "step", "cyclic", "sgdr", "cosine")
 
 
 def _param_groups(net: nn.Module, weight_decay: float) -> list[dict]:

@@ -21,7 +21,8 @@ from torch import nn
 
 from .._util import pyplot
 from ..errors import UsageError
-from .heads import OPTIMIZERS, LinearHead, MLPHead, lone_rows_train, make_optimizer
+from ..settings import LR_FIND
+from .heads import LinearHead, MLPHead, lone_rows_train, make_optimizer
 from .rows import Rows
 
 RULE = "a tenth of the rate at the lowest smoothed loss"
@@ -59,12 +60,9 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
     Raises:
         UsageError: bad range, step count, head or optimizer.
     """
-    if head not in ("linear", "mlp"):
-        raise UsageError(f"lr-find trains a PyTorch head: --classifier linear or mlp, got {head!r}")
-    if optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if not (0 < start < end) or steps < 10:
-        raise UsageError(f"need 0 < start < end and at least 10 steps, got {start}, {end}, {steps}")
+    LR_FIND.check(head=head, optimizer=optimizer, steps=steps, batch_size=batch_size)
+    if not 0 < start < end:
+        raise UsageError(f"lr_find needs 0 < start < end, got start={start}, end={end}")
     classes, y_idx = np.unique(rows.labels, return_inverse=True)
     scaler = StandardScaler()  # standardised, as the fitted pipelines are
     for x, _ in rows.blocks():

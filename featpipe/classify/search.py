@@ -13,6 +13,7 @@ from sklearn.base import clone
 from sklearn.model_selection import ParameterSampler, StratifiedKFold, cross_val_score
 
 from ..errors import UsageError
+from ..settings import FIT
 
 # Ranges per classifier, for the final pipeline step ("clf").
 SPACES = {
@@ -72,8 +73,7 @@ def random_search(name: str, model, X, y, trials: int, folds: int, seed: int, fi
     Returns (the best configuration, unfitted, tried rows best first). ``progress`` is called after
     each trial.
     """
-    if trials < 1:
-        raise UsageError(f"--search must be at least 1, got {trials}")
+    FIT.check_value("search", trials)
     space = {k: v for k, v in SPACES[name].items() if k.removeprefix("clf__") not in (fixed or {})}
     if name == "knn" and smallest_class is not None:
         space["clf__n_neighbors"] = randint(1, max(1, min(50, smallest_class)) + 1)

@@ -98,10 +98,29 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except FeatpipeError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {_told_here(exc)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def _told_here(exc: FeatpipeError) -> str:
+    """The message, with a setting named by this command's option (--batch-size) where the command has one;
+    a setting the command has no option for keeps its Python name (ExtractConfig.batch_size)."""
+    from ..settings import SettingError
+
+    if isinstance(exc, SettingError):
+        ctx = click_context()
+        if ctx is not None and any(exc.option in p.opts for p in ctx.command.params):
+            return exc.told_as(exc.option)
+    return str(exc)
+
+
+def click_context():
+    """The running command's click context, or None outside a command; from click, or from typer's own copy of
+    click (0.26 on), wherever typer.Context's base class lives."""
+    package = typer.Context.__mro__[1].__module__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{package}.globals").get_current_context(silent=True)
 
 
 @app.callback()

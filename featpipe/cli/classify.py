@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,12 +10,13 @@ import typer
 from ..classify import CLASSIFIERS, FitConfig, fit, load_classifier
 from ..classify.classes import evaluate_file
 from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_report
-from ..classify.heads import OPTIMIZERS, SCHEDULES
 from ..classify.rows import labelled_file_rows
 from ..errors import UsageError
 from ..predict import predict
+from ..settings import HEADS, OPTIMIZERS, PREDICTIONS_CSV, SCHEDULES
 from ..store import load
 from . import app, user_errors
+from ._common import choices
 
 
 def _table(result: FitResult) -> str:
@@ -91,9 +91,10 @@ def _writable(path: Path | None, option: str) -> None:
                          f"another {option}")
 
 
-# The heads' choices as CLI enums, from the one list the heads check against.
-Optimizer = Enum("Optimizer", {name: name for name in OPTIMIZERS}, type=str)
-Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
+# The heads' choices, from the library's lists.
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Schedule = choices("Schedule", SCHEDULES)
+Head = choices("Head", HEADS)
 
 
 def _search_table(row: FitRow, shown: int = 10) -> str:
@@ -192,8 +193,7 @@ def predict_command(
     """Predict the class of every image: from a feature file, or from images (extracted with the model's extractor)."""
     _writable(output, "--output")
     _writable(features, "--features")
-    if top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    PREDICTIONS_CSV.check(top_k=top_k)  # before any work
     result = predict(model, input, device=device, batch_size=batch_size, features_out=features)
     if output is None:
         result.write_csv(sys.stdout, top_k)
@@ -208,8 +208,8 @@ def predict_command(
 def lr_find_command(
     features: Annotated[Path, typer.Argument(help="A labelled feature file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Plot of loss versus learning rate (PNG).")] = Path("lr_find.png"),
-    classifier: Annotated[str, typer.Option(help="The head to test: linear or mlp.")] = "linear",
-    optimizer: Annotated[str, typer.Option(help="sgd, momentum, nesterov, rmsprop or adam.")] = "adam",
+    classifier: Annotated[Head, typer.Option(help="The head to test.")] = Head.linear,
+    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,
     layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
     steps: Annotated[int, typer.Option(help="Pace of the sweep: mini-batches over which the rate grows from 1e-8 to 1; it goes on until the loss diverges.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Rows per mini-batch.")] = 64,
@@ -219,6 +219,7 @@ def lr_find_command(
     from ..classify.lr_find import lr_find, plot_lr_find
 
     _writable(output, "--output")
+    classifier, optimizer = classifier.value, optimizer.value
     fs = load(features)
     name = fs.resolve_layer(layer)
     rows, skipped = labelled_file_rows(fs, name, "lr-find")

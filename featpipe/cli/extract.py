@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -14,58 +12,24 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .. import settings
 from ..errors import UsageError
 from . import app, user_errors
+from ._common import choices
 
 if TYPE_CHECKING:
     from ..extraction import ExtractSummary
 
 
-class Pool(str, Enum):
-    avg = "avg"
-    max = "max"
-
-
-class Resampler(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    pil = "pil"
-
-
-class Decode(str, Enum):
-    exact = "exact"
-    fast = "fast"
-    gpu = "gpu"
-    auto = "auto"
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    openvino = "openvino"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-
-
-class TTA(str, Enum):
-    none = "none"
-    flip = "flip"
-    crops = "crops"
-
-
-class Strength(str, Enum):
-    light = "light"
-    standard = "standard"
-    strong = "strong"
+# The options' choices, from the library's lists.
+Pool = choices("Pool", settings.POOLS)
+Resampler = choices("Resampler", settings.RESAMPLERS)
+Decode = choices("Decode", settings.DECODES)
+Backend = choices("Backend", settings.BACKENDS)
+Precision = choices("Precision", settings.PRECISIONS)
+Dtype = choices("Dtype", settings.DTYPES)
+TTA = choices("TTA", settings.TTAS)
+Strength = choices("Strength", settings.STRENGTHS)
 
 
 def parse_batch_size(text: str) -> int | str:
@@ -92,10 +56,7 @@ def parse_max_failures(text: Optional[str]) -> int | float | None:
             value = int(text)
     except ValueError:
         raise UsageError(hint) from None
-    if isinstance(value, float) and not (math.isfinite(value) and 0 <= value <= 1):
-        raise UsageError(hint)
-    if isinstance(value, int) and value < 0:
-        raise UsageError(hint)
+    settings.EXTRACT.check_value("max_failures", value)  # the range: the library's own check, at once
     return value
 
 

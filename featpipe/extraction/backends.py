@@ -25,10 +25,10 @@ import numpy as np
 from .. import identity
 from .._util import atomic_write, cache_dir, cpu_cores, installed_version
 from ..errors import UsageError
+from ..settings import EXTRACT
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "openvino")
 # Exactness (tests/test_backends.py checks it on real Lite0 weights and the classic architectures):
 # fp32 features within FP32_RTOL of PyTorch's, relative to the row's largest magnitude (a feature near zero has
 # no relative error to speak of), and a cosine per row of at least FP32_MIN_COSINE. bf16 against fp32: a cosine
@@ -45,8 +45,8 @@ class ConversionError(Exception):
 
 
 def check_backend(choice: str) -> None:
-    if choice not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    """One of settings.BACKENDS."""
+    EXTRACT.check_value("backend", choice)
 
 
 def openvino_version() -> str | None:

@@ -4,7 +4,6 @@ stage that bounded it and what would help).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,14 +12,11 @@ from typing import Any
 
 from .. import identity, models
 from ..errors import UsageError
-from ..models.data_config import check_decode, check_resampler
+from ..settings import EXTRACT, told_by_option
 from ..store import load
-from .backends import check_backend
 from .decode import MAX_PIXELS
 from .parts import PartStore
 from .views import ViewSpec
-
-DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class ExtractConfig:
     precision: str = "fp32"
     backend: str = "auto"  # auto, torch or openvino: what runs the CPU's forward pass (extraction/backends.py)
     resampler: str = "auto"  # auto, torch or pil: see extraction/preprocess.py
-    decode: str = "exact"  # exact, fast, gpu or auto: see models/data_config.py DECODES
+    decode: str = "exact"  # exact, fast, gpu or auto (settings.DECODES): see models/data_config.py
     dtype: str = "float32"
     seed: int = 0
     partition_size: int | None = None  # default: about 50 partitions, at most executors.MAX_PARTITION rows
@@ -104,40 +100,23 @@ class ExtractSummary:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
-def check_settings(config: ExtractConfig) -> None:
-    """The settings' own values, checked before any file is touched (`extract` first of all; a pipeline when
-    it is loaded, so that a bad value gets its TOML line). Messages name the command-line option.
+def check_config(config: ExtractConfig) -> None:
+    """The settings' own values, checked before any file is touched: each field against its constraint
+    (settings.EXTRACT), then the settings that must agree with each other.
 
     Raises:
-        UsageError: a value out of its range or not one of its choices.
+        SettingError: a value out of its range or not one of its choices, named ``ExtractConfig.<field>``.
+        UsageError: settings that contradict each other.
     """
-    bs = config.batch_size
-    if bs != "auto" and not (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
-        raise UsageError(f"--batch-size must be at least 1, got {bs!r} (or auto: the largest that fits)")
-    check_resampler(config.resampler)
-    check_backend(config.backend)
-    config.views.check()
-    check_decode(config.decode)
+    EXTRACT.check(config, skip=() if config.augment else ("augment_strength",))
     if config.devices is not None and config.scheduler:
         raise UsageError("--devices runs local workers, one per GPU; with --scheduler start one "
                          "`dask worker` per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out --devices")
     if config.devices is not None and config.device not in ("auto", "cuda"):
         raise UsageError(f"--devices {config.devices!r} and --device {config.device!r} disagree; give one of them")
-    if config.dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
-    for name in ("streams", "decode_threads"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if config.partition_size is not None and config.partition_size < 1:
-        raise UsageError(f"--partition-size must be at least 1, got {config.partition_size}")
-    mf = config.max_failures
-    if mf is not None and not (
-        (isinstance(mf, int) and mf >= 0) or (isinstance(mf, float) and math.isfinite(mf) and 0 <= mf <= 1)
-    ):
-        raise UsageError(
-            f"--max-failures must be a count (10), a fraction (0.05) or a percentage (5%), got {mf!r}"
-        )
+
+
+check_settings = told_by_option(check_config)  # pipeline.py's, until it names its keys from SettingError
 
 
 def check_output(config: ExtractConfig) -> None:

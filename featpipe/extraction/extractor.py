@@ -24,6 +24,7 @@ import torch
 from .. import models
 from ..errors import UsageError, WeightsError
 from ..models.data_config import DataConfig, resolve_decode
+from ..settings import EXTRACT
 from . import backends
 from .devices import local_devices, resolve_device
 from .gpu_decode import GpuDecoder
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 # 250 images (resnet18), so a run that computes fewer stays eager and starts at once.
 OPTIMIZE_MIN_IMAGES = 256
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# settings.PRECISIONS -> the dtype autocast computes in (None: no autocast).
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # --batch-size auto starts here and halves on out-of-memory. A GPU gains little past a few hundred
 # images (ResNet-50 in bf16 needs about 5 GB at 1024); a CPU's throughput peaks at small batches
 # and it has no out-of-memory error to learn from (the OS kills the process instead).
@@ -59,7 +61,7 @@ class ExtractorSpec:
     device: str
     precision: str
     resampler: str = "auto"
-    decode: str = "exact"  # exact, fast, gpu or auto: see models/data_config.py DECODES
+    decode: str = "exact"  # exact, fast, gpu or auto (settings.DECODES): see models/data_config.py
     # Set by the client once it has built the model: every worker checks its
     # weights against it, so no worker can silently use other weights.
     weights_sha256: str | None = None
@@ -80,8 +82,7 @@ class Extractor:
     """A network in eval mode with its layer taps and its preprocessing, on one device."""
 
     def __init__(self, spec: ExtractorSpec):
-        if spec.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
+        EXTRACT.check_value("precision", spec.precision)
         self.spec = spec
         self.model_spec = models.resolve(spec.model)
         model, self.weights = models.load_model(self.model_spec, spec.weights, spec.seed)
@@ -110,7 +111,7 @@ class Extractor:
         model = model.to(self.device, memory_format=torch.channels_last)
         self.tapped = models.TappedModel(model, self.model_spec, self.layers)
         self.backend_target = backends.resolve(spec.backend, self.device.type, spec.precision)
-        self._autocast_dtype = PRECISIONS[spec.precision]
+        self._autocast_dtype = AUTOCAST[spec.precision]
         # A GPU runs one batch at a time; CPU streams share the network freely
         # (inference only reads it, and the taps keep per-thread state).
         self._lock: contextlib.AbstractContextManager = (

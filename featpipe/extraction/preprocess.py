@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..errors import UsageError
 from ..models import DataConfig
-from ..models.data_config import RESAMPLERS, check_resampler  # noqa: F401 - RESAMPLERS: public here too
+from ..models.data_config import check_resampler
 from .decode import MAX_PIXELS, load_rgb
 
 # Interpolations torchvision resizes uint8 tensors with natively (antialiased).

@@ -35,8 +35,8 @@ from . import parts as parts_mod
 from .config import (
     ExtractConfig,
     ExtractSummary,
+    check_config,
     check_output,
-    check_settings,
     request_of,
     summary_of,
     weights_argument,
@@ -87,7 +87,7 @@ def extract(config: ExtractConfig, progress: Progress | None = None) -> ExtractS
     """
     t_start = time.perf_counter()
     config = replace(config, output=Path(config.output).expanduser().absolute())
-    check_settings(config)
+    check_config(config)
     check_output(config)
     samples = discover(config.input, config.storage_options, config.label_key,
                        listings=config.output.with_name(config.output.name + ".shards.json"))

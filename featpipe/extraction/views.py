@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UsageError
+from ..settings import AUGMENTS, EXTRACT, TTAS
 
 # torch and torchvision are imported by ViewMaker, on a worker: extraction/config.py reads ViewSpec, and a
 # finished run is recognised without loading torch (identity.request).
@@ -33,8 +34,7 @@ if TYPE_CHECKING:
 
     from .preprocess import Preprocessor
 
-AUGMENTS = ("none", "light", "standard", "strong")
-# strength -> (random resized crop's area scale, rotation in degrees, colour jitter); the lecture's
+# strength (settings.STRENGTHS) -> (random resized crop's area scale, rotation in degrees, colour jitter); the lecture's
 # recipe, gentle to strong. `featpipe finetune --augment` trains with the same table.
 STRENGTHS = {
     "light": ((0.6, 1.0), 0, 0.0),
@@ -43,10 +43,10 @@ STRENGTHS = {
 }
 GRAYSCALE_P = 0.1  # 'strong' also drops colour from one view in ten
 RATIO = (3 / 4, 4 / 3)  # aspect ratios of a random resized crop (torchvision's default)
-TTAS = {"none": 1, "flip": 2, "crops": 5}  # TTA -> views averaged per image
 
 
 def check_augment(strength: str, option: str = "--augment") -> None:
+    """finetune's --augment (none too); an extraction's strength is checked as ExtractConfig.augment_strength."""
     if strength not in AUGMENTS:
         raise UsageError(f"{option} must be one of {', '.join(AUGMENTS)}, got {strength!r}")
 
@@ -62,14 +62,12 @@ class ViewSpec:
     seed: int = 0
 
     def check(self) -> None:
-        if self.tta not in TTAS:
-            raise UsageError(f"--tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
-        if self.augment < 0:
-            raise UsageError(f"--augment must be a number of views, 0 or more, got {self.augment}")
-        if self.augment:
-            check_augment(self.strength, "--augment-strength")
-            if self.strength == "none":
-                raise UsageError("--augment-strength none makes no augmented views; use light, standard or strong")
+        """The extraction's settings these come from (settings.EXTRACT).
+
+        Raises:
+            SettingError: naming the ExtractConfig field.
+        """
+        EXTRACT.check(tta=self.tta, augment=self.augment, **({"augment_strength": self.strength} if self.augment else {}))
 
     @property
     def tta_views(self) -> int:

@@ -12,24 +12,21 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..settings import EXTRACT
 
-RESAMPLERS = ("auto", "torch", "pil")
-# How JPEG bytes become pixels (--decode): 'exact' decodes every pixel (Pillow); 'fast' lets
+# How JPEG bytes become pixels (--decode, settings.DECODES): 'exact' decodes every pixel (Pillow); 'fast' lets
 # libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below the resize target; 'gpu'
 # decodes batches with nvJPEG and resizes on the GPU; 'auto' is 'gpu' on a CUDA device, else 'exact'.
-DECODES = ("exact", "fast", "gpu", "auto")
 
 
 def check_resampler(choice: str) -> None:
     """--resampler: 'auto', 'torch' or 'pil' (see extraction/preprocess.py)."""
-    if choice not in RESAMPLERS:
-        raise UsageError(f"--resampler must be one of {', '.join(RESAMPLERS)}, got {choice!r}")
+    EXTRACT.check_value("resampler", choice)
 
 
 def check_decode(choice: str) -> None:
     """--decode: one of :data:`DECODES` (see extraction/decode.py)."""
-    if choice not in DECODES:
-        raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {choice!r}")
+    EXTRACT.check_value("decode", choice)
 
 
 def resolve_decode(choice: str, device_type: str, resampler: str = "torch") -> str:
@@ -63,7 +60,7 @@ class DataConfig:
     torchvision's PIL transforms do, bit for bit) or ``'torch'`` (torchvision's
     antialiased uint8 tensor resize: its tensor transforms exactly, within 2/255
     of Pillow, several times faster). ``decode`` is how JPEGs became pixels
-    (``'exact'``, ``'fast'`` or ``'gpu'``, resolved; see :data:`DECODES`): fast and GPU
+    (``'exact'``, ``'fast'`` or ``'gpu'``, resolved; see settings.DECODES): fast and GPU
     decoding change the pixels a little, so they are part of the extractor.
     """
 

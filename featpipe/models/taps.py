@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..settings import EXTRACT, POOLS  # noqa: F401 - POOLS: public here too (featpipe.models.POOLS)
 from .registry import ModelSpec
 from .weights import classifier_name
 
 BUILTIN_LAYERS = ("pooled", "fc7", "logits", "pixels")
-POOLS = ("avg", "max")
 # The raw-pixel baseline: the preprocessed crop, area-averaged to this size (3 x 32 x 32 = 3072 values).
 PIXELS_HW = (32, 32)
 
@@ -72,8 +72,7 @@ def resolve_layers(
     Raises:
         UsageError: an unknown layer, a duplicate, or ``fc7`` on a model without one.
     """
-    if pool not in POOLS:
-        raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    EXTRACT.check_value("pool", pool)
     if not names:
         raise UsageError("no --layer given; use 'pooled' for the penultimate features")
     if len(set(names)) != len(names):
