@@ -20,7 +20,8 @@ from featpipe import ExtractConfig, extract
 from featpipe.errors import UsageError
 from featpipe.finetune import FinetuneConfig, finetune
 from featpipe.finetune.blocks import group_parameters, learning_rates, trainable_groups
-from featpipe.finetune.train import PROBE_C, _linear_probe, _probe_strength, _with_warmup
+from featpipe.finetune.probe import PROBE_C, linear_probe, probe_strength
+from featpipe.finetune.train import _with_warmup
 
 from .conftest import TINY_MODEL, make_images
 
@@ -75,7 +76,7 @@ def test_a_barely_varying_feature_gets_no_huge_weight_in_the_probe():
     y = np.repeat([0, 1], 40)
     X = np.column_stack([rng.normal(size=(80, 4)) + y[:, None], 1e-8 * rng.normal(size=80)])  # a dead channel
     head = nn.Linear(5, 2)
-    _linear_probe(head, X, y, 2)
+    linear_probe(head, X, y, 2)
     assert head.weight.abs().max() < 100  # 1/std would be ~1e8: the first step that wakes it explodes the logits
 
 
@@ -86,7 +87,7 @@ def test_the_linear_probe_folds_its_scaler_into_the_head():
     y = np.repeat([0, 1, 2], 30)
     X = rng.normal(5, 3, size=(90, 6)) + y[:, None] * rng.normal(size=6)
     head = nn.Linear(6, 4)  # class 3 has no training rows: never predicted
-    _linear_probe(head, X, y, 4)
+    linear_probe(head, X, y, 4)
     mean, std = X.mean(0), np.maximum(X.std(0), np.quantile(X.std(0), 0.9))  # spreads floored at the 90th percentile
     clf = LogisticRegression(max_iter=1000).fit((X - mean) / std, y)
     with torch.no_grad():
@@ -122,12 +123,12 @@ def test_the_probe_strength_is_chosen_on_validation_rows():
     signal = np.eye(3)[np.concatenate([y, y_val])] * 0.8
     X_all = np.column_stack([signal + rng.normal(size=(180, 3)), rng.normal(size=(180, 200))])  # 200 noise columns
     X, X_val = X_all[:60], X_all[60:]
-    chosen = _probe_strength(X, y, X_val, y_val)
+    chosen = probe_strength(X, y, X_val, y_val)
     assert chosen in PROBE_C and chosen < 1.0  # C=1 memorises the 60 rows through the noise columns
 
     def val_loss(C):
         head = nn.Linear(X.shape[1], 3)
-        _linear_probe(head, X, y, 3, C=C)
+        linear_probe(head, X, y, 3, C=C)
         with torch.no_grad():
             return nn.functional.cross_entropy(head(torch.from_numpy(X_val).float()), torch.from_numpy(y_val)).item()
 
@@ -138,10 +139,10 @@ def test_without_validation_rows_the_probe_strength_is_chosen_by_cross_validatio
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 30)
     X = np.column_stack([np.eye(3)[y] * 0.8 + rng.normal(size=(90, 3)), rng.normal(size=(90, 200))])
-    chosen = _probe_strength(X, y, X[:0], y[:0])
+    chosen = probe_strength(X, y, X[:0], y[:0])
     assert chosen in PROBE_C and chosen < 1.0  # C=1 memorises the noise columns: held-out folds say so
     # A class with one image leaves nothing to hold out: the default, not an error.
-    assert _probe_strength(X[:61], y[:61], X[:0], y[:0]) == 1.0
+    assert probe_strength(X[:61], y[:61], X[:0], y[:0]) == 1.0
 
 
 def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, labelled, monkeypatch):
@@ -155,7 +156,7 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, lab
                                         "--lr", "1e-3", "--quiet", *extra])
 
     # A validated run whose fine-tuned epoch is kept (a probe held back by a strong L2 penalty) says how to refit.
-    monkeypatch.setattr(sys.modules["featpipe.finetune.train"], "PROBE_C", (1e-4,))
+    monkeypatch.setattr(sys.modules["featpipe.finetune.probe"], "PROBE_C", (1e-4,))
     run = cli(tmp_path / "val.pt")
     assert run.exit_code == 0, run.output
     kept = torch.load(tmp_path / "val.pt", weights_only=True)["featpipe"]["best_epoch"]
@@ -206,7 +207,7 @@ def test_batchnorm_train_policy_updates_only_unfrozen_stages(tmp_path, labelled,
     assert moved and all(k.startswith("layer4.") for k in moved)
     # End to end, the audit of the kept weights says the same. A probe held back by a strong L2 penalty
     # leaves training something to improve, so an epoch after the probe is kept.
-    monkeypatch.setattr(sys.modules["featpipe.finetune.train"], "PROBE_C", (1e-4,))
+    monkeypatch.setattr(sys.modules["featpipe.finetune.probe"], "PROBE_C", (1e-4,))
     result = finetune(config(tmp_path, labelled, unfreeze="1", bn="train", epochs=2, lr=1e-3))
     assert result.best_epoch > 0, "the linear probe was kept: the audit below would compare it with itself"
     rows = {r["group"]: r for r in result.audit}
@@ -247,7 +248,7 @@ def test_checkpoint_is_safe_to_load_and_extract_uses_it(tmp_path, labelled):
 
 
 def test_the_best_epoch_by_validation_loss_is_kept(tmp_path, labelled):
-    from featpipe.finetune.train import write_report
+    from featpipe.finetune.report import write_report
 
     result = finetune(config(tmp_path, labelled, epochs=3))
     assert result.best.val_loss == min(e.val_loss for e in result.history)
@@ -274,26 +275,26 @@ def test_crop_pct_keeps_the_whole_image_or_pads_it_as_timm_does():
     from PIL import Image
 
     from featpipe.extraction.preprocess import Preprocessor
-    from featpipe.finetune.train import _data_config
+    from featpipe.finetune.data import data_config
 
     spec = featpipe.models.resolve(TINY_MODEL)
     net = featpipe.models.create_architecture(spec)
     own = featpipe.models.data_config(net, spec)
-    assert _data_config(net, spec, 96).resize == round(96 * own.resize / own.crop[0])  # the model's ratio kept
-    assert _data_config(net, spec, 96, 1.0).resize == 96
-    padded = _data_config(net, spec, 96, 1.2)
+    assert data_config(net, spec, 96).resize == round(96 * own.resize / own.crop[0])  # the model's ratio kept
+    assert data_config(net, spec, 96, 1.0).resize == 96
+    padded = data_config(net, spec, 96, 1.2)
     assert padded.resize == 80 and padded.crop == (96, 96)
     white = Image.new("RGB", (64, 64), (255, 255, 255))
     pixels = Preprocessor(padded).image(white)
     assert pixels.shape == (96, 96, 3)
     assert (pixels[8:88, 8:88] == 255).all() and (pixels[:8] == 0).all() and (pixels[:, 88:] == 0).all()
-    whole = Preprocessor(_data_config(net, spec, 96, 1.0)).image(white)
+    whole = Preprocessor(data_config(net, spec, 96, 1.0)).image(white)
     assert (whole == 255).all()
     # Augmented views come from the same black-bordered frame: about 3/4 of a 2.0 frame is border.
     from featpipe.finetune.data import train_transform
 
     torch.manual_seed(0)
-    black = {cp: np.mean([(train_transform(_data_config(net, spec, 96, cp), "light", False)(white) == 0).all(0)
+    black = {cp: np.mean([(train_transform(data_config(net, spec, 96, cp), "light", False)(white) == 0).all(0)
                           .float().mean().item() for _ in range(20)]) for cp in (1.0, 2.0)}
     assert black[2.0] > 0.3 and black[1.0] < 0.1, black
 
@@ -402,10 +403,10 @@ def test_a_run_that_never_beats_the_probe_says_so_plainly(tmp_path, labelled):
 
 def test_the_range_test_leaves_the_weights_as_the_probe_made_them(tmp_path, labelled, monkeypatch):
     """--lr auto trains during its test; the network and the head are put back before fine-tuning starts."""
-    from featpipe.finetune import train as T
+    from featpipe.finetune import lr_range
 
     seen = {}
-    real = T._range_test
+    real = lr_range.find_rate
 
     def spy(net, head, *args, **kw):
         before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -413,7 +414,7 @@ def test_the_range_test_leaves_the_weights_as_the_probe_made_them(tmp_path, labe
         seen["same"] = all(torch.equal(before[k], v) for k, v in net.state_dict().items())
         return finding
 
-    monkeypatch.setattr(T, "_range_test", spy)
+    monkeypatch.setattr(lr_range, "find_rate", spy)
     result = finetune(config(tmp_path, labelled, epochs=0, lr="auto"))
     assert seen["same"] and result.recipe.choices["lr"].auto and result.lr_finding is not None
     assert result.recipe["lr"] == pytest.approx(result.lr_finding.suggestion)

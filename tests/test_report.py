@@ -261,9 +261,9 @@ def test_the_guide_report_shows_its_evidence_and_the_sample_out_of_fold(tmp_path
 
     images = make_confusable_images(tmp_path / "images", per_class=10)
     result = guide(GuideConfig(images, models=("test_resnet",), weights="random", sample=32, cv=3,
-                               cache_dir=tmp_path / "cache"))
+                               cache_dir=tmp_path / "cache", finetune=False))
     runner = CliRunner()
-    r = runner.invoke(app, ["guide", str(images), "--model", "test_resnet", "--weights", "random", "--sample", "32",
+    r = runner.invoke(app, ["guide", "--no-finetune", str(images), "--model", "test_resnet", "--weights", "random", "--sample", "32",
                             "--cv", "3", "--cache-dir", str(tmp_path / "cache"), "-q", "--report", str(tmp_path / "g")])
     assert r.exit_code == 0, r.output
     text = (tmp_path / "g" / "index.html").read_text()
@@ -277,7 +277,7 @@ def test_the_guide_report_shows_its_evidence_and_the_sample_out_of_fold(tmp_path
     # A feature file as the guide's input: the report samples the same rows the guide did.
     features = featpipe.extract(featpipe.ExtractConfig(images, tmp_path / "f.h5", model="test_resnet",
                                                        weights="random", layers=("layer2", "pooled"))).output
-    on_file = guide(GuideConfig(features, sample=24, cv=3))
+    on_file = guide(GuideConfig(features, sample=24, cv=3, finetune=False))
     data = gather.from_guide(on_file)
     from featpipe.guide.sample import stratified_sample
 

@@ -102,7 +102,7 @@ def finetune_command(
         typer.echo(f"  {row['group']:24} params {row['changed']:>4}/{row['parameters']:<4} "
                    f"BN statistics {row['bn_changed']:>4}/{row['bn_statistics']}")
     if report is not None:
-        from ..finetune.train import write_report
+        from ..finetune.report import write_report
 
         for path in write_report(result, report):
             typer.echo(f"report: {path}", err=True)

@@ -8,18 +8,21 @@ left/right signs), a small rotation and a colour shift, stronger with --augment.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from .. import models
 from ..extraction.decode import BadImage, load_rgb
-from ..extraction.preprocess import Preprocessor
+from ..extraction.preprocess import Preprocessor, resolve_resampler
 from ..extraction.views import AUGMENTS, GRAYSCALE_P, STRENGTHS, check_augment
 from ..models.data_config import DataConfig
 
-__all__ = ["AUGMENTS", "Images", "collate", "train_transform"]
+__all__ = ["AUGMENTS", "Images", "collate", "data_config", "make_loader", "model_crop_pct", "train_transform"]
 
 
 def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose | None:
@@ -76,3 +79,37 @@ def collate(items):
     if not good:
         return None, None, len(items)
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(items) - len(good)
+
+
+def data_config(net: torch.nn.Module, spec, image_size: int | None, crop_pct: float | None = None):
+    """The model's evaluation preprocessing at ``image_size``, resized to crop / ``crop_pct`` first.
+
+    timm's meaning of crop_pct: below 1 the centre crop drops a border (0.875 cuts 1/16 of each edge,
+    half a scan pixel of an 8x8 digit); 1 keeps the whole image; above 1 the image is resized smaller
+    than the crop and padded with black (room for shifted views, as MNIST's 20 px digits sit in 28 px)."""
+    cfg = models.eval_config(net, spec)
+    crop = cfg.crop if image_size is None else (image_size, image_size)
+    if crop_pct is not None:
+        side = math.floor(crop[0] / crop_pct)  # timm's arithmetic (transforms_imagenet_eval)
+        cfg = replace(cfg, crop=crop, resize=side if cfg.crop_mode == "center" else (side, side))
+    elif image_size is not None:
+        # Keep the model's resize-to-crop ratio (crop_pct) at the new size.
+        ratio = (cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]) / cfg.crop[0]
+        resize = round(image_size * ratio) if isinstance(cfg.resize, int) else (round(image_size * ratio),) * 2
+        cfg = replace(cfg, crop=crop, resize=resize)
+    return replace(cfg, resampler=resolve_resampler("auto", cfg.interpolation, cfg.crop_mode))
+
+
+def model_crop_pct(cfg) -> float:
+    resize = cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]
+    return cfg.crop[0] / resize
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int):
+    """Batches of ``dataset`` in this process, shuffled by ``seed``: an epoch's order is the same in every run.
+
+    No worker processes: a fork of a process that has loaded OpenVINO's thread pool (extract --backend) crashed
+    the parent (tests/test_backends.py then tests/test_finetune.py, SIGSEGV)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                                       collate_fn=collate, num_workers=0)

@@ -74,7 +74,6 @@ class Recipe:
     """What a run trains with, as options of `featpipe finetune` (so a refit or the guide can repeat it)."""
 
     choices: dict[str, Choice] = field(default_factory=dict)
-    range_steps: int = RANGE_STEPS  # the range test's steps from RANGE_START to RANGE_END
     size_candidates: list[int] = field(default_factory=list)  # input sizes the linear probe chooses between
 
     def set(self, name: str, value, auto: bool, reason: str = "") -> None:

@@ -29,19 +29,20 @@ import torch
 from torch import nn
 
 from .. import models
-from .._util import atomic_write, pyplot
+from .._util import atomic_write
 from ..classify.heads import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from ..errors import UsageError
 from ..extraction.devices import resolve_device
-from ..extraction.preprocess import Preprocessor, resolve_resampler
+from ..extraction.preprocess import Preprocessor
 from ..extraction.sources import discover
 from ..extraction.views import check_augment
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
-from . import blocks
+from . import blocks, data, lr_range, view_choice
 from . import recipe as recipe_rules
 from .checkpoint import FORMAT
-from .data import Images, collate, train_transform
+from .data import Images, make_loader, train_transform
+from .probe import linear_probe, probe_at
 
 log = logging.getLogger(__name__)
 
@@ -169,25 +170,6 @@ def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.
     return np.sort(train), np.sort(val)
 
 
-def _data_config(net: nn.Module, spec, image_size: int | None, crop_pct: float | None = None):
-    """The model's evaluation preprocessing at ``image_size``, resized to crop / ``crop_pct`` first.
-
-    timm's meaning of crop_pct: below 1 the centre crop drops a border (0.875 cuts 1/16 of each edge,
-    half a scan pixel of an 8x8 digit); 1 keeps the whole image; above 1 the image is resized smaller
-    than the crop and padded with black (room for shifted views, as MNIST's 20 px digits sit in 28 px)."""
-    cfg = models.eval_config(net, spec)
-    crop = cfg.crop if image_size is None else (image_size, image_size)
-    if crop_pct is not None:
-        side = math.floor(crop[0] / crop_pct)  # timm's arithmetic (transforms_imagenet_eval)
-        cfg = replace(cfg, crop=crop, resize=side if cfg.crop_mode == "center" else (side, side))
-    elif image_size is not None:
-        # Keep the model's resize-to-crop ratio (crop_pct) at the new size.
-        ratio = (cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]) / cfg.crop[0]
-        resize = round(image_size * ratio) if isinstance(cfg.resize, int) else (round(image_size * ratio),) * 2
-        cfg = replace(cfg, crop=crop, resize=resize)
-    return replace(cfg, resampler=resolve_resampler("auto", cfg.interpolation, cfg.crop_mode))
-
-
 def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
     old = net.get_submodule(head)
     if not isinstance(old, nn.Linear):
@@ -199,137 +181,6 @@ def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
     if hasattr(net, "num_classes"):
         net.num_classes = classes
     return new
-
-
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int):
-    """Batches of ``dataset`` in this process, shuffled by ``seed``: an epoch's order is the same in every run.
-
-    No worker processes: a fork of a process that has loaded OpenVINO's thread pool (extract --backend) crashed
-    the parent (tests/test_backends.py then tests/test_finetune.py, SIGSEGV)."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                       collate_fn=collate, num_workers=0)
-
-
-def _pooled(net: nn.Module, spec, loader, preprocess: Preprocessor, device,
-            mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of the frozen network (the linear probe's input); of mirror images with ``mirror``."""
-    tapped = models.TappedModel(net, spec, models.resolve_layers(net, spec, ["pooled"]))
-    feats, labels = [], []
-    net.eval()
-    try:
-        with torch.inference_mode():
-            for pixels, y, _ in loader:
-                if pixels is None:
-                    continue
-                if mirror:
-                    pixels = torch.flip(pixels, dims=[2])  # (N, H, W, 3): W is dim 2
-                x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
-                feats.append(tapped(x)["pooled"].float().cpu().numpy())
-                labels.append(y.numpy())
-    finally:
-        tapped.remove_hooks()
-    return np.concatenate(feats), np.concatenate(labels)
-
-
-SPREAD_FLOOR_QUANTILE = 0.9  # see _linear_probe
-
-
-def _linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int, C: float = 1.0) -> None:
-    """Logistic regression on standardised features, folded into the head: w' = w / s, b' = b - w' . m.
-
-    Each feature's spread is floored at the 90th percentile of the spreads, so the probe leans on the
-    channels that vary most. A channel that barely varies on these images (ReLU6 channels of EfficientNet
-    are often dead at a small input size: at 96 px on the digits the median spread is 0.0012, and 46% are
-    below 1e-6) would otherwise get a weight of about 1/std, and the first fine-tuning step that moves it
-    sends the logits far off. Measured on the digits at 96 px: unfloored, max |w'| 14,357 and a training
-    loss of 23 after one epoch; floored at the median, max |w'| 6 but validation accuracy 0.88 -> 0.78 in
-    the first epoch; floored at the 90th percentile, max |w'| 2, a better probe (0.84 -> 0.88 on 150
-    validation digits) and no drop in the first epoch."""
-    from sklearn.linear_model import LogisticRegression
-
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    spread = std[std > 1e-12]
-    std = np.maximum(std, np.quantile(spread, SPREAD_FLOOR_QUANTILE) if len(spread) else 1.0)
-    clf = LogisticRegression(C=C, max_iter=1000).fit((X - mean) / std, y)
-    W = np.zeros((classes, X.shape[1]))
-    b = np.full(classes, -1e4)  # a class absent from the training rows is never predicted
-    coef = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
-    icpt = clf.intercept_ if len(clf.classes_) > 2 else np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
-    W[clf.classes_] = coef / std
-    b[clf.classes_] = icpt - (coef / std) @ mean
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(W))
-        head.bias.copy_(torch.from_numpy(b))
-
-
-PROBE_C = (0.001, 0.01, 0.1, 1.0)
-
-
-@dataclass
-class _Probe:
-    """The frozen network's pooled features at one input size, and the probe they give."""
-
-    data_config: object
-    preprocess: Preprocessor
-    X: np.ndarray
-    y: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    C: float
-    loss: float  # held-out log-loss (validation rows, or cross-validated)
-
-
-def _probe_at(net, spec, size: int, crop_pct: float, paths, labels, train_rows, val_rows, config, device) -> _Probe:
-    data_config = _data_config(net, spec, size, crop_pct)
-    preprocess = Preprocessor(data_config)
-
-    def loader(rows):
-        return _loader(Images([paths[i] for i in rows], labels[rows], preprocess), config.batch_size, False, 0)
-
-    X, y = _pooled(net, spec, loader(train_rows), preprocess, device)
-    X_val, y_val = _pooled(net, spec, loader(val_rows), preprocess, device) if len(val_rows) else (X[:0], y[:0])
-    C, loss = _probe_fit(X, y, X_val, y_val)
-    return _Probe(data_config, preprocess, X, y, X_val, y_val, C, loss)
-
-
-def _probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> float:
-    return _probe_fit(X, y, X_val, y_val)[0]
-
-
-def _probe_fit(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
-    """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
-    `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows
-    (C=1 where a class has a single image and nothing can be held out). The probe is fine-tuning's starting
-    point: one that memorises the training rows (1,280 features, 1,150 digits) is a worse start than one
-    that generalises. On the digits at 96 px this picks C=1 with the spreads floored as in _linear_probe,
-    and C=0.1 with them floored at the median."""
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedKFold
-
-    classes = int(max(y.max(), y_val.max() if len(y_val) else 0)) + 1
-    if len(y_val):
-        folds = [(X, y, X_val, y_val)]
-    else:
-        smallest = int(np.bincount(y)[np.unique(y)].min())
-        cv = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=0) if smallest >= 2 else None
-        folds = [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X, y)] if cv else []
-    # Held-out rows of a class the probe never saw say nothing about C.
-    folds = [(X_fit, y_fit, X_held[keep], y_held[keep]) for X_fit, y_fit, X_held, y_held in folds
-             if (keep := np.isin(y_held, np.unique(y_fit))).any()]
-    if not folds:
-        log.info("no held-out image of a class the probe saw: its strength is C=1, not chosen")
-        return 1.0, math.nan
-    losses = dict.fromkeys(PROBE_C, 0.0)
-    for X_fit, y_fit, X_held, y_held in folds:
-        for C in PROBE_C:
-            head = nn.Linear(X.shape[1], classes)
-            _linear_probe(head, X_fit, y_fit, classes, C=C)
-            with torch.no_grad():
-                p = torch.softmax(head(torch.from_numpy(X_held).float()), 1).numpy()
-            losses[C] += log_loss(y_held, p, labels=np.arange(classes)) * len(y_held)
-    best = min(losses, key=losses.get)
-    return best, losses[best] / sum(len(held) for _, _, _, held in folds)
 
 
 def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
@@ -357,7 +208,7 @@ def _with_warmup(optimizer, steps: int, schedule: Callable):
     """The schedule after ``steps`` of linear warm-up. Adam's first updates move every weight by about
     the full rate whatever its gradient (its second-moment estimate starts from nothing). On the digits,
     with the probe's spreads floored at the median, a constant 1e-4 cut validation accuracy from 0.88 to
-    0.79 in the first epoch, and 0.86 after a warm-up; the floor of _linear_probe is what removed the drop."""
+    0.79 in the first epoch, and 0.86 after a warm-up; the floor of probe.linear_probe is what removed the drop."""
     if steps <= 0:
         return schedule()
     warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (steps + 1), total_iters=steps)
@@ -381,11 +232,6 @@ def _autocast_for(device: torch.device, bf16: bool):
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     return autocast
-
-
-def _model_crop_pct(cfg) -> float:
-    resize = cfg.resize if isinstance(cfg.resize, int) else cfg.resize[0]
-    return cfg.crop[0] / resize
 
 
 @dataclass
@@ -426,7 +272,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
             raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
                              "delete it to start again, or run the command that made it")
     model_cfg = models.eval_config(net, spec)
-    model_crop_pct = _model_crop_pct(model_cfg)
+    model_crop_pct = data.model_crop_pct(model_cfg)
     recipe = recipe_rules.Recipe()
     if state is not None:
         recipe = recipe_rules.Recipe.from_dict(json.loads(state["recipe"]))
@@ -463,7 +309,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     # size is measured); then what it tells of views.
     if state is None:
         t0 = time.perf_counter()
-        probes = {size: _probe_at(net, spec, size, recipe["crop_pct"], paths, labels, train_rows, val_rows, config,
+        probes = {size: probe_at(net, spec, size, recipe["crop_pct"], paths, labels, train_rows, val_rows, config,
                                   device) for size in recipe.size_candidates or [recipe["image_size"]]}
         # The lower held-out loss; a tie (or nothing held out to tell) to the cheaper size.
         size = min(probes, key=lambda k: (probes[k].loss if math.isfinite(probes[k].loss) else math.inf, k))
@@ -475,9 +321,9 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         probe = probes[size]
         data_config, preprocess = probe.data_config, probe.preprocess
         X, y, X_val, y_val = probe.X, probe.y, probe.X_val, probe.y_val
-        _linear_probe(head, X, y, len(classes), C=probe.C)
+        linear_probe(head, X, y, len(classes), C=probe.C)
     else:
-        data_config = _data_config(net, spec, recipe["image_size"], recipe["crop_pct"])
+        data_config = data.data_config(net, spec, recipe["image_size"], recipe["crop_pct"])
         preprocess = Preprocessor(data_config)
     stages = stage_layers(net, spec, data_config.crop)
     groups = blocks.group_parameters(net, stages, head_name)
@@ -486,12 +332,12 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     def images(rows, augment=None):
         return Images([paths[i] for i in rows], labels[rows], preprocess, augment)
 
-    val_loader = _loader(images(val_rows), config.batch_size, False, 0)
+    val_loader = make_loader(images(val_rows), config.batch_size, False, 0)
     if state is None:
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
-        _choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val, y_val,
-                      data_config, preprocess, device, len(classes))
+        view_choice.choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val,
+                                 y_val, probe.C, data_config, preprocess, device, len(classes))
     augment = train_transform(data_config, recipe["augment"], recipe["flip"])
     snapshot_start = blocks.snapshot(net)  # the audit compares the end with this
 
@@ -512,8 +358,8 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
 
     if state is None:
         if config.lr == "auto":
-            finding = _range_test(net, head, groups, trainable, config, optimizer_at, images(train_rows, augment),
-                                  preprocess, device, autocast, progress, recipe.range_steps)
+            finding = lr_range.find_rate(net, head, groups, trainable, config, optimizer_at, images(train_rows, augment),
+                                  preprocess, device, autocast, progress, recipe_rules.RANGE_STEPS)
             recipe.set("lr", finding.suggestion, True, recipe_rules.describe_rate(finding))
         else:
             recipe.set("lr", float(config.lr), False)
@@ -543,7 +389,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation and dropout: this epoch's own stream
-        loader = _loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
+        loader = make_loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
         blocks.set_train_mode(net, groups, trainable, config.bn)
         total = torch.zeros((), device=device)
         seen = skipped = 0
@@ -585,114 +431,9 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
                    first - 1 if state is not None else 0)
 
 
-def _choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val, y_val,
-                  data_config, preprocess, device, n_classes) -> None:
-    """--flip and --augment: given, or from the probe's accuracy on views of held-out images.
-
-    The probe is the head just fitted (held-out rows: the validation images); without validation images, a
-    probe fitted on four fifths of the training images, checked on the rest."""
-    if config.flip != "auto" and config.augment != "auto":
-        recipe.set("flip", bool(config.flip), False)
-        recipe.set("augment", config.augment, False)
-        return
-    if len(val_rows):
-        W, b, held, y_held, X_held = head.weight, head.bias, val_rows, y_val, X_val
-    else:
-        from sklearn.model_selection import train_test_split
-
-        fit, held = train_test_split(np.arange(len(train_rows)), test_size=0.2, random_state=config.seed,
-                                     stratify=y if np.bincount(y).min() >= 2 else None)
-        probe = nn.Linear(X.shape[1], n_classes)
-        _linear_probe(probe, X[fit], y[fit], n_classes)
-        W, b, y_held, X_held, held = probe.weight, probe.bias, y[held], X[held], train_rows[held]
-
-    def correct(features: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            logits = torch.from_numpy(features).float() @ W.detach().float().cpu().T + b.detach().float().cpu()
-        return (logits.argmax(1).numpy() == y_held)
-
-    def views(transform=None, mirror=False) -> np.ndarray:
-        torch.manual_seed(config.seed)
-        loader = _loader(Images([paths[i] for i in held], labels[held], preprocess, transform), config.batch_size,
-                         False, 0)
-        return _pooled(net, spec, loader, preprocess, device, mirror=mirror)[0]
-
-    originals = correct(X_held)
-    if config.flip == "auto":
-        check = recipe_rules.views_check(originals, correct(views(mirror=True)))
-        flip = not recipe_rules.flip_hurts(check)
-        recipe.set("flip", flip, True, f"the probe's accuracy on {check.images} held-out images is "
-                   f"{check.original:.3f}, mirrored {check.view:.3f}: " + (
-                       "mirroring keeps the class" if flip else "mirroring changes what they show; no flips"))
-    else:
-        recipe.set("flip", bool(config.flip), False)
-    if config.augment == "auto":
-        tried = []
-        chosen = "none"
-        for strength in recipe_rules.AUGMENT_ORDER:
-            check = recipe_rules.views_check(
-                originals, correct(views(train_transform(data_config, strength, recipe["flip"]))))
-            tried.append(f"{strength} views {check.view:.3f}")
-            if recipe_rules.augment_keeps(check):
-                chosen = strength
-                break
-        recipe.set("augment", chosen, True,
-                   f"the probe's accuracy on held-out originals {check.original:.3f}, on {', '.join(tried)}; "
-                   f"the strongest that keeps {recipe_rules.AUGMENT_KEEPS:.0%} of it"
-                   + ("" if chosen != "none" else ": none does, so no augmentation"))
-    else:
-        recipe.set("augment", config.augment, False)
-
-
-def _range_test(net, head, groups, trainable, config, optimizer_at, dataset, preprocess, device, autocast, progress,
-                steps: int):
-    """The learning-rate range test on the trainable network, from the probe; the weights are put back after."""
-    from ..classify.lr_find import range_test
-
-    saved = blocks.snapshot(net)
-    torch.manual_seed(config.seed)
-    # From a fresh head, as lr-find's rule expects: from the probe the training loss starts near its floor (the
-    # probe fits the training images) and has nowhere to fall, so its lowest point says nothing of the rate.
-    head.reset_parameters()
-    optimizer = optimizer_at(recipe_rules.RANGE_START)
-    blocks.set_train_mode(net, groups, trainable, config.bn)
-
-    def batches():
-        epoch = 0
-        while True:
-            for pixels, y, _ in _loader(dataset, config.batch_size, True, config.seed * 7919 + epoch):
-                if pixels is not None and len(y) > 1:
-                    yield pixels, y
-            epoch += 1
-
-    stream = batches()
-    done = [0]
-
-    def step(lr: float) -> float:
-        pixels, y = next(stream)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g["ratio"]
-        x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
-        with autocast():
-            loss = nn.functional.cross_entropy(net(x).float(), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done[0] += 1
-        if progress:
-            progress("learning-rate range test", done[0], steps)
-        return float(loss.detach())
-
-    try:
-        finding = range_test(step, recipe_rules.RANGE_START, recipe_rules.RANGE_END, steps, recipe_rules.RANGE_MAX)
-    finally:
-        net.load_state_dict(saved)
-    return recipe_rules.settle_rate(finding)
-
-
 def predict_rows(trained: Trained, paths: list, labels: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Per image of ``rows``, whether the fine-tuned network gets it right (one that cannot be decoded: wrong)."""
-    loader = _loader(Images([paths[i] for i in rows], labels[rows], trained.preprocess), batch_size, False, 0)
+    loader = make_loader(Images([paths[i] for i in rows], labels[rows], trained.preprocess), batch_size, False, 0)
     correct = []
     trained.net.eval()
     with torch.inference_mode():
@@ -753,39 +494,3 @@ def finetune(config: FinetuneConfig,
                           trained.trainable, len(train_rows), len(val_rows), trained.skipped, trained.resumed_from,
                           {"total": time.perf_counter() - t_start}, trained.recipe, trained.lr_finding)
 
-
-def write_report(result: FinetuneResult, folder: Path) -> list[Path]:
-    """``curves.png``: training and validation loss, and validation accuracy, per epoch (0: the linear probe);
-    ``lr_find.png``: the range test behind --lr auto, where it ran."""
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose another --report")
-    folder.mkdir(exist_ok=True)
-    plt = pyplot()
-    epochs = [e.epoch for e in result.history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    trained = [e for e in result.history if e.epoch > 0]
-    ax_loss.plot([e.epoch for e in trained], [e.train_loss for e in trained], marker="o", label="training (augmented)")
-    ax_loss.plot(epochs, [e.val_loss for e in result.history], marker="o", label="validation")
-    ax_acc.plot(epochs, [e.val_accuracy for e in result.history], marker="o", color="C1")
-    for ax in (ax_loss, ax_acc):
-        ax.axvline(result.best_epoch, color="grey", lw=6, alpha=0.2)
-        ax.set_xlabel("epoch (0: the linear probe)")
-        ax.grid(alpha=0.3)
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.legend()
-    ax_acc.set_ylabel("validation accuracy")
-    why = "lowest validation loss" if result.val_images else "the last: no validation images"
-    fig.suptitle(f"{result.output.name}: epoch {result.best_epoch} kept ({why})", fontsize=10)
-    fig.tight_layout()
-    path = folder / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written = [path]
-    if result.lr_finding is not None:
-        from ..classify.lr_find import plot_lr_find
-
-        plot_lr_find(result.lr_finding, folder / "lr_find.png",
-                     f"{result.output.name}: range test, fresh head (--lr auto)")
-        written.append(folder / "lr_find.png")
-    return written

@@ -8,6 +8,9 @@ Data size is measured: on the sweep's folds the guide fine-tunes the network
 (featpipe/guide/tuning.py) and compares it, paired, with the best frozen layer.
 Fine-tuning that beats it by more than the noise (and by MIN_GAIN) means there is
 enough data to fine-tune ("much data"); otherwise frozen features serve ("little").
+Ahead by more than MIN_GAIN but inside the noise is "can't tell": the frozen route
+stays the advice, and the measured `featpipe finetune` command is printed after it
+as the way to settle it (its validation accuracy against the frozen route's).
 The rule of thumb of the tutorials, LITTLE_DATA_PER_CLASS labelled images per
 class, is shown beside it as a reason, and decides only where fine-tuning could
 not be measured (--no-finetune, a feature file, too few images per class), with
@@ -90,6 +93,7 @@ class Decision:
     curve: str  # "climbing", "flat" or "can't tell"
     reasons: list[str] = field(default_factory=list)
     settle: str | None = None  # what would settle a "can't tell"
+    finetune: str | None = None  # "pays", "does not pay" or "can't tell" where measured
 
     @property
     def quadrant(self) -> str:
@@ -108,13 +112,17 @@ def decide(c: Comparison) -> Decision:
     rule = "little" if c.per_class_median < LITTLE_DATA_PER_CLASS else "much"
     ft = c.finetune
     measured = ft is not None and ft.measured
+    tuned = finetune_verdict(ft.gain, ft.noise) if measured else None
     if measured:
-        pays = ft.gain > max(ft.noise, MIN_GAIN)
-        data_size = "much" if pays else "little"
+        data_size = "much" if tuned == "pays" else "little"
         reasons.append(
             f"fine-tuning reached {ft.mean:.3f} +- {ft.std:.3f} against {ft.frozen_mean:.3f} +- {ft.frozen_std:.3f} for "
-            f"{ft.layer} on the same {len(ft.folds)} folds (noise {_pts(ft.noise)}): "
-            + ("it pays" if pays else "it does not pay by more than the noise" if ft.gain > 0 else "it does not pay")
+            f"{ft.layer} on the same {len(ft.folds)} folds (noise {_pts(ft.noise)}): " + {
+                "pays": "it pays",
+                "can't tell": f"ahead by {_pts(ft.gain)}, inside the noise: can't tell; the `featpipe finetune` "
+                              "command below settles it (its validation accuracy against the frozen route's)",
+                "does not pay": "it does not pay" if ft.gain <= 0 else "it does not pay by more than the noise",
+            }[tuned]
         )
         reasons.append(
             f"{c.per_class_median:g} labelled images per class (median); the tutorials' rule of thumb "
@@ -193,7 +201,15 @@ def decide(c: Comparison) -> Decision:
         earlier = similarity == "different" and c.gain > 0
         strategy = "earlier-layer" if earlier else "last-layer"
         layer = c.best if earlier else c.last
-    return Decision(data_size, similarity, strategy, layer, features_help, curve, reasons, settle)
+    return Decision(data_size, similarity, strategy, layer, features_help, curve, reasons, settle, tuned)
+
+
+def finetune_verdict(gain: float, noise: float) -> str:
+    """pays: ahead of the best frozen layer by more than the noise and MIN_GAIN; can't tell: ahead by more than
+    MIN_GAIN, inside the noise; does not pay: MIN_GAIN or less."""
+    if gain > max(noise, MIN_GAIN):
+        return "pays"
+    return "can't tell" if gain > MIN_GAIN else "does not pay"
 
 
 def curve_verdict(gain: float, noise: float | None) -> str:
@@ -218,7 +234,7 @@ def commands(input: str, model: str, weights: str, decision: Decision, from_feat
             f"featpipe extract {q(input)} -o features.h5 --model {q(model)}{weights_opt} --layer {q(layer)}",
             f"featpipe fit features.h5 -o model.skops --layer {q(layer)} --classifier logreg,linear",
         ]
-    if decision.strategy.startswith("fine-tune") and not from_features:
+    if (decision.strategy.startswith("fine-tune") or decision.finetune == "can't tell") and not from_features:
         if recipe:
             from ..finetune.recipe import Choice, Recipe
 

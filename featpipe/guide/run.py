@@ -55,9 +55,8 @@ class GuideConfig:
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/featpipe/guide (~/.cache/featpipe/guide)
     device: str = "auto"
     batch_size: int = 32
-    # Measure fine-tuning on the folds (guide/tuning.py). Off by default until its cheap run predicts the full
-    # run's ranking (on the digits it does not yet: docs/guide.md) within the guide's time; off, the rule decides.
-    finetune: bool = False
+    # Measure fine-tuning on the folds (guide/tuning.py); off (--no-finetune), the rule of thumb decides, and says so.
+    finetune: bool = True
 
 
 @dataclass
@@ -155,6 +154,7 @@ class GuideResult:
             "learning_curve": self.learning_curve,
             "learning_curve_verdict": d.curve,
             "finetune": self.finetune.to_dict() if self.finetune else None,
+            "finetune_verdict": d.finetune,
             "models": [m.to_dict() for m in self.models],
             "commands": self.commands,
             "thresholds": rules.thresholds(),
