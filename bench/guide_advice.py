@@ -2,10 +2,10 @@
 """Does the guide's advice hold? Its fine-tuning measurement on far and near data, and its command run verbatim.
 
 1. The digits (data/make_digits.py), split once 80/20, stratified, seed 0 (bench/finetune_digits.py's split):
-   `featpipe guide train.csv --finetune`, on the 1,437 training digits only; then the `featpipe finetune`
+   `featpipe guide train.csv` (its defaults: fine-tuning measured), on the 1,437 training digits only; then the `featpipe finetune`
    command it prints, run verbatim on the same training digits, scored once on the 360 test digits, which
    nothing before touched.
-2. Textures close to ImageNet (data/make_textures.py: patches of nine photographs): `featpipe guide --finetune`; the advice should stay on frozen features, fine-tuning not paying by more than the noise.
+2. Textures close to ImageNet (data/make_textures.py: patches of nine photographs): `featpipe guide`; the advice should stay on frozen features, fine-tuning not paying by more than the noise.
 
 Prints each guide's advice, its fine-tuning line, the parts of its time, and the finetune command's test
 accuracy. Target (issue 23): the digits' guide advises fine-tuning and its command reaches >= 0.975; the
@@ -40,7 +40,7 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def guide(target: Path, work: Path, model: str) -> tuple[float, dict]:
-    seconds, out = run([sys.executable, "-m", "featpipe", "guide", str(target), "--model", model, "--finetune",
+    seconds, out = run([sys.executable, "-m", "featpipe", "guide", str(target), "--model", model,
                         "--json", "-q", "--cache-dir", str(work / "cache")], work)
     return seconds, json.loads(out)
 
@@ -51,7 +51,8 @@ def summary(name: str, seconds: float, res: dict) -> None:
           f"guide {seconds:.0f} s wall ({', '.join(f'{k} {v:.0f} s' for k, v in res['timings'].items())})")
     if ft and ft["measured"]:
         print(f"  fine-tuned {ft['mean']:.3f} +- {ft['std']:.3f} (folds {', '.join(f'{a:.3f}' for a in ft['accuracies'])})"
-              f" against {ft['frozen_mean']:.3f} for {ft['layer']}; noise {ft['noise']:.3f}; {ft['what']}")
+              f" against {ft['frozen_mean']:.3f} for {ft['layer']}; noise {ft['noise']:.3f}: {res['finetune_verdict']}; "
+              f"{ft['what']}")
     else:
         print(f"  fine-tuning not measured: {ft and ft['why_not']}")
     print(f"  learning curve: {res['learning_curve_verdict']}; commands:")

@@ -419,7 +419,10 @@ def test_fine_tuning_is_measured_on_the_folds_with_the_recipe_chosen_inside_them
     assert np.isfinite(ft.noise) and ft.seconds > 0
     for fold in ft.recipes:  # each fold's own recipe, measured on its inner split, capped for the guide's time
         assert fold["image_size"]["value"] <= 96 and fold["lr"]["auto"] and fold["flip"]["auto"]
-    assert set(ft.recipe) >= {"image_size", "crop_pct", "flip", "augment", "epochs", "unfreeze", "lr"}
+    assert set(ft.recipe) >= {"image_size", "crop_pct", "flip", "augment", "epochs", "unfreeze"}
+    # The rate is the full run's own range test's (it depends on the data's size and the batch), the folds' kept
+    assert "lr" not in ft.recipe
+    assert ft.folds_lr == pytest.approx(np.exp(np.mean(np.log([fold["lr"]["value"] for fold in ft.recipes]))))
     as_json = result.to_dict()["finetune"]
     assert as_json["measured"] and as_json["accuracies"] == ft.accuracies and "inner 20%" in as_json["what"]
     assert any(r.startswith("fine-tuning reached") for r in result.decision.reasons)

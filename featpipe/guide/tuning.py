@@ -48,6 +48,7 @@ class FinetuneMeasurement:
     frozen: list[float] = field(default_factory=list)  # the best frozen layer, the same folds
     noise: float | None = None
     recipe: dict = field(default_factory=dict)  # option -> value, as the printed command carries it
+    folds_lr: float | None = None  # the folds' range tests' rate (geometric mean, at BATCH_SIZE)
     recipes: list[dict] = field(default_factory=list)  # each fold's recipe, with the reasons
     seconds: float = 0.0
     what: str = ""
@@ -78,7 +79,7 @@ class FinetuneMeasurement:
         return {"measured": True, "what": self.what, "layer": self.layer, "folds": self.folds,
                 "accuracies": self.accuracies, "mean": self.mean, "std": self.std, "frozen": self.frozen,
                 "frozen_mean": self.frozen_mean, "frozen_std": self.frozen_std, "gain": self.gain,
-                "noise": self.noise, "recipe": self.recipe, "recipes": self.recipes, "seconds": self.seconds}
+                "noise": self.noise, "recipe": self.recipe, "folds_lr": self.folds_lr, "recipes": self.recipes, "seconds": self.seconds}
 
 
 def skipped(why: str) -> FinetuneMeasurement:
@@ -160,13 +161,16 @@ def measure(model: str, weights: str, paths: list[str], labels: np.ndarray, clas
     size = recipes[0]["image_size"]["value"]
     recipe = _consensus(recipes)
     recipe["image_size"] = _most_common(full_sizes)
+    # The rate is left to the full run's own range test (--lr auto): it depends on the batch and on the data's
+    # size, as the epochs do, and the folds had 320 images at BATCH_SIZE. Their rate stays in guide.json.
+    folds_lr = recipe.pop("lr")
     if full_train_images:
         from ..finetune.recipe import epochs_for
 
         recipe["epochs"] = epochs_for(full_train_images)[0]
     return FinetuneMeasurement(
         True, layer=frozen_layer, folds=used, accuracies=accuracies, frozen=frozen, noise=noise,
-        recipe=recipe, recipes=recipes, seconds=time.perf_counter() - t0,
+        recipe=recipe, recipes=recipes, folds_lr=folds_lr, seconds=time.perf_counter() - t0,
         what=(f"LP-FT ({recipes[0]['unfreeze']['value']} stages) at {size} px for at most {MAX_EPOCHS} epochs on "
               f"{len(used)} of the {folds.k} folds; every auto setting chosen on an inner {INNER_VAL:.0%} of each "
               "fold's training rows, the fold's held-out rows scored once"),
