@@ -6,11 +6,13 @@ weights, each as a fresh command-line process:
 
 1. `featpipe extract` of the 500 images (pooled features: what a user runs anyway);
 2. `featpipe guide` of the same folder with --sample 500 and an empty cache: one
-   forward pass per image for every compared layer, then the sweep, LogME and the
-   learning curve.
+   forward pass per image for every compared layer, then the sweep, LogME, the
+   learning curve and the fine-tuning measurement (its defaults).
 
-Prints guide / extract wall time (target <= 1.5x: the sweep adds under 50%, because
-every layer comes out of the same forward pass), and LogME's time against the
+Prints the time of each part; the guide's wall time without its fine-tuning measurement
+against extract's (target <= 1.5x: the sweep adds under 50%, because every layer comes
+out of the same forward pass); the whole guide's wall time (target <= 180 s on 2 CPU
+cores, fine-tuning included, issue 23); and LogME's time against the
 cross-validated logistic regression's over the same layers. Rounds alternate which
 command runs first (the machine is shared and noisy: only side-by-side ratios mean much).
 
@@ -66,7 +68,7 @@ def main() -> None:
         folder = digits_folder(work / "digits", args.per_class)
         n = sum(1 for _ in folder.rglob("*.png"))
         featpipe = [sys.executable, "-m", "featpipe"]
-        ratios, logme_vs_cv = [], []
+        ratios, logme_vs_cv, walls = [], [], []
         for r in range(args.rounds):
             def extract(r=r) -> float:
                 return timed([*featpipe, "extract", str(folder), "-o", str(work / f"plain-{r}.h5"),
@@ -87,12 +89,15 @@ def main() -> None:
             compared = len(res["layers"]) + 2  # the layers, the best two side by side, raw pixels
             print(f"round {r + 1}: extract {t_extract:5.1f} s | guide {t_guide:5.1f} s (inside: extract the sample "
                   f"{t['extract']:.1f} s, CV {t['cv']:.2f} s, LogME {t['logme']:.2f} s, learning curve "
-                  f"{t['learning_curve']:.2f} s over {compared} feature sets) -> {res['strategy']} "
-                  f"({res['recommended_layer']})", flush=True)
-            ratios.append(t_guide / t_extract)
+                  f"{t['learning_curve']:.2f} s over {compared} feature sets, fine-tuning {t['finetune']:.1f} s) -> "
+                  f"{res['strategy']} ({res['recommended_layer']}; fine-tuning: {res['finetune_verdict']})", flush=True)
+            ratios.append((t_guide - t["finetune"]) / t_extract)
+            walls.append(t_guide)
             logme_vs_cv.append(t["logme"] / t["cv"])
         print(f"{n} digits, {args.model}, {args.rounds} rounds, each a fresh process")
-        print(f"guide / extract wall time: {' '.join(f'{x:.2f}x' for x in ratios)}   (target <= 1.50x)")
+        print(f"guide without its fine-tuning / extract wall time: {' '.join(f'{x:.2f}x' for x in ratios)}   "
+              "(target <= 1.50x)")
+        print(f"whole guide wall time: {' '.join(f'{x:.0f} s' for x in walls)}   (target <= 180 s)")
         print(f"LogME / 5-fold CV logistic regression, same layers: {' '.join(f'{x:.2f}x' for x in logme_vs_cv)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
