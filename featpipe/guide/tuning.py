@@ -8,10 +8,10 @@ to score the kept epoch. The per-fold accuracies are then compared, paired, with
 best frozen layer's on the same folds, with the sweep's noise (Nadeau-Bengio).
 
 To fit the guide's time, the measurement runs at most MAX_SIZE pixels and MAX_EPOCHS
-epochs: a cheaper run of the same recipe. It must rank
-fine-tuning against frozen features as the full run does; bench/guide_advice.py checks
-that on the digits (where the full run pays) and near-ImageNet textures. On the digits
-it does not yet (docs/guide.md), so `guide --finetune` is opt-in.
+epochs at BATCH_SIZE: a cheaper run of the same recipe. bench/guide_advice.py checks its
+verdict against the full run on the digits (where the full run pays: the sample's
+measurement is ahead on every fold, inside the noise of 3 folds, "can't tell") and on
+near-ImageNet textures ("does not pay"); docs/guide.md has the figures.
 """
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ class FinetuneMeasurement:
         return {"measured": True, "what": self.what, "layer": self.layer, "folds": self.folds,
                 "accuracies": self.accuracies, "mean": self.mean, "std": self.std, "frozen": self.frozen,
                 "frozen_mean": self.frozen_mean, "frozen_std": self.frozen_std, "gain": self.gain,
-                "noise": self.noise, "recipe": self.recipe, "folds_lr": self.folds_lr, "recipes": self.recipes, "seconds": self.seconds}
+                "noise": self.noise, "recipe": self.recipe, "folds_lr": self.folds_lr, "recipes": self.recipes,
+                "seconds": self.seconds}
 
 
 def skipped(why: str) -> FinetuneMeasurement:
@@ -161,8 +162,8 @@ def measure(model: str, weights: str, paths: list[str], labels: np.ndarray, clas
     size = recipes[0]["image_size"]["value"]
     recipe = _consensus(recipes)
     recipe["image_size"] = _most_common(full_sizes)
-    # The rate is left to the full run's own range test (--lr auto): it depends on the batch and on the data's
-    # size, as the epochs do, and the folds had 320 images at BATCH_SIZE. Their rate stays in guide.json.
+    # The rate is left to the full run's own range test (--lr auto): like the epochs, it depends on the batch and
+    # on the data's size, and the folds trained part of a sample at BATCH_SIZE. Their rate stays in guide.json.
     folds_lr = recipe.pop("lr")
     if full_train_images:
         from ..finetune.recipe import epochs_for
