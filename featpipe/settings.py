@@ -11,18 +11,20 @@ knows it:
 * from a pipeline: ``x.toml:12: extract.batch_size must be ...`` (``pipeline.py``).
 
 The library raises with the Python name; the CLI and the pipeline tell the same error with theirs
-(``SettingError.told_as``). The CLI's choices are generated from the lists here (``cli/_common.py``), and
-``tests/test_settings.py`` fails when a command's choices differ from them.
+(``SettingError.told_as``). Settings that contradict each other are refused the same way, with a message
+of their own whose placeholders name the fields (``Group.refuse``). The CLI's choices are generated from
+the lists here (``cli/_common.py``), and ``tests/test_settings.py`` fails when a command's choices differ.
 
 Pure data and the standard library only: the CLI reads this before deciding whether to load torch.
-Relations between settings (--devices with --scheduler, --use-augmented with --cv) stay with the code
-that knows why; this module holds what one value alone must be.
+This module holds what one value alone must be; relations between settings (devices with scheduler,
+use_augmented with cv) stay with the code that knows why, and are told through ``Group.refuse``.
 """
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -54,18 +56,40 @@ HEADS = ("linear", "mlp")  # the classifiers that are PyTorch heads (lr-find, st
 
 
 class SettingError(UsageError):
-    """A setting's value breaks its constraint. ``str()`` names the field as Python knows it
-    (``ExtractConfig.batch_size``); ``told_as(name)`` is the same message for another caller's name."""
+    """A message about settings, each named the way its caller knows it. ``template`` has a placeholder per
+    field (``'{batch_size} must be at least 1 or auto, got 0'``); ``str()`` fills them with Python's names
+    (``ExtractConfig.batch_size``), ``told_as`` with another caller's. ``options``: each field, in the order
+    the message names them, with its command-line option; ``value``: the value refused, if one was."""
 
-    def __init__(self, group: str, field: str, value, requirement: str, option: str):
-        self.group, self.field, self.value, self.requirement, self.option = group, field, value, requirement, option
-        super().__init__(self.told_as(f"{group}.{field}"))
+    def __init__(self, group: str, template: str, options: Mapping[str, str], value=None):
+        self.group, self.template, self.options, self.value = group, template, dict(options), value
+        super().__init__(self.told_as(lambda name: f"{group}.{name}"))
 
     def __reduce__(self):  # raised on a Dask worker, it travels back to the client whole
-        return type(self), (self.group, self.field, self.value, self.requirement, self.option)
+        return type(self), (self.group, self.template, self.options, self.value)
 
-    def told_as(self, name: str) -> str:
-        return f"{name} must be {self.requirement}, got {self.value!r}"
+    @property
+    def field(self) -> str:
+        """The field the message is about (the first it names)."""
+        return next(iter(self.options))
+
+    def told_as(self, name: Callable[[str], str]) -> str:
+        """The message with each field called ``name(field)``: ``lambda f: f"extract.{f}"`` in a pipeline."""
+        return self.template.format_map({f: name(f) for f in self.options})
+
+    def told_by_option(self) -> str:
+        """The message as the command line says it (``--batch-size``)."""
+        return self.told_as(self.options.__getitem__)
+
+
+def literal(text: str) -> str:
+    """``text`` in a SettingError's template, as it is: its braces are not placeholders."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def shown(value) -> str:
+    """``repr(value)`` in a SettingError's template."""
+    return literal(repr(value))
 
 
 def told_by_option(check):
@@ -77,7 +101,7 @@ def told_by_option(check):
         try:
             check(config)
         except SettingError as exc:
-            raise UsageError(exc.told_as(exc.option)) from None
+            raise UsageError(exc.told_by_option()) from None
 
     return checked
 
@@ -150,13 +174,11 @@ class Each:
 @dataclass(frozen=True)
 class Setting:
     """What one field must be: any of ``constraints``; None too when ``optional``. ``words`` replaces the
-    generated requirement where that reads badly; ``option`` is the command line's spelling where it is not
-    ``--field-name``."""
+    generated requirement where that reads badly."""
 
     constraints: tuple
     optional: bool = False
     words: str | None = None
-    option: str | None = None
 
     def requirement(self) -> str:
         return self.words or " or ".join(str(c) for c in self.constraints)
@@ -181,14 +203,23 @@ def fraction(**kw) -> Setting:
 
 @dataclass(frozen=True)
 class Group:
-    """The constrained fields of one config dataclass or library function, named as Python knows it."""
+    """The constrained fields of one config dataclass or library function, named as Python knows it;
+    ``options``: the command line's spelling of a field where it is not ``--field-name``."""
 
     name: str
     settings: Mapping[str, Setting] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict)
 
     def option(self, name: str) -> str:
         """``name``'s command-line option."""
-        return self.settings[name].option or f"--{name.replace('_', '-')}"
+        return self.options.get(name, f"--{name.replace('_', '-')}")
+
+    def refuse(self, template: str, value=None) -> SettingError:
+        """The error for ``template``, whose ``{field}`` placeholders name fields of this group, constrained or
+        not: for settings that contradict each other (``'{devices} and {scheduler} ...'``). Values go in
+        through :func:`shown`."""
+        names = dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f)
+        return SettingError(self.name, template, {f: self.option(f) for f in names}, value)
 
     def check_value(self, name: str, value) -> None:
         """``value`` as the field ``name``.
@@ -202,7 +233,7 @@ class Group:
         if any(c.accepts(value) for c in setting.constraints):
             return
         culprit = next((c.culprit(value) for c in setting.constraints if isinstance(c, Each)), value)
-        raise SettingError(self.name, name, culprit, setting.requirement(), self.option(name))
+        raise self.refuse(f"{{{name}}} must be {setting.requirement()}, got {shown(culprit)}", culprit)
 
     def check(self, config=None, skip: tuple[str, ...] = (), **values) -> None:
         """Every constrained field of ``config`` (an object with these attributes), or the ``values`` given,
@@ -240,15 +271,15 @@ EXTRACT = Group("ExtractConfig", {
     # A count of images, or a fraction of all images (the command line also takes '5%').
     "max_failures": Setting((Number(0, integer=True), Number(0, 1)), optional=True,
                             words="a count (10), a fraction (0.05) or a percentage (5%)"),
-})
+}, options={"layers": "--layer", "storage_options": "--storage-option"})
 
 FIT = Group("FitConfig", {
-    "classifiers": Setting((Each(OneOf(tuple(CLASSIFIERS))),), option="--classifier"),
+    "classifiers": Setting((Each(OneOf(tuple(CLASSIFIERS))),)),
     "test_size": fraction(),  # not checked with a test file, which replaces the split
     "validation_size": fraction(),
     "cv": at_least(2, optional=True),
     "search": at_least(1, optional=True),
-})
+}, options={"classifiers": "--classifier"})
 
 # The PyTorch heads' training within a fit (FitConfig.head); None keeps each head's default.
 HEAD = Group("HeadSettings", {
@@ -261,11 +292,11 @@ HEAD = Group("HeadSettings", {
 })
 
 LR_FIND = Group("lr_find", {
-    "head": one_of(HEADS, option="--classifier"),
+    "head": one_of(HEADS),
     "optimizer": one_of(OPTIMIZERS),
     "steps": at_least(10),  # fewer makes no curve to read a rate from
     "batch_size": at_least(1),
-})
+}, options={"head": "--classifier"})
 
 PREDICT = Group("predict", {"batch_size": BATCH_SIZE})
 

@@ -113,7 +113,7 @@ def test_auto_falls_back_to_torch_with_one_line_and_openvino_refuses(monkeypatch
         ex = Extractor(replace(spec(), backend="auto", optimize=True))
     assert ex.converted is None and ex.backend.startswith("torch ")
     assert "runs on torch: OpenVINO conversion failed (ONNX export failed (RuntimeError: unsupported" in caplog.text
-    with pytest.raises(UsageError, match="--backend openvino cannot run .*use --backend torch"):
+    with pytest.raises(UsageError, match="ExtractConfig.backend openvino cannot run .*use ExtractConfig.backend torch"):
         Extractor(replace(spec(), optimize=True))
 
 

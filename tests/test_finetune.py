@@ -352,7 +352,7 @@ def test_extract_takes_model_and_image_size_from_the_checkpoint(tmp_path, labell
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(fs.X("logits")), 1).numpy(), atol=1e-4)
     with pytest.raises(featpipe.errors.WeightsError, match="was fine-tuned from timm:test_resnet, not"):
         extract(ExtractConfig(labelled, tmp_path / "g.h5", model="resnet18", weights=str(result.output)))
-    with pytest.raises(UsageError, match="--model is missing"):
+    with pytest.raises(UsageError, match="ExtractConfig.model is missing"):
         extract(ExtractConfig(labelled, tmp_path / "g.h5", weights="random"))
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "plain.pt")
     with pytest.raises(UsageError, match="plain state dict that does not say which model"):

@@ -242,7 +242,7 @@ def test_decode_gpu_needs_cuda(tmp_path, image_folder):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(UsageError, match="--decode gpu needs a CUDA device"):
+    with pytest.raises(UsageError, match="ExtractConfig.decode gpu needs a CUDA device"):
         extract(ExtractConfig(image_folder, tmp_path / "f.h5", model=TINY_MODEL, weights="random",
                               decode="gpu", device="cpu"))
 

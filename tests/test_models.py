@@ -132,7 +132,7 @@ def test_resampler_choice():
         Preprocessor(DataConfig(crop=(8, 8), resize=9, crop_mode="center", interpolation="bilinear",
                                 mean=(0, 0, 0), std=(1, 1, 1), resampler="auto"))
     assert resolve_resampler("pil", "bilinear") == "pil"
-    with pytest.raises(UsageError, match="--resampler pil"):
+    with pytest.raises(UsageError, match="use ExtractConfig.resampler pil"):
         resolve_resampler("torch", "nearest")
     with pytest.raises(UsageError, match="resampler must be one of auto, torch, pil, got 'cv2'"):
         resolve_resampler("cv2", "bilinear")

@@ -91,7 +91,7 @@ def test_a_shard_cut_short_under_its_final_name_is_computed_again(tmp_path):
 def test_shard_dir_that_is_a_file_is_refused(tmp_path):
     images = make_images(tmp_path / "images", classes=1, per_class=1)
     (tmp_path / "taken").write_text("")
-    with pytest.raises(featpipe.errors.UsageError, match="--shard-dir .* is a file"):
+    with pytest.raises(featpipe.errors.UsageError, match=r"ExtractConfig\.shard_dir .* is a file"):
         extract(ExtractConfig(images, tmp_path / "f.h5", model="test_resnet", weights="random",
                               shard_dir=str(tmp_path / "taken")))
 

@@ -134,7 +134,37 @@ def test_same_message_from_python_and_the_command_line(group, name, tmp_path, fe
     assert str(python) == f"{group.name}.{name} must be {requirement}, got {python.value!r}"
     r = runner.invoke(app, _cli_args(group, name, value, tmp_path, feature_file))
     assert r.exit_code == 2, r.output
-    assert r.stderr.strip() == f"error: {python.told_as(group.option(name))}"
+    assert r.stderr.strip() == f"error: {python.told_by_option()}"
+    assert r.stderr.startswith(f"error: {group.option(name)} must be ")
+
+
+def test_settings_that_contradict_each_other_are_named_by_each_caller(tmp_path, feature_file):
+    """A relation between settings (Group.refuse) names every field it mentions the caller's way too."""
+    from featpipe.classify import FitConfig, HeadSettings, fit
+    from featpipe.extraction import ExtractConfig, extract
+
+    out = tmp_path / "o.h5"
+    cases = [  # (Python's call, the command line, the CLI's message)
+        (lambda: extract(ExtractConfig(tmp_path, out, model="test_resnet", devices="all", scheduler="tcp://x:1")),
+         ["extract", str(tmp_path), "-o", str(out), "--model", "test_resnet", "--devices", "all", "--scheduler",
+          "tcp://x:1"],
+         "--devices runs local workers, one per GPU; with --scheduler start one `dask worker` per GPU instead "
+         "(CUDA_VISIBLE_DEVICES=N) and leave out --devices"),
+        (lambda: extract(ExtractConfig(tmp_path, out, model="test_resnet", devices="cuda:0", device="cpu")),
+         ["extract", str(tmp_path), "-o", str(out), "--model", "test_resnet", "--devices", "cuda:0", "--device", "cpu"],
+         "--devices 'cuda:0' and --device 'cpu' disagree; give one of them"),
+        (lambda: fit(FitConfig(feature_file, tmp_path / "m.skops", ("logreg",), head=HeadSettings(lr=0.1))),
+         ["fit", str(feature_file), "-o", str(tmp_path / "m.skops"), "--lr", "0.1"],
+         "--classifier 'logreg' has no linear or mlp head for the heads' settings (lr) to train; add linear or mlp, "
+         "or drop those settings"),
+    ]
+    for call, args, message in cases:
+        with pytest.raises(SettingError) as python:
+            call()
+        assert str(python.value) == python.value.told_as(lambda f: f"{python.value.group}.{f}")
+        assert "--" not in str(python.value) and python.value.told_by_option() == message
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and r.stderr.strip() == f"error: {message}", r.output
 
 
 def test_the_issues_example():
@@ -166,4 +196,4 @@ def test_a_pipeline_tells_the_same_message_with_its_key_and_line(group, name, tm
         group.check_value(name, list(value) if isinstance(value, tuple) else value)
     with pytest.raises(UsageError) as caught:
         load_pipeline(path)
-    assert str(caught.value) == f"{path}:{number}: {python.value.told_as(f'{section}.{name}')}"
+    assert str(caught.value) == f"{path}:{number}: {python.value.told_as(lambda f: f'{section}.{f}')}"

@@ -90,7 +90,7 @@ def test_shards_list_in_order_with_labels_from_cls_txt_or_json(shard_set):
                 for _, f in rows]
         assert names == want
     assert discover(pattern, label_key="n").classes == ("0", "1", "2", "3")  # ints, in numeric order
-    with pytest.raises(UsageError, match="--label-key 'missing'"):
+    with pytest.raises(UsageError, match="ExtractConfig.label_key 'missing': no sample"):
         discover(pattern, label_key="missing")
     with pytest.raises(UsageError, match="shards do not exist"):
         discover(str(root / "shards" / "{00000..00009}.tar"))

@@ -168,7 +168,7 @@ def test_fit_use_augmented_needs_views_and_a_validation_split(tmp_path):
                          ["a", "b"])
     with pytest.raises(UsageError, match="extract with --augment K"):
         fit(FitConfig(plain, tmp_path / "m.skops", use_augmented=True))
-    with pytest.raises(UsageError, match="drop --cv and --search"):
+    with pytest.raises(UsageError, match=r"^FitConfig\.use_augmented compares .*; drop FitConfig\.cv and FitConfig\.search$"):
         fit(FitConfig(file_with_views(tmp_path / "v.h5"), tmp_path / "m.skops", cv=3, use_augmented=True))
 
 

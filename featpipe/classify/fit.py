@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from .._util import available_memory, pyplot
 from ..errors import FeatpipeError, UsageError
 from ..files import classifier as modelfile
-from ..settings import FIT, HEAD, told_by_option
+from ..settings import FIT, HEAD, literal, shown, told_by_option
 from ..store import FeatureSet, load
 from .classes import rows_for_model
 from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
@@ -211,13 +211,13 @@ def _augmented_views(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[np.
     if not config.use_augmented:
         return None
     if layer not in fs.augmented_layers:
-        raise UsageError(f"--use-augmented: {fs.path.name} has no augmented views of {layer!r}; "
+        raise FIT.refuse(f"{{use_augmented}}: {literal(fs.path.name)} has no augmented views of {shown(layer)}; "
                          "extract with --augment K (for example --augment 4)")
     if config.cv or config.search:
-        raise UsageError("--use-augmented compares classifiers on a validation split of the training images; "
-                         "drop --cv and --search")
+        raise FIT.refuse("{use_augmented} compares classifiers on a validation split of the training images; "
+                         "drop {cv} and {search}")
     if config.stream:
-        raise UsageError("--use-augmented holds the training rows and their views in memory; drop --stream")
+        raise FIT.refuse("{use_augmented} holds the training rows and their views in memory; drop {stream}")
     return fs.augmented(layer)
 
 
@@ -285,8 +285,9 @@ def _head_params(config: FitConfig) -> dict:
     config.head.check()
     params = config.head.params()
     if params and not any(name in STREAMING for name in config.classifiers):
-        raise UsageError(f"{', '.join(params)} set the training of the linear and mlp heads, and --classifier "
-                         f"{','.join(config.classifiers)} has neither; add linear or mlp, or drop those options")
+        given = ", ".join(k for k, v in vars(config.head).items() if v is not None)
+        raise FIT.refuse(f"{{classifiers}} {shown(','.join(config.classifiers))} has no linear or mlp head for the "
+                         f"heads' settings ({given}) to train; add linear or mlp, or drop those settings")
     return params
 
 
@@ -335,7 +336,7 @@ def fit(config: FitConfig, fingerprint: str = "", progress: SearchProgress | Non
     views = _augmented_views(config, fs, layer)
     stream = _decide_stream(config, labelled)
     if stream and views is not None:
-        raise UsageError("--use-augmented holds the training rows and their views in memory, and these features "
+        raise FIT.refuse("{use_augmented} holds the training rows and their views in memory, and these features "
                          "would not fit; fit without it, or on a machine with more memory")
     file_rows = labelled.rows  # positions of the labelled set -> feature-file rows (for the views)
     if not stream:  # one read of each file; the split then indexes memory

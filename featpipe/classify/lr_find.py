@@ -78,7 +78,7 @@ def lr_find(rows: Rows, head: str = "linear", optimizer: str = "adam", start: fl
         bs = min(batch_size, len(rows))
         skip_lone = len(rows) > 1 and not lone_rows_train(net)
         if skip_lone and bs < 2:
-            raise UsageError("--batch-size must be at least 2 for the mlp head (batch normalisation)")
+            raise LR_FIND.refuse(f"{{batch_size}} must be at least 2 for the mlp head (batch normalisation), got {bs}")
 
         def endless():  # epoch after epoch, as many as the steps need
             while True:

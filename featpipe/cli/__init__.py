@@ -105,14 +105,15 @@ def user_errors(command: Callable) -> Callable:
 
 
 def _told_here(exc: FeatpipeError) -> str:
-    """The message, with a setting named by this command's option (--batch-size) where the command has one;
-    a setting the command has no option for keeps its Python name (ExtractConfig.batch_size)."""
+    """The message, with settings named by this command's options (--batch-size) where it has them all;
+    else by their Python names (ExtractConfig.batch_size): an error from settings the command does not set."""
     from ..settings import SettingError
 
     if isinstance(exc, SettingError):
         ctx = click_context()
-        if ctx is not None and any(exc.option in p.opts for p in ctx.command.params):
-            return exc.told_as(exc.option)
+        options = {opt for p in ctx.command.params for opt in p.opts} if ctx is not None else set()
+        if set(exc.options.values()) <= options:
+            return exc.told_by_option()
     return str(exc)
 
 

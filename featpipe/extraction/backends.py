@@ -24,7 +24,6 @@ import numpy as np
 
 from .. import identity
 from .._util import atomic_write, cache_dir, cpu_cores, installed_version
-from ..errors import UsageError
 from ..settings import EXTRACT
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve(choice: str, device_type: str, precision: str) -> str:
-    """``--backend`` for a run on ``device_type`` at ``precision``: 'torch' or 'openvino'.
+    """The backend (settings.BACKENDS) for a run on ``device_type`` at ``precision``: 'torch' or 'openvino'.
 
     'auto' is OpenVINO where it is installed and can do the precision on the CPU (fp32, bf16), else torch.
 
@@ -74,18 +73,18 @@ def resolve(choice: str, device_type: str, precision: str) -> str:
     """
     check_backend(choice)
     if device_type == "cpu" and precision == "bf16" and not cpu_has_bf16():
-        raise UsageError("--precision bf16 is unsupported on this CPU (it has neither AVX512-BF16 nor AMX): "
-                         "it would be emulated, slower than fp32; use --precision fp32")
+        raise EXTRACT.refuse("{precision} bf16 is unsupported on this CPU (it has neither AVX512-BF16 nor AMX): "
+                             "it would be emulated, slower than fp32; use {precision} fp32")
     if choice == "torch" or (choice == "auto" and (device_type != "cpu" or precision == "fp16")):
         return "torch"
     if device_type != "cpu":
-        raise UsageError(f"--backend openvino runs on the CPU, not {device_type}; use --backend auto or torch")
+        raise EXTRACT.refuse(f"{{backend}} openvino runs on the CPU, not {device_type}; use {{backend}} auto or torch")
     if precision == "fp16":
-        raise UsageError("--backend openvino computes fp32 or bf16 on the CPU; use --precision fp32 or bf16")
+        raise EXTRACT.refuse("{backend} openvino computes fp32 or bf16 on the CPU; use {precision} fp32 or bf16")
     if openvino_version() is None:
         if choice == "auto":
             return "torch"
-        raise UsageError(f"--backend openvino needs OpenVINO: {INSTALL_HINT}")
+        raise EXTRACT.refuse(f"{{backend}} openvino needs OpenVINO: {INSTALL_HINT}")
     return "openvino"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import identity, models
 from ..errors import UsageError
-from ..settings import EXTRACT, told_by_option
+from ..settings import EXTRACT, shown, told_by_option
 from ..store import load
 from .decode import MAX_PIXELS
 from .parts import PartStore
@@ -110,10 +110,11 @@ def check_config(config: ExtractConfig) -> None:
     """
     EXTRACT.check(config, skip=() if config.augment else ("augment_strength",))
     if config.devices is not None and config.scheduler:
-        raise UsageError("--devices runs local workers, one per GPU; with --scheduler start one "
-                         "`dask worker` per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out --devices")
+        raise EXTRACT.refuse("{devices} runs local workers, one per GPU; with {scheduler} start one "
+                             "`dask worker` per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out {devices}")
     if config.devices is not None and config.device not in ("auto", "cuda"):
-        raise UsageError(f"--devices {config.devices!r} and --device {config.device!r} disagree; give one of them")
+        raise EXTRACT.refuse(f"{{devices}} {shown(config.devices)} and {{device}} {shown(config.device)} disagree; "
+                             "give one of them")
 
 
 check_settings = told_by_option(check_config)  # pipeline.py's, until it names its keys from SettingError
@@ -134,7 +135,7 @@ def check_output(config: ExtractConfig) -> None:
         raise UsageError(f"output folder {str(out.parent)!r} is not writable; choose another -o")
     parts = PartStore(config.shard_dir) if config.shard_dir is not None else None
     if parts is not None and parts.local is not None and parts.local.exists() and not parts.local.is_dir():
-        raise UsageError(f"--shard-dir {config.shard_dir!r} is a file; give a folder (or an fsspec URL)")
+        raise EXTRACT.refuse(f"{{shard_dir}} {shown(config.shard_dir)} is a file; give a folder (or an fsspec URL)")
 
 
 def request_of(config: ExtractConfig) -> tuple[str, dict]:
@@ -149,14 +150,14 @@ def request_of(config: ExtractConfig) -> tuple[str, dict]:
 def _checkpoint_model(weights: str) -> str:
     """The base model of a `featpipe finetune` checkpoint, for an extract without --model."""
     if weights in ("pretrained", "random"):
-        raise UsageError("--model is missing; name one (`featpipe models` lists them), or pass --weights CHECKPOINT.pt "
-                         "from `featpipe finetune`, which records its model")
+        raise EXTRACT.refuse("{model} is missing; name one (`featpipe models` lists them), or give {weights} a "
+                             "checkpoint from `featpipe finetune`, which records its model")
     from ..models.weights import checkpoint_meta
 
     meta = checkpoint_meta(weights)
     if meta is None:
-        raise UsageError(f"--model is missing, and {weights!r} is a plain state dict that does not say which model it "
-                         "belongs to; pass --model")
+        raise EXTRACT.refuse(f"{{model}} is missing, and {{weights}} {shown(weights)} is a plain state dict that does "
+                             "not say which model it belongs to; give {model}")
     return str(meta["model"])
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .. import models
-from ..errors import UsageError, WeightsError
+from ..errors import WeightsError
 from ..models.data_config import DataConfig, resolve_decode
-from ..settings import EXTRACT
+from ..settings import EXTRACT, literal
 from . import backends
 from .devices import local_devices, resolve_device
 from .gpu_decode import GpuDecoder
@@ -101,8 +101,8 @@ class Extractor:
         decode = resolve_decode(spec.decode, self.device.type, resampler)
         if decode == "gpu" and spec.views.tta_views + spec.views.augment > 1:  # views need the whole picture, on the CPU
             if spec.decode == "gpu":
-                raise UsageError("--decode gpu makes one crop per image; --tta and --augment views need "
-                                 "--decode exact or fast")
+                raise EXTRACT.refuse("{decode} gpu makes one crop per image; {tta} and {augment} views need "
+                                     "{decode} exact or fast")
             decode = "exact"
         self.data_config = replace(data_config, resampler=resampler, decode=decode)
         self.preprocess = Preprocessor(self.data_config)
@@ -147,8 +147,8 @@ class Extractor:
                                                           self.data_config.crop, self.cache_key(), self.spec.precision)
             except backends.ConversionError as exc:
                 if self.spec.backend != "auto":
-                    raise UsageError(f"--backend openvino cannot run {self.spec.model}: {exc}; "
-                                     "use --backend torch") from exc
+                    raise EXTRACT.refuse(f"{{backend}} openvino cannot run {literal(self.spec.model)}: "
+                                         f"{literal(str(exc))}; use {{backend}} torch") from exc
                 log.warning("%s runs on torch: OpenVINO conversion failed (%s)", self.spec.model, exc)
                 self.backend_target = "torch"
             else:

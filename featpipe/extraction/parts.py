@@ -45,6 +45,7 @@ from .. import remote
 from .._util import atomic_write, is_temporary, temporary_name
 from ..errors import UsageError
 from ..files.features import STR, decode_strings, read_images, write_images
+from ..settings import EXTRACT, literal, shown
 
 if TYPE_CHECKING:
     from .partition import PartitionResult
@@ -64,8 +65,9 @@ class PartStore:
             try:
                 fs, path = fsspec.core.url_to_fs(self.location)
             except (ImportError, ValueError) as exc:
-                raise UsageError(f"--shard-dir {self.location!r} cannot be opened ({exc}); install the fsspec "
-                                 "backend it names (s3fs for s3://, gcsfs for gs://) or give a local folder") from None
+                raise EXTRACT.refuse(f"{{shard_dir}} {shown(self.location)} cannot be opened ({literal(str(exc))}); "
+                                     "install the fsspec backend it names (s3fs for s3://, gcsfs for gs://) or give a "
+                                     "local folder") from None
             if isinstance(fs, LocalFileSystem):
                 self.local: Path | None = Path(path)
             else:

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from ..errors import UsageError
 from ..models import DataConfig
 from ..models.data_config import check_resampler
+from ..settings import EXTRACT, shown
 from .decode import MAX_PIXELS, load_rgb
 
 # Interpolations torchvision resizes uint8 tensors with natively (antialiased).
@@ -45,9 +46,8 @@ def resolve_resampler(choice: str, interpolation: str, crop_mode: str = "center"
     if choice == "auto":
         return "torch" if interpolation in TORCH_INTERPOLATIONS and crop_mode == "center" else "pil"
     if choice == "torch" and interpolation not in TORCH_INTERPOLATIONS:
-        raise UsageError(
-            f"--resampler torch cannot do this model's {interpolation!r} interpolation; use --resampler pil"
-        )
+        raise EXTRACT.refuse(f"{{resampler}} torch cannot do this model's {shown(interpolation)} interpolation; "
+                             "use {resampler} pil")
     return choice
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import identity, remote
 from ..errors import UsageError
+from ..settings import EXTRACT, literal, shown
 from . import shards as tar_shards
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -345,8 +346,8 @@ def _from_shards(locations: Sequence[str], options: Mapping[str, Any], label_key
         version += [listing.identity] * (len(paths) - len(version))
     if label_key is not None and label_key != tar_shards.DEFAULT_LABEL_KEY and paths and not any(names):
         where = f"a {label_key} member" if label_key.startswith(".") else f"a field {label_key!r} in its .json member"
-        raise UsageError(f"--label-key {label_key!r}: no sample in the shards has {where}; use .cls, .txt or a "
-                         "field of the samples' .json")
+        raise EXTRACT.refuse(f"{{label_key}} {shown(label_key)}: no sample in the shards has {literal(where)}; use "
+                             ".cls, .txt or a field of the samples' .json")
     known = {"size": np.asarray(size, np.int64), "mtime": np.asarray(mtime, np.int64),
              "version": np.asarray(version, dtype=object), "sha256": np.asarray(sha, dtype=object)}
     root_out: Path | str = root if remote.is_url(root) else Path(root)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..settings import EXTRACT
+from ..settings import EXTRACT, shown
 
 # How JPEG bytes become pixels (--decode, settings.DECODES): 'exact' decodes every pixel (Pillow); 'fast' lets
 # libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below the resize target; 'gpu'
@@ -36,11 +36,11 @@ def resolve_decode(choice: str, device_type: str, resampler: str = "torch") -> s
     if choice == "auto":
         return "gpu" if device_type == "cuda" and resampler == "torch" else "exact"
     if choice == "gpu" and device_type != "cuda":
-        raise UsageError(f"--decode gpu needs a CUDA device, but the device is {device_type!r}; "
-                         "use --decode exact or fast, or --device cuda")
+        raise EXTRACT.refuse(f"{{decode}} gpu needs a CUDA device, but the device is {shown(device_type)}; "
+                             "use {decode} exact or fast, or {device} cuda")
     if choice == "gpu" and resampler != "torch":
-        raise UsageError("--decode gpu resizes with torch on the GPU, but this run resizes with Pillow "
-                         "(--resampler pil, or a model torch cannot resize for); use --decode exact")
+        raise EXTRACT.refuse("{decode} gpu resizes with torch on the GPU, but this run resizes with Pillow "
+                             "({resampler} pil, or a model torch cannot resize for); use {decode} exact")
     return choice
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..settings import EXTRACT, POOLS  # noqa: F401 - POOLS: public here too (featpipe.models.POOLS)
+from ..settings import EXTRACT, POOLS, shown  # noqa: F401 - POOLS: public here too (featpipe.models.POOLS)
 from .registry import ModelSpec
 from .weights import classifier_name
 
@@ -74,9 +74,9 @@ def resolve_layers(
     """
     EXTRACT.check_value("pool", pool)
     if not names:
-        raise UsageError("no --layer given; use 'pooled' for the penultimate features")
+        raise EXTRACT.refuse("no {layers} given; use 'pooled' for the penultimate features")
     if len(set(names)) != len(names):
-        raise UsageError(f"--layer given twice: {', '.join(names)}")
+        raise EXTRACT.refuse(f"{{layers}} names a layer twice: {shown(', '.join(names))}")
     modules = dict(model.named_modules())
     layers = []
     for name in names:
