@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 
 help:
 	@echo "make install   install featpipe with its test, docs and cpu (OpenVINO) extras (skips what is already installed)"
-	@echo "make demo      extract EfficientNet-Lite0 features of the digits demo set, summarise them, compare classifiers"
+	@echo "make demo      the guide on the digits demo set, then EfficientNet-Lite0 features of the layer it advises, classifiers compared"
 	@echo "make test      install, then run the test suite (slow tests excluded)"
 	@echo "make test-all  the whole suite, slow tests included"
 	@echo "make test-min  the tests with the lowest version pyproject.toml declares of each dependency (but torch)"
@@ -25,12 +25,12 @@ data/digits/.complete:
 	$(PYTHON) data/make_digits.py data/digits
 	touch $@
 
-# The digits pipeline (pipelines/digits.toml): extract, then fit several classifiers and
-# compare them on held-out rows; then summarise the feature file. Finished stages are skipped.
+# The digits pipeline (pipelines/digits.toml): the guide, then extract the layer it advises, then fit
+# several classifiers on it and compare them on held-out rows. Finished stages are skipped. Nothing runs
+# after it: where the guide advises fine-tuning, its `featpipe finetune` command is the last line.
 demo: install data/digits/.complete
 	mkdir -p out
 	$(PYTHON) -m featpipe run pipelines/digits.toml
-	$(PYTHON) -m featpipe info out/digits.h5
 
 test: install
 	$(PYTHON) -m pytest -q
