@@ -253,6 +253,95 @@ class Trained:
     resumed_from: int
 
 
+def _first_recipe(config: FinetuneConfig, net: nn.Module, spec, train_paths: list,
+                  budget: Callable[[recipe_rules.Recipe], None] | None) -> recipe_rules.Recipe:
+    """The settings known before the probe: input framing (measured where auto), epochs, unfreeze, rate decay;
+    then the caller's ``budget`` caps."""
+    recipe = recipe_rules.Recipe()
+    model_cfg = models.eval_config(net, spec)
+    model_crop_pct = data.model_crop_pct(model_cfg)
+    framing = None
+    if "auto" in (config.image_size, config.crop_pct):
+        framing = recipe_rules.measure_framing(train_paths, model_crop_pct, config.seed)
+    recipe_rules.frame(framing, model_cfg.crop[0], model_crop_pct,
+                       model_cfg.crop[0] if config.image_size is None else config.image_size,
+                       round(model_crop_pct, 4) if config.crop_pct is None else config.crop_pct, recipe)
+    if config.epochs == "auto":
+        epochs, why = recipe_rules.epochs_for(len(train_paths))
+        recipe.set("epochs", epochs, True, why)
+    else:
+        recipe.set("epochs", config.epochs, False)
+    recipe.set("unfreeze", config.unfreeze, config.unfreeze == recipe_rules.UNFREEZE,
+               "BiT's recipe: every layer trains" if config.unfreeze == recipe_rules.UNFREEZE else "")
+    recipe.set("lr_decay", config.lr_decay, config.lr_decay == recipe_rules.LR_DECAY,
+               "BiT's recipe: one rate for every layer" if config.lr_decay == recipe_rules.LR_DECAY else "")
+    if budget:
+        budget(recipe)
+    return recipe
+
+
+def _probe_phase(net: nn.Module, spec, head: nn.Linear, recipe: recipe_rules.Recipe, paths, labels, train_rows,
+                 val_rows, config: FinetuneConfig, device, n_classes: int):
+    """Phase 1: the linear probe at each candidate input size (where the size is measured), the size with the
+    lower held-out loss kept (a tie, or nothing held out to tell, goes to the cheaper one), folded into ``head``."""
+    probes = {size: probe_at(net, spec, size, recipe["crop_pct"], paths, labels, train_rows, val_rows, config, device)
+              for size in recipe.size_candidates or [recipe["image_size"]]}
+    size = min(probes, key=lambda k: (probes[k].loss if math.isfinite(probes[k].loss) else math.inf, k))
+    if len(probes) > 1:
+        choice = recipe.choices["image_size"]
+        losses = ", ".join(f"{k} px {probes[k].loss:.3f}" for k in sorted(probes))
+        recipe.set("image_size", size, True, f"{choice.reason}; of {' and '.join(map(str, sorted(probes)))} "
+                   f"px, the linear probe's held-out log-loss chose {size} ({losses})")
+    probe = probes[size]
+    linear_probe(head, probe.X, probe.y, n_classes, C=probe.C)
+    return probe
+
+
+def _train_epoch(net: nn.Module, loader, optimizer, scheduler, preprocess: Preprocessor, device, autocast,
+                 progress: Callable[[int, int], None] | None) -> tuple[float, int]:
+    """One pass over ``loader``: (mean training loss, images that could not be decoded)."""
+    total = torch.zeros((), device=device)
+    seen = skipped = 0
+    for i, (pixels, yb, bad) in enumerate(loader):
+        skipped += bad
+        if pixels is None:
+            continue
+        yb = yb.to(device, non_blocking=True)
+        x = preprocess.batch(pixels.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with autocast():
+            loss = nn.functional.cross_entropy(net(x).float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach() * len(yb)  # no host sync inside the step
+        seen += len(yb)
+        if progress:
+            progress(i + 1, len(loader))
+    return float(total) / max(seen, 1), skipped
+
+
+def _optimizer_factory(net: nn.Module, groups, trainable: list[str], lr_decay: float,
+                       config: FinetuneConfig) -> Callable[[float], torch.optim.Optimizer]:
+    """``optimizer_at(lr)``: the optimizer over the trainable groups, each at ``lr`` times its stage's ratio
+    (kept as the group's "ratio" for the range test), biases without weight decay."""
+    ratios = blocks.learning_rates(groups, trainable, 1.0, lr_decay)
+
+    def optimizer_at(lr: float):
+        params = dict(net.named_parameters())
+        param_groups = []
+        for g in trainable:
+            for decayed in (True, False):
+                chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
+                if chosen:
+                    param_groups.append({"params": chosen, "lr": lr * ratios[g], "ratio": ratios[g],
+                                         "weight_decay": config.weight_decay if decayed else 0.0})
+        return make_optimizer(config.optimizer, param_groups, lr, config.weight_decay)
+
+    return optimizer_at
+
+
 def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.ndarray, classes: list[str],
           train_rows: np.ndarray, val_rows: np.ndarray, progress: Callable[[str, int, int], None] | None = None,
           on_epoch: Callable[[Epoch], None] | None = None,
@@ -271,30 +360,8 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         if state["identity"] != identity:
             raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
                              "delete it to start again, or run the command that made it")
-    model_cfg = models.eval_config(net, spec)
-    model_crop_pct = data.model_crop_pct(model_cfg)
-    recipe = recipe_rules.Recipe()
-    if state is not None:
-        recipe = recipe_rules.Recipe.from_dict(json.loads(state["recipe"]))
-    else:
-        train_paths = [paths[i] for i in train_rows]
-        framing = None
-        if "auto" in (config.image_size, config.crop_pct):
-            framing = recipe_rules.measure_framing(train_paths, model_crop_pct, config.seed)
-        recipe_rules.frame(framing, model_cfg.crop[0], model_crop_pct,
-                           model_cfg.crop[0] if config.image_size is None else config.image_size,
-                           round(model_crop_pct, 4) if config.crop_pct is None else config.crop_pct, recipe)
-        if config.epochs == "auto":
-            epochs, why = recipe_rules.epochs_for(len(train_rows))
-            recipe.set("epochs", epochs, True, why)
-        else:
-            recipe.set("epochs", config.epochs, False)
-        recipe.set("unfreeze", config.unfreeze, config.unfreeze == recipe_rules.UNFREEZE,
-                   "BiT's recipe: every layer trains" if config.unfreeze == recipe_rules.UNFREEZE else "")
-        recipe.set("lr_decay", config.lr_decay, config.lr_decay == recipe_rules.LR_DECAY,
-                   "BiT's recipe: one rate for every layer" if config.lr_decay == recipe_rules.LR_DECAY else "")
-        if budget:
-            budget(recipe)
+    recipe = (recipe_rules.Recipe.from_dict(json.loads(state["recipe"])) if state is not None
+              else _first_recipe(config, net, spec, [paths[i] for i in train_rows], budget))
     device = torch.device(resolve_device(config.device))
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     autocast = _autocast_for(device, bf16)
@@ -309,19 +376,9 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     # size is measured); then what it tells of views.
     if state is None:
         t0 = time.perf_counter()
-        probes = {size: probe_at(net, spec, size, recipe["crop_pct"], paths, labels, train_rows, val_rows, config,
-                                  device) for size in recipe.size_candidates or [recipe["image_size"]]}
-        # The lower held-out loss; a tie (or nothing held out to tell) to the cheaper size.
-        size = min(probes, key=lambda k: (probes[k].loss if math.isfinite(probes[k].loss) else math.inf, k))
-        if len(probes) > 1:
-            choice = recipe.choices["image_size"]
-            losses = ", ".join(f"{k} px {probes[k].loss:.3f}" for k in sorted(probes))
-            recipe.set("image_size", size, True, f"{choice.reason}; of {' and '.join(map(str, sorted(probes)))} "
-                       f"px, the linear probe's held-out log-loss chose {size} ({losses})")
-        probe = probes[size]
+        probe = _probe_phase(net, spec, head, recipe, paths, labels, train_rows, val_rows, config, device,
+                             len(classes))
         data_config, preprocess = probe.data_config, probe.preprocess
-        X, y, X_val, y_val = probe.X, probe.y, probe.X_val, probe.y_val
-        linear_probe(head, X, y, len(classes), C=probe.C)
     else:
         data_config = data.data_config(net, spec, recipe["image_size"], recipe["crop_pct"])
         preprocess = Preprocessor(data_config)
@@ -336,30 +393,21 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     if state is None:
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
-        view_choice.choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val,
-                                 y_val, probe.C, data_config, preprocess, device, len(classes))
+        view_choice.choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, probe.X,
+                                 probe.y, probe.X_val, probe.y_val, probe.C, data_config, preprocess, device,
+                                 len(classes))
     augment = train_transform(data_config, recipe["augment"], recipe["flip"])
     snapshot_start = blocks.snapshot(net)  # the audit compares the end with this
 
     # Phase 2: the chosen stages, the neck and the head, on augmented views.
     blocks.freeze(net, groups, trainable)
-    ratios = blocks.learning_rates(groups, trainable, 1.0, recipe["lr_decay"])
-
-    def optimizer_at(lr: float):
-        params = dict(net.named_parameters())
-        param_groups = []
-        for g in trainable:
-            for decayed in (True, False):
-                chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
-                if chosen:
-                    param_groups.append({"params": chosen, "lr": lr * ratios[g], "ratio": ratios[g],
-                                         "weight_decay": config.weight_decay if decayed else 0.0})
-        return make_optimizer(config.optimizer, param_groups, lr, config.weight_decay)
+    optimizer_at = _optimizer_factory(net, groups, trainable, recipe["lr_decay"], config)
 
     if state is None:
         if config.lr == "auto":
-            finding = lr_range.find_rate(net, head, groups, trainable, config, optimizer_at, images(train_rows, augment),
-                                  preprocess, device, autocast, progress, recipe_rules.RANGE_STEPS)
+            finding = lr_range.find_rate(net, head, groups, trainable, config, optimizer_at,
+                                         images(train_rows, augment), preprocess, device, autocast, progress,
+                                         recipe_rules.RANGE_STEPS)
             recipe.set("lr", finding.suggestion, True, recipe_rules.describe_rate(finding))
         else:
             recipe.set("lr", float(config.lr), False)
@@ -391,27 +439,11 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation and dropout: this epoch's own stream
         loader = make_loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
         blocks.set_train_mode(net, groups, trainable, config.bn)
-        total = torch.zeros((), device=device)
-        seen = skipped = 0
-        for i, (pixels, yb, bad) in enumerate(loader):
-            skipped += bad
-            if pixels is None:
-                continue
-            yb = yb.to(device, non_blocking=True)
-            x = preprocess.batch(pixels.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            with autocast():
-                loss = nn.functional.cross_entropy(net(x).float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total += loss.detach() * len(yb)  # no host sync inside the step
-            seen += len(yb)
-            if progress:
-                progress(f"epoch {epoch}/{epochs}", i + 1, len(loader))
+        train_loss, skipped = _train_epoch(net, loader, optimizer, scheduler, preprocess, device, autocast,
+                                           (lambda done, total, epoch=epoch: progress(f"epoch {epoch}/{epochs}", done,
+                                                                                      total)) if progress else None)
         val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
-        row = Epoch(epoch, float(total) / max(seen, 1), val_loss, val_acc,
+        row = Epoch(epoch, train_loss, val_loss, val_acc,
                     max(g["lr"] for g in optimizer.param_groups), time.perf_counter() - t0)
         history.append(row)
         if val_loss < best_loss or not len(val_rows):  # without validation rows the last epoch is kept
