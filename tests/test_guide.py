@@ -174,7 +174,7 @@ def test_fine_tuning_ahead_inside_the_noise_keeps_the_frozen_advice_and_offers_t
 def test_fine_tuning_no_better_than_frozen_does_not_pay_and_prints_no_finetune_command():
     d = decide(comparison(per_class_median=5000, finetune=measured([0.90, 0.91, 0.905], [0.90, 0.905, 0.90])))
     assert (d.data_size, d.finetune) == ("little", "does not pay")
-    assert any("does not pay by more than the noise" in r for r in d.reasons)
+    assert any("ahead by 0.3 points, under 1.0 points: it does not pay" in r for r in d.reasons)
     assert not any(c.startswith("featpipe finetune") for c in commands("imgs", "m", "pretrained", d, False))
 
 

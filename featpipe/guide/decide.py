@@ -121,7 +121,8 @@ def decide(c: Comparison) -> Decision:
                 "pays": "it pays",
                 "can't tell": f"ahead by {_pts(ft.gain)}, inside the noise: can't tell; the `featpipe finetune` "
                               "command below settles it (its validation accuracy against the frozen route's)",
-                "does not pay": "it does not pay" if ft.gain <= 0 else "it does not pay by more than the noise",
+                "does not pay": "it does not pay" if ft.gain <= 0 else f"ahead by {_pts(ft.gain)}, under {_pts(MIN_GAIN)}: "
+                                                                  "it does not pay",
             }[tuned]
         )
         reasons.append(
