@@ -38,6 +38,7 @@ from .classify import FitConfig, FitResult, fit, load_model
 from .classify.fit import HeadSettings
 from .errors import FeatpipeError, RunConflictError, UsageError
 from .extraction import ExtractConfig, ExtractSummary, extract
+from .settings import SettingError
 from .store import load
 
 # key: (accepted types, is a path)
@@ -95,13 +96,17 @@ def _error_at(where: Path, text: str, section: str, key: str | None, message: st
     return error(f"{where}:{_line_of(text, section, key)}: {message}")
 
 
-# A key whose command-line option is not --<key> (the library's checks name the option).
+# A key whose command-line option is not --<key> (the guide's checks name the option).
 _OPTION = {"layers": "--layer", "classifiers": "--classifier", "models": "--model"}
 
 
 def _value_error(where: Path, text: str, section: str, keys, exc: UsageError) -> UsageError:
-    """A library check's message, which names the command-line option (``--batch-size``), told as the
-    pipeline spells it (``extract.batch_size``) at that key's line."""
+    """A library check's message told as the pipeline spells each setting (``extract.batch_size``), at the line
+    of the setting it is about. A SettingError (featpipe/settings.py) names its fields itself; a message that
+    names command-line options instead (the guide's, until its settings are declared there) has the option of
+    one of ``keys`` rewritten into its key."""
+    if isinstance(exc, SettingError):
+        return _error_at(where, text, section, exc.field, exc.told_as(lambda name: f"{section}.{name}"))
     message = str(exc)
     for key in sorted(keys, key=len, reverse=True):  # --test-size before --test
         option = _OPTION.get(key, f"--{key.replace('_', '-')}")
@@ -147,8 +152,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     Raises:
         UsageError: a missing file, invalid TOML, or a bad key or value (with its line).
     """
-    from .classify.fit import check_settings as check_fit
-    from .extraction.config import check_settings as check_extract
+    from .classify.fit import check_config as check_fit
+    from .extraction.config import check_config as check_extract
 
     where = Path(path)
     if not where.is_file():

@@ -21,7 +21,6 @@ use_augmented with cv) stay with the code that knows why, and are told through `
 """
 from __future__ import annotations
 
-import functools
 import math
 import string
 from collections.abc import Callable, Mapping
@@ -90,20 +89,6 @@ def literal(text: str) -> str:
 def shown(value) -> str:
     """``repr(value)`` in a SettingError's template."""
     return literal(repr(value))
-
-
-def told_by_option(check):
-    """``check``, its SettingError told by the command-line option (``--batch-size``) as a plain UsageError:
-    for pipeline.py, which rewrites options into its keys, until it names its keys from SettingError itself."""
-
-    @functools.wraps(check)
-    def checked(config) -> None:
-        try:
-            check(config)
-        except SettingError as exc:
-            raise UsageError(exc.told_by_option()) from None
-
-    return checked
 
 
 # Constraints: each says whether it accepts a value, and in words what it asks for.

@@ -197,3 +197,15 @@ def test_a_pipeline_tells_the_same_message_with_its_key_and_line(group, name, tm
     with pytest.raises(UsageError) as caught:
         load_pipeline(path)
     assert str(caught.value) == f"{path}:{number}: {python.value.told_as(lambda f: f'{section}.{f}')}"
+
+
+def test_a_pipeline_names_every_setting_of_a_contradiction_by_its_key(tmp_path):
+    from featpipe.pipeline import load_pipeline
+
+    path = tmp_path / "p.toml"
+    path.write_text('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nscheduler = "tcp://x:1"\ndevices = "all"\n')
+    with pytest.raises(UsageError) as caught:
+        load_pipeline(path)
+    assert str(caught.value) == (
+        f"{path}:6: extract.devices runs local workers, one per GPU; with extract.scheduler start one `dask worker` "
+        "per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out extract.devices")

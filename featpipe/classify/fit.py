@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline
 from .._util import available_memory, pyplot
 from ..errors import FeatpipeError, UsageError
 from ..files import classifier as modelfile
-from ..settings import FIT, HEAD, literal, shown, told_by_option
+from ..settings import FIT, HEAD, literal, shown
 from ..store import FeatureSet, load
 from .classes import rows_for_model
 from .estimators import SIMPLICITY, STREAMING, CannotFit, make_classifier
@@ -275,9 +275,6 @@ def check_config(config: FitConfig) -> None:
     """
     FIT.check(config, skip=("test_size",) if config.test is not None else ())  # a test file replaces the split
     _head_params(config)
-
-
-check_settings = told_by_option(check_config)  # pipeline.py's, until it names its keys from SettingError
 
 
 def _head_params(config: FitConfig) -> dict:

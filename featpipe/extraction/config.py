@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import identity, models
 from ..errors import UsageError
-from ..settings import EXTRACT, shown, told_by_option
+from ..settings import EXTRACT, shown
 from ..store import load
 from .decode import MAX_PIXELS
 from .parts import PartStore
@@ -115,9 +115,6 @@ def check_config(config: ExtractConfig) -> None:
     if config.devices is not None and config.device not in ("auto", "cuda"):
         raise EXTRACT.refuse(f"{{devices}} {shown(config.devices)} and {{device}} {shown(config.device)} disagree; "
                              "give one of them")
-
-
-check_settings = told_by_option(check_config)  # pipeline.py's, until it names its keys from SettingError
 
 
 def check_output(config: ExtractConfig) -> None:
