@@ -52,6 +52,8 @@ CLASSIFIERS = {  # classify/estimators.py builds them
     "mlp": "PyTorch MLP head: one hidden layer, batch norm or SELU, dropout",
 }
 HEADS = ("linear", "mlp")  # the classifiers that are PyTorch heads (lr-find, streaming)
+BN_POLICIES = ("frozen", "train")  # finetune: BatchNorm keeps its statistics, or unfrozen stages update them
+FINETUNE_PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU, fp32 on the CPU (docs/finetune.md)
 
 
 class SettingError(UsageError):
@@ -285,7 +287,29 @@ LR_FIND = Group("lr_find", {
 
 PREDICT = Group("predict", {"batch_size": BATCH_SIZE})
 
+AUTO = OneOf(("auto",))  # measured on the images (featpipe/finetune/recipe.py)
+
+# Checked after "auto" and the command line's text are parsed (finetune/train.py's _check).
+FINETUNE = Group("FinetuneConfig", {
+    "epochs": Setting((Number(0, integer=True), AUTO)),
+    "lr": Setting((Number(0, open="low"), AUTO)),
+    "lr_decay": Setting((Number(0, 1, open="low"),)),
+    "optimizer": one_of(OPTIMIZERS),
+    "schedule": one_of(SCHEDULES),
+    "warmup": at_least(0, integer=False),
+    "weight_decay": at_least(0, integer=False),
+    "augment": one_of(("auto", *AUGMENTS)),
+    "bn": one_of(BN_POLICIES),
+    "image_size": Setting((Number(32, integer=True), AUTO), optional=True),  # None: the model's own
+    "crop_pct": Setting((Number(0.5, 2), AUTO), optional=True),  # crop / resize, as in timm; None: the model's
+    "val_size": Setting((Number(0, 1, open="high"),),
+                        words="a fraction from 0 (no validation: keep the last epoch) to below 1"),
+    "batch_size": at_least(2, words="at least 2 (BatchNorm and a mean loss need two)"),
+    "precision": one_of(FINETUNE_PRECISIONS),
+})
+
 PREDICTIONS_CSV = Group("Predictions.write_csv", {"top_k": at_least(1)})
 
 # Each group with the command whose options set its fields (tests/test_settings.py checks the two agree).
-COMMANDS = {"extract": (EXTRACT,), "fit": (FIT, HEAD), "lr-find": (LR_FIND,), "predict": (PREDICT, PREDICTIONS_CSV)}
+COMMANDS = {"extract": (EXTRACT,), "fit": (FIT, HEAD), "lr-find": (LR_FIND,), "predict": (PREDICT, PREDICTIONS_CSV),
+            "finetune": (FINETUNE,)}

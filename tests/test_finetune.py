@@ -173,7 +173,7 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, lab
     meta = torch.load(out, weights_only=True)["featpipe"]
     assert meta["train_images"] == 24 and meta["val_images"] == 0 and meta["best_epoch"] == 2
     assert meta["val_loss"] is None and meta["val_accuracy"] is None
-    with pytest.raises(UsageError, match="--val-size must be a fraction from 0"):
+    with pytest.raises(UsageError, match=r"FinetuneConfig.val_size must be a fraction from 0 \(no validation"):
         finetune(config(tmp_path, labelled, val_size=1.0))
 
 
@@ -258,13 +258,13 @@ def test_the_best_epoch_by_validation_loss_is_kept(tmp_path, labelled):
 
 
 def test_bad_options_are_one_line(tmp_path, labelled):
-    with pytest.raises(UsageError, match="--lr must be auto or positive"):
+    with pytest.raises(UsageError, match="FinetuneConfig.lr must be greater than 0 or auto, got 0.0"):
         finetune(config(tmp_path, labelled, lr=0))
-    with pytest.raises(UsageError, match="--augment must be one of"):
+    with pytest.raises(UsageError, match="FinetuneConfig.augment must be one of auto, none, light"):
         finetune(config(tmp_path, labelled, augment="extreme"))
     with pytest.raises(UsageError, match="output folder"):
         finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
-    with pytest.raises(UsageError, match="--crop-pct must be auto or between 0.5 and 2"):
+    with pytest.raises(UsageError, match="FinetuneConfig.crop_pct must be between 0.5 and 2 or auto, got 3.0"):
         finetune(config(tmp_path, labelled, crop_pct=3.0))
     with pytest.raises(UsageError, match="--epochs must be auto or a whole number, got 'many'"):
         finetune(config(tmp_path, labelled, epochs="many"))

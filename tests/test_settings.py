@@ -13,7 +13,19 @@ from typer.testing import CliRunner
 from featpipe import settings
 from featpipe.cli import app, load_command
 from featpipe.errors import UsageError
-from featpipe.settings import EXTRACT, FIT, HEAD, LR_FIND, PREDICT, PREDICTIONS_CSV, Each, Number, OneOf, SettingError
+from featpipe.settings import (
+    EXTRACT,
+    FINETUNE,
+    FIT,
+    HEAD,
+    LR_FIND,
+    PREDICT,
+    PREDICTIONS_CSV,
+    Each,
+    Number,
+    OneOf,
+    SettingError,
+)
 
 runner = CliRunner()
 
@@ -76,7 +88,8 @@ def _cli_text(value) -> str:
 
 # (group, field): every constrained field whose option takes free text (an option with choices refuses other
 # values in the parser, and test_cli_choices_are_the_librarys holds those lists to the library's).
-CASES = [(g, name) for g in (EXTRACT, FIT, HEAD, LR_FIND, PREDICT, PREDICTIONS_CSV) for name, s in g.settings.items()
+CASES = [(g, name) for g in (EXTRACT, FIT, HEAD, LR_FIND, PREDICT, PREDICTIONS_CSV, FINETUNE)
+         for name, s in g.settings.items()
          if not (len(s.constraints) == 1 and isinstance(s.constraints[0], OneOf))]
 
 
@@ -109,6 +122,10 @@ def _python_error(group, name, value, tmp_path, feature_file) -> SettingError:
             lr_find(ArrayRows(np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1])), **{name: value})
         elif group is PREDICT:
             predict(tmp_path / "m.skops", feature_file, **{name: value})
+        elif group is FINETUNE:
+            from featpipe.finetune import FinetuneConfig, finetune
+
+            finetune(FinetuneConfig(tmp_path, tmp_path / "ft.pt", model="test_resnet", **{name: value}))
         else:
             Predictions(["x"], np.array([True]), np.ones((1, 1)), ["a"]).write_csv(io.StringIO(), **{name: value})
     return caught.value
@@ -123,6 +140,8 @@ def _cli_args(group, name, value, tmp_path, feature_file) -> list[str]:
             if group is HEAD else ["fit", str(feature_file), "-o", str(tmp_path / "m.skops"), *option]
     if group is LR_FIND:
         return ["lr-find", str(feature_file), "-o", str(tmp_path / "lr.png"), *option]
+    if group is FINETUNE:
+        return ["finetune", str(tmp_path), "-o", str(tmp_path / "ft.pt"), "--model", "test_resnet", *option]
     return ["predict", str(tmp_path / "m.skops"), str(feature_file), *option]
 
 

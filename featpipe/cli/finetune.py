@@ -3,28 +3,20 @@ from __future__ import annotations
 
 import math
 import shlex
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from .. import settings
 from . import app, user_errors
+from ._common import choices
 from .classify import Optimizer, Schedule  # the heads' choices: one list
 from .extract import with_progress
 
-
-class Augment(str, Enum):
-    auto = "auto"
-    none = "none"
-    light = "light"
-    standard = "standard"
-    strong = "strong"
-
-
-class BatchNorm(str, Enum):
-    frozen = "frozen"
-    train = "train"
+Augment = choices("Augment", settings.FINETUNE.settings["augment"].constraints[0].choices)
+BatchNorm = choices("BatchNorm", settings.BN_POLICIES)
+Precision = choices("Precision", settings.FINETUNE_PRECISIONS)
 
 
 @app.command("finetune")
@@ -35,22 +27,22 @@ def finetune_command(
     model: Annotated[str, typer.Option(help="timm or torchvision model, as for extract.")],
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path to start from.")] = "pretrained",
     unfreeze: Annotated[str, typer.Option(help="head (a linear probe, trained on), N (the top N stages), or all (BiT's recipe).")] = "all",
-    epochs: Annotated[str, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone); auto: from the number of training images, stopping after 3 epochs without a lower validation loss.")] = "auto",
+    epochs: Annotated[str, typer.Option(help="Epochs of fine-tuning after the linear probe (0: the probe alone); auto: from the number of training images (BiT's tiers); the epoch with the lowest validation loss is kept.")] = "auto",
     lr: Annotated[str, typer.Option(help="Learning rate of the head and the top stage; auto: a learning-rate range test of the network with a fresh head, by the rule of `featpipe lr-find`.")] = "auto",
     lr_decay: Annotated[float, typer.Option(help="Each stage lower down trains at this times the rate above it (1: one rate for all, BiT's recipe).")] = 1.0,
     optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,  # type: ignore[attr-defined]
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule after the warm-up (step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).")] = Schedule.cosine,  # type: ignore[attr-defined]
     warmup: Annotated[float, typer.Option(help="Epochs over which the rates rise linearly from near 0 (Adam's first steps are full-size whatever the gradient).")] = 1.0,
     weight_decay: Annotated[float, typer.Option(help="L2 penalty on weights (not biases).")] = 1e-4,
-    augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong. auto: the strongest whose views the linear probe still recognises.")] = Augment.auto,
+    augment: Annotated[Augment, typer.Option(help="Training views: random resized crop, flip, small rotation, colour shift; stronger from light to strong. auto: the strongest whose views the linear probe still recognises.")] = Augment.auto,  # type: ignore[attr-defined]
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Horizontal flips (default: auto, off where the linear probe recognises mirrored images less well: text, digits, left/right signs).", show_default=False)] = None,
-    bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,
+    bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,  # type: ignore[attr-defined]
     image_size: Annotated[str, typer.Option(help="Square input crop in pixels; auto: the model's own, and for images under 96 px BiT's upsampling (128 for a 224-px model).")] = "auto",
     crop_pct: Annotated[str, typer.Option(help="Crop size / resize, as in timm: the model's (often 0.875) cuts the edges, 1 keeps the whole image, above 1 pads it with black; auto: the model's, unless it would cut objects that fill the frame on a plain background (digits, characters).")] = "auto",
     val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch; 0 trains on all of them for --epochs and keeps the last (a refit, with the epochs a validated run chose).")] = 0.2,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU: docs/finetune.md#precision), fp32 or bf16.")] = Precision.auto,  # type: ignore[attr-defined]
     seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
     report: Annotated[Path | None, typer.Option(help="Folder for curves.png (losses and accuracy per epoch), lr_find.png (the range test of --lr auto) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.", show_default=False)] = None,
@@ -64,7 +56,7 @@ def finetune_command(
         lr_decay=lr_decay, optimizer=optimizer.value, schedule=schedule.value, warmup=warmup,
         weight_decay=weight_decay,
         augment=augment.value, flip="auto" if flip is None else flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct, val_size=val_size,
-        batch_size=batch_size, device=device, precision=precision, seed=seed, resume=resume,
+        batch_size=batch_size, device=device, precision=precision.value, seed=seed, resume=resume,
     )
 
     def number(value: float, fmt: str) -> str:

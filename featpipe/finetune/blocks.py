@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..settings import BN_POLICIES
 
-BN_POLICIES = ("frozen", "train")
 HEAD, NECK = "head", "neck"
 
 

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import models
+from .. import models, settings
 from .._util import atomic_write
-from ..classify.heads import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from ..classify.heads import make_optimizer, make_schedule
 from ..errors import UsageError
 from ..extraction.devices import resolve_device
 from ..extraction.preprocess import Preprocessor
 from ..extraction.sources import discover
-from ..extraction.views import check_augment
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
 from . import blocks, data, lr_range, view_choice
@@ -122,31 +121,7 @@ def _check(config: FinetuneConfig) -> FinetuneConfig:
                      flip=auto(config.flip, "--flip", bool),
                      image_size=config.image_size if config.image_size is None else auto(config.image_size, "--image-size", int),
                      crop_pct=config.crop_pct if config.crop_pct is None else auto(config.crop_pct, "--crop-pct", float))
-    if config.epochs != "auto" and config.epochs < 0:
-        raise UsageError(f"--epochs must be auto or at least 0, got {config.epochs}")
-    if config.lr != "auto" and not config.lr > 0:
-        raise UsageError(f"--lr must be auto or positive, got {config.lr}")
-    if not 0 < config.lr_decay <= 1:
-        raise UsageError(f"--lr-decay must be in (0, 1], got {config.lr_decay}")
-    if config.warmup < 0:
-        raise UsageError(f"--warmup must be at least 0 epochs, got {config.warmup}")
-    if config.optimizer not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
-    if config.schedule not in SCHEDULES:
-        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
-    if config.augment != "auto":
-        check_augment(config.augment)
-    if not 0 <= config.val_size < 1:
-        raise UsageError(f"--val-size must be a fraction from 0 (no validation: keep the last epoch) to below 1, "
-                         f"got {config.val_size}")
-    if config.batch_size < 2:
-        raise UsageError(f"--batch-size must be at least 2 (BatchNorm and a mean loss need two), got {config.batch_size}")
-    if config.image_size not in (None, "auto") and config.image_size < 32:
-        raise UsageError(f"--image-size must be auto or at least 32 pixels, got {config.image_size}")
-    if config.crop_pct not in (None, "auto") and not 0.5 <= config.crop_pct <= 2:
-        raise UsageError(f"--crop-pct must be auto or between 0.5 and 2 (crop size / resize), got {config.crop_pct}")
-    if config.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, got {config.precision!r}")
+    settings.FINETUNE.check(config)
     out = Path(config.output)
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
