@@ -289,7 +289,7 @@ PREDICT = Group("predict", {"batch_size": BATCH_SIZE})
 
 AUTO = OneOf(("auto",))  # measured on the images (featpipe/finetune/recipe.py)
 
-# Checked after "auto" and the command line's text are parsed (finetune/train.py's _check).
+# Checked after "auto" and the command line's text are parsed (finetune/config.py's checked).
 FINETUNE = Group("FinetuneConfig", {
     "epochs": Setting((Number(0, integer=True), AUTO)),
     "lr": Setting((Number(0, open="low"), AUTO)),

@@ -3,10 +3,13 @@
     >>> from featpipe.finetune import FinetuneConfig, finetune
     >>> result = finetune(FinetuneConfig("images/", "ft.pt", model="tf_efficientnet_lite0", unfreeze="2"))
 
-Modules: ``blocks`` (stages to unfreeze, learning rates, BatchNorm policy, the
-audit of what changed), ``data`` (decoding, augmentation), ``train`` (the
-linear probe, the training loop, resume, the checkpoint).
+Modules: ``config`` (the settings and their checks), ``recipe`` (the auto settings),
+``blocks`` (stages to unfreeze, learning rates, BatchNorm policy, the audit of
+what changed), ``data`` (decoding, augmentation, batches), ``probe`` (the linear
+probe), ``view_choice`` (flips, augmentation), ``lr_range`` (the range test),
+``train`` (the loop, resume, the checkpoint), ``report`` (--report's curves).
 """
-from .train import Epoch, FinetuneConfig, FinetuneResult, finetune
+from .config import FinetuneConfig
+from .train import Epoch, FinetuneResult, finetune
 
 __all__ = ["Epoch", "FinetuneConfig", "FinetuneResult", "finetune"]

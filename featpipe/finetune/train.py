@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import models, settings
+from .. import models
 from .._util import atomic_write
 from ..classify.heads import make_optimizer, make_schedule
 from ..errors import UsageError
@@ -40,42 +40,11 @@ from ..models.weights import classifier_name
 from . import blocks, data, lr_range, view_choice
 from . import recipe as recipe_rules
 from .checkpoint import FORMAT
+from .config import FinetuneConfig, checked
 from .data import Images, make_loader, train_transform
 from .probe import linear_probe, probe_at
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning run (the CLI's options, as one typed object).
-
-    ``"auto"`` settings are measured on the data (featpipe/finetune/recipe.py says how); the others are used
-    as given. The defaults are the measured recipe."""
-
-    input: Path
-    output: Path
-    model: str
-    weights: str = "pretrained"
-    unfreeze: str = recipe_rules.UNFREEZE  # head, a number of stages from the top, or all
-    epochs: int | str = "auto"
-    lr: float | str = "auto"  # auto: a range test of the network with a fresh head (recipe.py)
-    lr_decay: float = recipe_rules.LR_DECAY  # each stage below the top trains at this times its upper neighbour's rate
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    warmup: float = 1.0  # epochs over which every rate rises linearly from ~0 to its own (0: none)
-    weight_decay: float = 1e-4
-    augment: str = "auto"
-    flip: bool | str = "auto"
-    bn: str = "frozen"
-    image_size: int | str | None = "auto"  # square input crop; None: the model's own
-    crop_pct: float | str | None = "auto"  # crop / resize, as in timm (above 1 pads with black); None: the model's
-    val_size: float = recipe_rules.VAL_SIZE  # 0: train on every image for --epochs and keep the last (a refit, epochs chosen before)
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
-    seed: int = 0
-    resume: bool = False
 
 
 @dataclass
@@ -112,20 +81,6 @@ class FinetuneResult:
     @property
     def best(self) -> Epoch:
         return next(e for e in self.history if e.epoch == self.best_epoch)
-
-
-def _check(config: FinetuneConfig) -> FinetuneConfig:
-    """The config with every ``auto`` spelled as "auto" and every number as a number, or a one-line error."""
-    auto = recipe_rules.parse_auto
-    config = replace(config, epochs=auto(config.epochs, "--epochs", int), lr=auto(config.lr, "--lr", float),
-                     flip=auto(config.flip, "--flip", bool),
-                     image_size=config.image_size if config.image_size is None else auto(config.image_size, "--image-size", int),
-                     crop_pct=config.crop_pct if config.crop_pct is None else auto(config.crop_pct, "--crop-pct", float))
-    settings.FINETUNE.check(config)
-    out = Path(config.output)
-    if not out.parent.is_dir():
-        raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
-    return config
 
 
 def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +280,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
           budget: Callable[[recipe_rules.Recipe], None] | None = None) -> Trained:
     """LP-FT of ``config.model`` on ``train_rows`` of ``paths``, the epoch kept by ``val_rows`` (or the last).
 
-    ``config`` is checked (see _check). The recipe's ``auto`` settings are measured here, each where its evidence
+    ``config`` is checked (config.checked). The recipe's ``auto`` settings are measured here, each where its evidence
     exists; ``on_recipe`` hears the whole recipe before the first fine-tuning epoch. With ``resume_path``, the
     state is written there after each epoch and read back when it exists (its recipe included). ``budget(recipe)``
     may cap the recipe once its input framing and epochs are chosen (the guide's cheaper measurement)."""
@@ -469,7 +424,7 @@ def finetune(config: FinetuneConfig,
         WeightsError: as for extract.
     """
     t_start = time.perf_counter()
-    config = _check(replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute()))
+    config = checked(replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute()))
     resume_path = config.output.with_name(config.output.name + ".resume")
     if resume_path.exists() and not config.resume:
         raise UsageError(f"{str(resume_path)!r} holds an interrupted run: pass --resume to continue it, "

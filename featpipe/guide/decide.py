@@ -205,20 +205,22 @@ def decide(c: Comparison) -> Decision:
     return Decision(data_size, similarity, strategy, layer, features_help, curve, reasons, settle, tuned)
 
 
+def gained(gain: float, noise: float | None) -> str:
+    """The one reading of a measured gain: "more" (above the noise and MIN_GAIN), "same" (MIN_GAIN or less),
+    or "can't tell" (above MIN_GAIN, inside the noise). The learning curve and fine-tuning both read it."""
+    if gain > max(noise or 0.0, MIN_GAIN):
+        return "more"
+    return "same" if gain <= MIN_GAIN else "can't tell"
+
+
 def finetune_verdict(gain: float, noise: float) -> str:
-    """pays: ahead of the best frozen layer by more than the noise and MIN_GAIN; can't tell: ahead by more than
-    MIN_GAIN, inside the noise; does not pay: MIN_GAIN or less."""
-    if gain > max(noise, MIN_GAIN):
-        return "pays"
-    return "can't tell" if gain > MIN_GAIN else "does not pay"
+    """Fine-tuning against the best frozen layer: pays, does not pay, or can't tell."""
+    return {"more": "pays", "same": "does not pay", "can't tell": "can't tell"}[gained(gain, noise)]
 
 
 def curve_verdict(gain: float, noise: float | None) -> str:
-    """climbing: doubling the rows gained more than the noise and MIN_GAIN; flat: less than MIN_GAIN;
-    can't tell: more than MIN_GAIN, inside the noise."""
-    if gain > max(noise or 0.0, MIN_GAIN):
-        return "climbing"
-    return "flat" if gain <= MIN_GAIN else "can't tell"
+    """The learning curve from 50% to 100% of the sample: climbing, flat, or can't tell."""
+    return {"more": "climbing", "same": "flat", "can't tell": "can't tell"}[gained(gain, noise)]
 
 
 def commands(input: str, model: str, weights: str, decision: Decision, from_features: bool,

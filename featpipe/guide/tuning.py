@@ -59,7 +59,7 @@ class FinetuneMeasurement:
 
     @property
     def std(self) -> float:
-        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
+        return _spread(self.accuracies)
 
     @property
     def frozen_mean(self) -> float:
@@ -67,7 +67,7 @@ class FinetuneMeasurement:
 
     @property
     def frozen_std(self) -> float:
-        return float(np.std(self.frozen, ddof=1)) if len(self.frozen) > 1 else 0.0
+        return _spread(self.frozen)
 
     @property
     def gain(self) -> float:
@@ -81,6 +81,11 @@ class FinetuneMeasurement:
                 "frozen_mean": self.frozen_mean, "frozen_std": self.frozen_std, "gain": self.gain,
                 "noise": self.noise, "recipe": self.recipe, "folds_lr": self.folds_lr, "recipes": self.recipes,
                 "seconds": self.seconds}
+
+
+def _spread(folds: list[float]) -> float:
+    """The folds' sample standard deviation (0 for a single fold)."""
+    return float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0
 
 
 def skipped(why: str) -> FinetuneMeasurement:
@@ -113,7 +118,8 @@ def measure(model: str, weights: str, paths: list[str], labels: np.ndarray, clas
     import torch
 
     from .. import models
-    from ..finetune.train import FinetuneConfig, predict_rows, train
+    from ..finetune.config import FinetuneConfig
+    from ..finetune.train import predict_rows, train
     from .probe import Folds, paired_noise
 
     t0 = time.perf_counter()
