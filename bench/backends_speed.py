@@ -55,7 +55,7 @@ def run_featpipe(folder: str, output: str, model: str, backend: str, precision: 
 
 
 def run_pure(folder: str, model: str, backend: str, precision: str, n: str) -> dict:
-    """Pure forward of featpipe's network on ``backend`` at ``precision``, pre-decoded and normalised batches,
+    """Pure forward of featpipe's network on ``backend`` at ``precision``, pre-decoded uint8 crops (normalised inside the network),
     in featpipe's CPU streams and threads; and (with fp32 torch) the one-thread decode+resize time per image."""
     import threading
 
@@ -75,7 +75,7 @@ def run_pure(folder: str, model: str, backend: str, precision: str, n: str) -> d
     t0 = time.perf_counter()
     crops = np.stack([ex.preprocess.load(samples.root / p) for p in samples.paths[: 4 * bs]])
     decode_s = (time.perf_counter() - t0) / len(crops)
-    batches = [ex.preprocess.batch(torch.from_numpy(crops[i:i + bs])) for i in range(0, len(crops), bs)]
+    batches = [torch.from_numpy(crops[i:i + bs]) for i in range(0, len(crops), bs)]
 
     def stream(count: int) -> None:
         torch.set_num_threads(plan.torch_threads)

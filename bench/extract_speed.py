@@ -80,7 +80,7 @@ def run_featpipe(folder: str, output: str, model: str, batch_size: str) -> dict:
 
 
 def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
-    """The same network and settings as featpipe's extractor, fed pre-decoded, pre-normalised batches.
+    """The same network and settings as featpipe's extractor, fed pre-decoded crops (the network normalises them, as in featpipe).
 
     Arranged as featpipe arranges its CPU work (the same streams, each with the
     same intra-op threads), and also as one stream using every core.
@@ -102,7 +102,7 @@ def run_pure_forward(folder: str, model: str, batch_size: str, n: str) -> dict:
     ex = Extractor(ExtractorSpec(model, "random", 0, ("pooled",), "avg", "cpu", "fp32", backend="auto"))
     samples = discover(folder)
     crops = np.stack([ex.preprocess.image(load_rgb(samples.root / p)) for p in samples.paths[: 4 * bs]])
-    batches = [ex.preprocess.batch(torch.from_numpy(crops[i:i + bs])) for i in range(0, len(crops), bs)]
+    batches = [torch.from_numpy(crops[i:i + bs]) for i in range(0, len(crops), bs)]
 
     def stream(count: int) -> None:
         with torch.inference_mode():

@@ -8,6 +8,7 @@ from dataclasses import replace
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import featpipe
 from featpipe import ExtractConfig, extract
@@ -191,3 +192,18 @@ def test_a_forward_bound_cpu_run_on_torch_is_pointed_to_openvino(tmp_path):
     assert "--backend openvino" in advice("torch 2.5.1", cpu)
     assert "--backend openvino" not in advice("openvino 2026.4.1", cpu)
     assert "--backend openvino" not in advice("torch 2.5.1", {**cpu, "copy": 0.1})  # a GPU run
+
+
+def test_a_resumed_run_names_the_backend_of_the_parts_it_keeps(tmp_path, caplog):
+    """An interrupted run's parts record what computed them: resumed on another backend, the file names both."""
+    images = make_images(tmp_path / "images", classes=2, per_class=4)
+    (images / "class_0" / "bad.jpg").write_bytes(b"")  # sorts first: its partition ends the first run
+    out = tmp_path / "f.h5"
+    with pytest.raises(featpipe.FeatpipeError, match="max-failures"):
+        run(tmp_path, images, "torch", output=out, partition_size=3, max_failures=0, streams=1)
+    with caplog.at_level(logging.INFO, "featpipe.extraction.backends"):
+        resumed = run(tmp_path, images, "openvino", output=out, partition_size=3)
+    assert resumed.resumed_partitions == 1 and resumed.computed == 9 - 3
+    with h5py.File(out) as f:
+        assert f.attrs["backend"] == f"openvino {backends.openvino_version()}, torch {torch.__version__}"
+    assert f"keeping 3 rows computed by torch {torch.__version__}" in caplog.text  # the bad image's row too

@@ -4,9 +4,11 @@ OpenVINO runs the same network 2-4x faster than eager PyTorch on a CPU in fp32, 
 AVX512-BF16 or AMX (docs/benchmarks.md). ONNX Runtime was measured too: slower than OpenVINO in fp32 on the
 development machine, and without a bf16 path on the CPU, so it is not offered.
 
-The tapped network (``models.TappedModel``: one output per ``--layer``, pooled as asked) is exported once to
-ONNX, so every layer comes out of the converted graph. The export is cached on disk
-(``~/.cache/featpipe/openvino``), keyed by what makes the network (model, weights' sha256, layers, input size)
+The tapped network fed the crops as decoded (``extractor.FromCrops``: uint8 (B, H, W, 3) in, the normalisation
+inside, one output per ``--layer``, pooled as asked) is exported once to ONNX, so every layer comes out of the
+converted graph. The export is cached on disk
+(``~/.cache/featpipe/openvino``), keyed by what makes the network (model, weights' sha256, layers, input size
+and normalisation)
 and the versions of torch (the exporter) and OpenVINO; a second run and every Dask worker on the host read it.
 Each load is checked against PyTorch on a probe batch before it is used (see :func:`agreement`); a cache
 file that fails to load or to agree is converted again.
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,27 +108,32 @@ def exact(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> bool:
     return rel <= FP32_RTOL and cos >= FP32_MIN_COSINE
 
 
-def file_backends(kept: str, kept_rows: int, computed_by: str | None) -> str:
-    """The feature file's ``backend`` attribute: every backend whose rows it holds, those of this run first.
+def file_backends(kept: Mapping[str, int], computed_by: str | None) -> str:
+    """The feature file's ``backend`` attribute: every backend whose rows it holds, this run's first.
 
-    An update keeps the previous file's rows whatever computed them: backends agree within the tolerance of
-    the precision (FP32_RTOL and FP32_MIN_COSINE; BF16_MIN_COSINE against fp32), which the identity pins
-    (a bf16 row never joins fp32 ones). The attribute says when a file holds rows of more than one.
+    ``kept``: the rows kept from earlier runs (the previous file, an interrupted run's parts), counted by the
+    backend that computed them (a file's attribute may name several). An update or a resumed run keeps them
+    whatever computed them: backends agree within the tolerance of the precision (FP32_RTOL and
+    FP32_MIN_COSINE; BF16_MIN_COSINE against fp32), which the identity pins (a bf16 row never joins fp32
+    ones). The attribute says when a file holds rows of more than one.
     """
-    names = ([computed_by] if computed_by else []) + (kept.split(", ") if kept and kept_rows else [])
-    mixed = [n for n in dict.fromkeys(names) if n]
+    older = [n for n in dict.fromkeys(n for text, rows in kept.items() if rows for n in text.split(", ")) if n]
+    mixed = list(dict.fromkeys(([computed_by] if computed_by else []) + older))
     if computed_by and len(mixed) > 1:
         log.info("keeping %d rows computed by %s; the new ones come from %s (they agree within the precision's "
-                 "tolerance: docs/extract.md, 'On the CPU'); --overwrite computes every row again", kept_rows, kept, computed_by)
+                 "tolerance: docs/extract.md, 'On the CPU'); --overwrite computes every row again",
+                 sum(kept.values()), ", ".join(older), computed_by)
     return ", ".join(mixed)
 
 
-def cache_key(model: str, weights_sha256: str, layers: Sequence, crop: Sequence[int]) -> str:
+def cache_key(model: str, weights_sha256: str, layers: Sequence, data_config) -> str:
     """The converted network's cache name: what makes the network, and the converters' versions."""
     import torch
 
     return identity.config_hash({"model": model, "weights_sha256": weights_sha256,
-                                 "layers": [list(layer) for layer in layers], "input": list(crop),
+                                 "layers": [list(layer) for layer in layers],
+                                 "input": ["uint8 crops", *data_config.crop],
+                                 "normalise": [list(data_config.mean), list(data_config.std)],
                                  "torch": str(torch.__version__), "openvino": openvino_version()})[:32]
 
 
@@ -134,37 +141,48 @@ def cache_path(key: str) -> Path:
     return cache_dir("openvino", f"{key}.onnx")
 
 
-def _export(tapped, names: Sequence[str], probe, path: Path) -> None:
-    """The tapped network as an ONNX graph whose outputs are the layers, in order; batch size free."""
+def probe_crops(crop: Sequence[int]):
+    """Three random uint8 crops (3, H, W, 3), the same each time: what a traced or converted network is checked on
+    (the first to trace or export with, the other two at another batch size)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (3, *crop, 3), generator=gen, dtype=torch.uint8)
+
+
+def _export(network, names: Sequence[str], probe, path: Path) -> None:
+    """``network`` (uint8 crops -> {layer: features}) as an ONNX graph whose outputs are the layers, in order;
+    batch size free."""
     import torch
 
     class Outputs(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.tapped = tapped
+            self.network = network
 
-        def forward(self, x):
-            out = self.tapped(x)
+        def forward(self, crops):
+            out = self.network(crops)
             return tuple(out[name] for name in names)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     outputs = [f"out{i}" for i in range(len(names))]  # layer names may be any module's: keep ONNX's plain
     with atomic_write(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(Outputs().eval(), (probe,), str(tmp), dynamo=False, input_names=["pixels"],
+        torch.onnx.export(Outputs().eval(), (probe,), str(tmp), dynamo=False, input_names=["crops"],
                           output_names=outputs, opset_version=17,
-                          dynamic_axes={"pixels": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+                          dynamic_axes={"crops": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
 
 
 class OpenVinoNetwork:
-    """The tapped network on OpenVINO: ``net(x)`` with x float32 (B, 3, H, W) -> {layer: float32 (B, D)}.
+    """The network on OpenVINO: ``net(crops)`` with crops uint8 (B, H, W, 3) -> {layer: float32 (B, D)}.
 
     Compiled for the calling thread's share of the cores (``torch.get_num_threads()``, which featpipe's stream
     plan sets, on Dask workers too), with as many OpenVINO streams as such shares fit the host, so that CPU
     streams calling at once run side by side; each calling thread has its own infer request.
     """
 
-    def __init__(self, tapped, names: Sequence[str], crop: Sequence[int], key: str, precision: str):
+    def __init__(self, network, names: Sequence[str], crop: Sequence[int], key: str, precision: str):
+        """``network``: extractor.FromCrops, uint8 crops -> {layer: tensor}."""
         import openvino as ov
         import torch
 
@@ -177,15 +195,14 @@ class OpenVinoNetwork:
         self._compiled: dict[int, object] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        gen = torch.Generator().manual_seed(0)
-        probe = torch.randn(3, 3, *crop, generator=gen)
+        probe = probe_crops(crop)
         with torch.inference_mode():
-            want = {k: v.float().numpy() for k, v in tapped(probe[1:]).items()}
+            want = {k: v.float().numpy() for k, v in network(probe[1:]).items()}
         for attempt in ("cached", "converted"):
             if attempt == "converted" or not self.path.exists():
                 t0 = time.perf_counter()
                 try:
-                    _export(tapped, self.names, probe[:1], self.path)
+                    _export(network, self.names, probe[:1], self.path)
                 except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one
                     raise ConversionError(f"ONNX export failed ({type(exc).__name__}: {exc})") from exc
                 self.conversion_seconds = time.perf_counter() - t0
@@ -216,7 +233,7 @@ class OpenVinoNetwork:
         })
 
     def _infer(self, request, x: np.ndarray) -> dict[str, np.ndarray]:
-        result = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        result = request.infer({0: np.ascontiguousarray(x, dtype=np.uint8)})
         # The request's output buffers are reused by its next inference: copy.
         return {name: np.array(result[i], dtype=np.float32) for i, name in enumerate(self.names)}
 

@@ -49,6 +49,22 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH = {"cuda": 1024, "cpu": 32}
 
 
+class FromCrops(torch.nn.Module):
+    """The tapped network fed the crops as decoded, uint8 (B, H, W, 3) -> {layer: (B, D)}.
+
+    The normalisation is part of the network, so that a traced or converted graph runs it fused with the first
+    convolution, and a converted one takes a quarter of float32's bytes in the channels-last layout the crops
+    already have (no transposing copy per batch)."""
+
+    def __init__(self, preprocess: Preprocessor, tapped: models.TappedModel):
+        super().__init__()
+        self.preprocess = preprocess
+        self.tapped = tapped
+
+    def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.tapped(self.preprocess.batch(crops))
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """Everything a worker needs to build the same network as the client (picklable)."""
@@ -117,7 +133,8 @@ class Extractor:
         self._lock: contextlib.AbstractContextManager = (
             threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
         )
-        self.network: Callable = self.tapped  # (B, 3, H, W) float32 -> {layer: tensor or array}
+        self.from_crops = FromCrops(self.preprocess, self.tapped)
+        self.network: Callable = self.from_crops  # uint8 (B, H, W, 3) -> {layer: tensor or array}
         self.optimized = False
         self.converted: backends.OpenVinoNetwork | None = None
         self.batch_limits: dict[tuple[int, bool], BatchLimit] = {}  # see batch_limit
@@ -134,7 +151,7 @@ class Extractor:
     def cache_key(self) -> str:
         """The name of this network's conversion in the on-disk cache (extraction/backends.py)."""
         return backends.cache_key(self.model_spec.name, self.weights.sha256,
-                                  [(layer.name, layer.node, layer.pool) for layer in self.layers], self.data_config.crop)
+                                  [(layer.name, layer.node, layer.pool) for layer in self.layers], self.data_config)
 
     def optimize(self) -> None:
         """The CPU's fastest exact network: converted to the backend (extraction/backends.py), or with the torch
@@ -143,7 +160,7 @@ class Extractor:
             return
         if self.backend_target == "openvino":
             try:
-                self.converted = backends.OpenVinoNetwork(self.tapped, [layer.name for layer in self.layers],
+                self.converted = backends.OpenVinoNetwork(self.from_crops, [layer.name for layer in self.layers],
                                                           self.data_config.crop, self.cache_key(), self.spec.precision)
             except backends.ConversionError as exc:
                 if self.spec.backend != "auto":
@@ -167,9 +184,7 @@ class Extractor:
         the comparison below checks what matters, the outputs, at another batch size."""
         if self.optimized or self.device.type != "cpu" or self._autocast_dtype is not None:
             return
-        h, w = self.data_config.crop
-        gen = torch.Generator().manual_seed(0)
-        probe = torch.randn(3, 3, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+        probe = backends.probe_crops(self.data_config.crop)
         try:
             with warnings.catch_warnings():
                 # TorchScript is deprecated in favour of torch.compile, whose start-up
@@ -177,9 +192,9 @@ class Extractor:
                 warnings.simplefilter("ignore")
                 with torch.no_grad():
                     traced = torch.jit.freeze(
-                        torch.jit.trace(self.tapped, probe[:1], strict=False, check_trace=False).eval())
+                        torch.jit.trace(self.from_crops, probe[:1], strict=False, check_trace=False).eval())
                 with torch.inference_mode():
-                    want = self.tapped(probe[1:])  # another batch size than traced with
+                    want = self.from_crops(probe[1:])  # another batch size than traced with
                     got = traced(probe[1:])
         except Exception as exc:  # noqa: BLE001 - any tracing failure just means eager mode
             log.info("running %s eagerly: tracing failed (%s)", self.spec.model, exc)
@@ -230,7 +245,6 @@ class Extractor:
                 if timings is not None:
                     timings["copy"] = timings.get("copy", 0.0) + t1 - t0
                 t0 = t1
-            x = self.preprocess.batch(x)
             with self._autocast():
                 out = self.network(x)
             out = {name: t if isinstance(t, np.ndarray) else t.float().cpu().numpy() for name, t in out.items()}

@@ -107,6 +107,7 @@ class PartitionResult:
     valid: np.ndarray
     errors: list[tuple[int, str]]  # (row in the whole run, reason)
     timings: dict[str, float] = field(default_factory=dict)
+    backend: str = ""  # what computed the rows, with its version (Extractor.backend)
 
     def __len__(self) -> int:
         return len(self.valid)
@@ -234,7 +235,8 @@ class _Features:
             for name, values in out.items() if views > tta else ():
                 self._column(augmented_name(name), (views - tta) * values.shape[1])
         self.errors.sort()
-        return PartitionResult(self.task.index, self.task.start, self.features, self.valid, self.errors, self.timings)
+        return PartitionResult(self.task.index, self.task.start, self.features, self.valid, self.errors, self.timings,
+                               ex.backend)
 
 
 def _set_torch_threads(plan: WorkPlan) -> None:

@@ -236,6 +236,7 @@ def write_part(part: Part, result: PartitionResult, dtype: str, images: dict) ->
     by which a later run finds rows it can reuse (see featpipe/identity.py)."""
     with part.store.writing(part.name) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["rows"] = len(result)
+        f.attrs["backend"] = result.backend  # a resumed run's file names every backend whose rows it holds
         for name, values in result.features.items():
             f.create_dataset(f"features/{name}", data=values.astype(dtype, copy=False))
         f.create_dataset("valid", data=result.valid)
@@ -267,8 +268,9 @@ def _read_images(f: h5py.File) -> tuple[dict, np.ndarray]:
     return {"path": decode_strings(f["path"][:]), **read_images(f)}, f["valid"][:]
 
 
-def finished_parts(store: PartStore) -> Iterator[tuple[Part, dict, np.ndarray]]:
-    """Each complete part with its rows' identity ({path, size, mtime, version, sha256}) and which rows are valid.
+def finished_parts(store: PartStore) -> Iterator[tuple[Part, dict, np.ndarray, str]]:
+    """Each complete part with its rows' identity ({path, size, mtime, version, sha256}), which rows are valid,
+    and the backend that computed them.
 
     Temporary files of a killed run are removed (the caller holds the output's lock, and this run's tasks have
     not started). So is a part that cannot be read: only on a store without atomic uploads can a part be cut
@@ -282,11 +284,12 @@ def finished_parts(store: PartStore) -> Iterator[tuple[Part, dict, np.ndarray]]:
             try:
                 with part.open() as f:
                     images, valid = _read_images(f)
+                    backend = str(f.attrs.get("backend", ""))
             except (OSError, KeyError) as exc:
                 log.warning("ignoring part %s, which cannot be read (%s); its rows are computed again", part, exc)
                 store.unlink(name)
                 continue
-            yield part, images, valid
+            yield part, images, valid, backend
 
 
 def write_manifest(store: PartStore, manifest: dict) -> None:

@@ -149,6 +149,7 @@ class Previous:
     file_paths: set = field(default_factory=set)
     file_valid: np.ndarray | None = None
     part_rows: dict = field(default_factory=dict)  # image key -> (part, row, valid)
+    part_backends: dict = field(default_factory=dict)  # part name -> the backend that computed its rows
 
 
 def file_rows(config: ExtractConfig, stored: StoredOutput, run_config: dict, prev: Previous) -> None:
@@ -209,7 +210,8 @@ def part_rows(config: ExtractConfig, parts: parts_mod.PartStore, run_config: dic
         parts.remove()  # no manifest: nothing in it can be trusted
     parts.makedirs()
     parts_mod.write_manifest(parts, new)
-    for part, images, valid in parts_mod.finished_parts(parts):
+    for part, images, valid, backend in parts_mod.finished_parts(parts):
+        prev.part_backends[part.name] = backend
         for row, key in enumerate(identity.row_keys(images["path"], images, config.verify_content)):
             prev.part_rows[key] = (part, row, bool(valid[row]))
 

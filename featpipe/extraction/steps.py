@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,10 +152,8 @@ def _extract(config: ExtractConfig, state: RunState, spec: ExtractorSpec, ex: Ex
     finally:
         torch.set_num_threads(threads_before)
     t0 = time.perf_counter()
-    kept = int((plan.old_rows >= 0).sum())
     attrs = _file_attrs(config, ex, run_config, state, request,
-                        backends.file_backends(stored.backend if stored else "", kept,
-                                               ex.backend if run.computed else None))
+                        backends.file_backends(_kept_backends(plan, prev, stored), ex.backend if run.computed else None))
     _merge(config, state, ex, attrs, plan, prev, run.new_parts)
     parts.remove()
     run.timings["write"] += time.perf_counter() - t0
@@ -167,6 +166,13 @@ def _extract(config: ExtractConfig, state: RunState, spec: ExtractorSpec, ex: Ex
     if prev.file is not None:
         summary.updated, summary.changes, summary.layers_added = True, plan.changes, plan.layers_added
     return summary
+
+
+def _kept_backends(plan: resume.Plan, prev: resume.Previous, stored: resume.StoredOutput | None) -> Counter:
+    """The rows this run keeps from the previous file and from an interrupted run's parts, by their backend."""
+    kept = Counter({stored.backend if stored else "": int((plan.old_rows >= 0).sum())})
+    kept.update(prev.part_backends.get(where[0].name, "") for where in plan.part_rows if where is not None)
+    return kept
 
 
 @dataclass
