@@ -55,7 +55,7 @@ class Predictions:
 
 
 def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "auto", batch_size: int = 32,
-            features_out: str | os.PathLike | None = None) -> Predictions:
+            features_out: str | os.PathLike | None = None, progress=None) -> Predictions:
     """Predict every sample of ``input``: a feature file, or images (a folder or a CSV list).
 
     ``model`` is a model file from `featpipe fit`, or a checkpoint from `featpipe finetune` (.pt), which
@@ -63,7 +63,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
 
     Images are extracted first with the model file's recorded extractor (model,
     weights, layer, preprocessing, precision, dtype), into ``features_out`` or
-    a temporary file.
+    a temporary file; ``progress`` follows that extraction, as ``extract``'s does.
 
     Raises:
         UsageError: features of another extractor, weights that are no longer where they were, bad input.
@@ -78,7 +78,7 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, device: str = "a
         return _predict_features(mf, source)
     with tempfile.TemporaryDirectory(prefix="featpipe-predict-") as tmp:
         out = Path(features_out) if features_out else Path(tmp) / "features.h5"
-        extract(_extract_config(mf, Path(model), source, out, device, batch_size))
+        extract(_extract_config(mf, Path(model), source, out, device, batch_size), progress=progress)
         # The new features are checked like any feature file: the same extractor identity, or a refusal.
         return _predict_features(mf, out)
 

@@ -39,7 +39,7 @@ DECODES = ("exact", "fast", "gpu", "auto")  # models/data_config.py
 DTYPES = ("float32", "float16")  # the features as stored
 TTAS = {"none": 1, "flip": 2, "crops": 5}  # test-time augmentation -> views averaged per image (extraction/views.py)
 AUGMENTS = ("none", "light", "standard", "strong")  # augmentation strengths; none: no augmented views
-STRENGTHS = AUGMENTS[1:]  # the strengths that make views (extract --augment K)
+STRENGTHS = AUGMENTS[1:]  # the strengths that make views (extract --augment-views K)
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")  # classify/heads.py
 SCHEDULES = ("constant", "step", "cyclic", "sgdr", "cosine")
 CLASSIFIERS = {  # classify/estimators.py builds them
@@ -258,7 +258,7 @@ EXTRACT = Group("ExtractConfig", {
     # A count of images, or a fraction of all images (the command line also takes '5%').
     "max_failures": Setting((Number(0, integer=True), Number(0, 1)), optional=True,
                             words="a count (10), a fraction (0.05) or a percentage (5%)"),
-}, options={"layers": "--layer", "storage_options": "--storage-option"})
+}, options={"layers": "--layer", "augment": "--augment-views", "storage_options": "--storage-option"})
 
 FIT = Group("FitConfig", {
     "classifiers": Setting((Each(OneOf(tuple(CLASSIFIERS))),)),
@@ -306,7 +306,7 @@ FINETUNE = Group("FinetuneConfig", {
                         words="a fraction from 0 (no validation: keep the last epoch) to below 1"),
     "batch_size": at_least(2, words="at least 2 (BatchNorm and a mean loss need two)"),
     "precision": one_of(FINETUNE_PRECISIONS),
-})
+}, options={"val_size": "--validation-size"})
 
 PREDICTIONS_CSV = Group("Predictions.write_csv", {"top_k": at_least(1)})
 

@@ -110,7 +110,7 @@ class FeatureSet:
         self._shapes = {k: f["features"][k].shape for k in self.layers}
         self._dtypes = {k: f["features"][k].dtype for k in self.layers}
         aug = f.get(AUGMENTED)
-        # Layers with augmented views (extract --augment), in the order of self.layers.
+        # Layers with augmented views (extract --augment-views), in the order of self.layers.
         self.augmented_layers: list[str] = [k for k in self.layers if aug is not None and k in aug]
         self.y: np.ndarray = f["samples/label"][:]
         self.valid: np.ndarray = f["samples/valid"][:]
@@ -178,7 +178,7 @@ class FeatureSet:
         (``source_index``). Views of an image that failed are NaN, like its row."""
         name = self.resolve_layer(layer)
         if name not in self.augmented_layers:
-            raise UsageError(f"{self.path.name} has no augmented views of {name!r}; extract with --augment K")
+            raise UsageError(f"{self.path.name} has no augmented views of {name!r}; extract with --augment-views K")
         with h5py.File(self.path, "r") as f:
             return f[augmented_name(name)][:], f[f"{AUGMENTED}/source_index"][:]
 

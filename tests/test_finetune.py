@@ -162,14 +162,14 @@ def test_val_size_0_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, lab
     kept = torch.load(tmp_path / "val.pt", weights_only=True)["featpipe"]["best_epoch"]
     refit = next(line for line in run.output.splitlines() if line.startswith("  featpipe finetune"))
     assert kept > 0 and f"--epochs {kept} --unfreeze all --lr-decay 1.0" in refit and "--lr 0.001" in refit
-    assert refit.endswith("--val-size 0") and "--image-size 64" in refit and "-o " + str(tmp_path / "val-refit.pt") in refit
+    assert refit.endswith("--validation-size 0") and "--image-size 64" in refit and "-o " + str(tmp_path / "val-refit.pt") in refit
     assert "(a refit on all 24 images, validation ones included" in run.output
 
     out = tmp_path / "all.pt"
-    run = cli(out, "--val-size", "0")
+    run = cli(out, "--validation-size", "0")
     assert run.exit_code == 0, run.output
-    assert "epoch 2 kept (the last: --val-size 0, no validation images; 24 trained on)" in run.output
-    assert "--val-size 0 --epochs" not in run.output  # the refit hint is for validated runs
+    assert "epoch 2 kept (the last: --validation-size 0, no validation images; 24 trained on)" in run.output
+    assert "--validation-size 0 --epochs" not in run.output  # the refit hint is for validated runs
     meta = torch.load(out, weights_only=True)["featpipe"]
     assert meta["train_images"] == 24 and meta["val_images"] == 0 and meta["best_epoch"] == 2
     assert meta["val_loss"] is None and meta["val_accuracy"] is None

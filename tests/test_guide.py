@@ -62,7 +62,7 @@ def test_every_stage_is_a_layer_extract_accepts():
 
 
 def test_a_model_without_stages_names_the_way_out():
-    with pytest.raises(UsageError, match=r"--layers .*featpipe layers tv:vit_b_16"):
+    with pytest.raises(UsageError, match=r"--layer .*featpipe layers tv:vit_b_16"):
         stage_layers(*meta_model("tv:vit_b_16"))
 
 
@@ -231,7 +231,7 @@ def test_guide_json_has_the_promised_keys_and_reuses_its_cache(tmp_path, labelle
     cache = tmp_path / "cache"
     args = [str(labelled), "--model", TINY_MODEL, "--weights", "random", "--sample", "24",
             "--cache-dir", str(cache), "--json", "-q"]
-    code, out, err = run_guide(*args, "--cv", "3", "--report", str(tmp_path / "report"))
+    code, out, err = run_guide(*args, "--folds", "3", "--report", str(tmp_path / "report"))
     assert code == 0, err
     res = json.loads(out)
     for key in ("quadrant", "strategy", "recommended_layer", "layers", "pixels", "learning_curve", "commands"):
@@ -252,7 +252,7 @@ def test_guide_json_has_the_promised_keys_and_reuses_its_cache(tmp_path, labelle
     cached = sorted(cache.glob("*.h5"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    code, out2, err = run_guide(*args, "--cv", "4")  # other folds: the same features
+    code, out2, err = run_guide(*args, "--folds", "4")  # other folds: the same features
     assert code == 0, err
     assert cached[0].stat().st_mtime_ns == stamp and sorted(cache.glob("*.h5")) == cached
     assert json.loads(out2)["cv"] == 4
@@ -271,7 +271,7 @@ def test_a_changed_image_is_extracted_again(tmp_path, labelled):
 
 def test_the_text_output_shows_the_evidence_and_the_advice(tmp_path, labelled):
     code, out, err = run_guide(str(labelled), "--model", TINY_MODEL, "--weights", "random", "--sample", "24",
-                               "--cv", "3", "--cache-dir", str(tmp_path / "c"), "-q")
+                               "--folds", "3", "--cache-dir", str(tmp_path / "c"), "-q")
     assert code == 0, err
     for needle in ("CV accuracy", "LogME", "raw pixels (32x32)", "learning curve", "quadrant:", "advice:",
                    "next:", "featpipe extract", "time:"):
@@ -320,9 +320,9 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, setup, message):
 
 
 def test_a_model_without_stages_fails_before_extracting(tmp_path, labelled):
-    code, out, err = run_guide(str(labelled), "--model", "tv:vit_b_16", "--weights", "random", "--cv", "3",
+    code, out, err = run_guide(str(labelled), "--model", "tv:vit_b_16", "--weights", "random", "--folds", "3",
                                "--cache-dir", str(tmp_path / "c"), "-q")
-    assert code == 2 and "--layers" in err
+    assert code == 2 and "--layer NAME" in err
     assert not list((tmp_path / "c").glob("*.h5"))
 
 
@@ -431,7 +431,7 @@ def test_fine_tuning_is_measured_on_the_folds_with_the_recipe_chosen_inside_them
 def test_too_few_images_per_class_skip_the_fine_tuning_in_one_line_and_the_sweep_runs(tmp_path):
     images = make_images(tmp_path / "images", classes=3, per_class=10)
     code, out, err = run_guide(str(images), "--model", TINY_MODEL, "--weights", "random", "--sample", "30",
-                               "--cv", "3", "--cache-dir", str(tmp_path / "c"), "-q", "--finetune")
+                               "--folds", "3", "--cache-dir", str(tmp_path / "c"), "-q", "--finetune")
     assert code == 0, err
     line = next(x for x in out.splitlines() if "fine-tuning not measured" in x)
     assert "fewer than the 8 that fine-tuning with an inner validation split needs" in line

@@ -264,7 +264,7 @@ def test_the_guide_report_shows_its_evidence_and_the_sample_out_of_fold(tmp_path
                                cache_dir=tmp_path / "cache", finetune=False))
     runner = CliRunner()
     r = runner.invoke(app, ["guide", "--no-finetune", str(images), "--model", "test_resnet", "--weights", "random", "--sample", "32",
-                            "--cv", "3", "--cache-dir", str(tmp_path / "cache"), "-q", "--report", str(tmp_path / "g")])
+                            "--folds", "3", "--cache-dir", str(tmp_path / "cache"), "-q", "--report", str(tmp_path / "g")])
     assert r.exit_code == 0, r.output
     text = (tmp_path / "g" / "index.html").read_text()
     assert '<section id="guide">' in text and 'src="sweep.png"' in text and 'src="learning_curve.png"' in text

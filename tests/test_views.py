@@ -1,4 +1,4 @@
-"""Augmented views and test-time augmentation as features: extract --augment K / --tta, fit --use-augmented."""
+"""Augmented views and test-time augmentation as features: extract --augment-views K / --tta, fit --use-augmented."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -177,7 +177,7 @@ def test_cli_extract_views_and_fit_on_them(tmp_path):
     runner = CliRunner()
     out = tmp_path / "f.h5"
     r = runner.invoke(app, ["extract", str(images), "-o", str(out), "--model", TINY_MODEL, "--weights", "random",
-                            "--augment", "2", "--augment-strength", "light", "--no-flip", "--tta", "flip", "-q"])
+                            "--augment-views", "2", "--augment-strength", "light", "--no-flip", "--tta", "flip", "-q"])
     assert r.exit_code == 0, r.output
     fs = featpipe.load(out)
     assert fs.tta == "flip" and fs.augment == {"views": 2, "strength": "light", "flip": False, "seed": 0}

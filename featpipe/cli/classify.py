@@ -13,10 +13,11 @@ from ..classify.fit import FitResult, FitRow, HeadSettings, sanity_check, write_
 from ..classify.rows import labelled_file_rows
 from ..errors import UsageError
 from ..predict import predict
-from ..settings import HEADS, OPTIMIZERS, PREDICTIONS_CSV, SCHEDULES
+from ..settings import HEADS, PREDICTIONS_CSV
 from ..store import load
+from . import _common as common
 from . import app, user_errors
-from ._common import choices
+from ._common import Optimizer, Schedule, choices, listed, say_written, while_working, with_progress
 
 
 def _table(result: FitResult) -> str:
@@ -91,10 +92,7 @@ def _writable(path: Path | None, option: str) -> None:
                          f"another {option}")
 
 
-# The heads' choices, from the library's lists.
-Optimizer = choices("Optimizer", OPTIMIZERS)
-Schedule = choices("Schedule", SCHEDULES)
-Head = choices("Head", HEADS)
+Head = choices("Head", HEADS)  # lr-find's choice, from the library's list
 
 
 def _search_table(row: FitRow, shown: int = 10) -> str:
@@ -111,15 +109,15 @@ def _search_table(row: FitRow, shown: int = 10) -> str:
 @user_errors
 def fit_command(
     features: Annotated[Path, typer.Argument(help="A feature file from `featpipe extract`.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file to write (.skops); not needed with --sanity.")] = None,
-    classifier: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(CLASSIFIERS)}.")] = "logreg",
+    output: Annotated[Optional[Path], common.output("Model file to write (.skops); not needed with --sanity.")] = None,
+    classifier: Annotated[list[str], common.list_option("--classifier", help=f"The classifiers to compare: {', '.join(CLASSIFIERS)}.")] = ["logreg"],  # noqa: B006 - Typer needs a literal default
     layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
     test_size: Annotated[float, typer.Option(help="Fraction of labelled rows held out as test rows, stratified.")] = 0.2,
     test: Annotated[Optional[Path], typer.Option(help="A second feature file as the test set instead of a split.")] = None,
     validation_size: Annotated[float, typer.Option(help="Without --cv: fraction of the training rows the classifiers are compared on.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the splits and the classifiers.")] = 0,
+    seed: Annotated[int, common.seed("Seed of the splits and the classifiers.")] = 0,
     keep_all: Annotated[bool, typer.Option(help="Refit and save every classifier, not just the chosen one.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, plots and index.html: the HTML report (mistakes, confused pairs, likely label errors, a map).")] = None,
+    report: Annotated[Optional[Path], common.report("Folder for metrics.json, plots and index.html: the HTML report (mistakes, confused pairs, likely label errors, a map).")] = None,
     cv: Annotated[Optional[int], typer.Option(help="Compare by stratified K-fold CV on the training rows instead of a validation split.")] = None,
     search: Annotated[Optional[int], typer.Option(help="Random search over N configurations (log-uniform ranges), CV folds from --cv (default 5).")] = None,
     sanity: Annotated[bool, typer.Option(help="Only check that each classifier can overfit 20 training samples.")] = False,
@@ -128,12 +126,13 @@ def fit_command(
     optimizer: Annotated[Optional[Optimizer], typer.Option(help="Heads: the optimizer.", show_default=False)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Heads: learning-rate schedule (linear's default step: /10 at 1/2 and 3/4 of the epochs; cyclic: triangular; sgdr: cosine with warm restarts; cosine: one half cosine down to 0).", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Heads: most epochs.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Heads: rows per mini-batch.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], common.batch_size("Heads: rows per mini-batch.", show_default=False)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Heads: L2 penalty (linear default: 1/rows, logistic regression's C=1).", show_default=False)] = None,
-    use_augmented: Annotated[bool, typer.Option(help="Also train on the training images' augmented views (extract --augment K); validation and test rows stay original images.")] = False,
+    use_augmented: Annotated[bool, typer.Option(help="Also train on the training images' augmented views (extract --augment-views K); validation and test rows stay original images.")] = False,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """Train classifiers on cached features, choose one on training rows only, report it on the test rows, save it."""
-    names = tuple(n.strip() for n in classifier.split(",") if n.strip())
+    names = listed(classifier)
     head = HeadSettings(lr, optimizer.value if optimizer else None, schedule.value if schedule else None, epochs,
                         batch_size, weight_decay)
     config = FitConfig(features, output, names, layer, test_size, test, seed, keep_all, report, cv, search, stream,
@@ -147,11 +146,10 @@ def fit_command(
                        + ("ok: it can overfit" if ok else "CANNOT OVERFIT: check features and labels, "
                           "lower the regularisation or raise the learning rate"))
         raise typer.Exit(1 if failed else 0)
-    result = fit(config, progress=_search_progress if search else None)
+    result = fit(config, progress=_search_progress if search and not quiet else None)
     print_fit(result)
     if report is not None:
         from ..report import from_fit
-        from .report import say_written
 
         say_written(from_fit(config))
 
@@ -161,7 +159,7 @@ def fit_command(
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
     features: Annotated[Path, typer.Argument(help="A labelled feature file of the same extractor.")],
-    report: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and the confusion matrix.")] = None,
+    report: Annotated[Optional[Path], common.report("Folder for metrics.json and the confusion matrix.")] = None,
 ) -> None:
     """Metrics of a saved model on a labelled feature file (classes matched by name)."""
     mf = load_classifier(model)
@@ -184,17 +182,19 @@ def evaluate_command(
 def predict_command(
     model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`, or a checkpoint from `featpipe finetune` (.pt).")],
     input: Annotated[Path, typer.Argument(help="A feature file (.h5) of the same extractor, or images: a folder or a CSV list.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV to write (default: stdout).")] = None,
+    output: Annotated[Optional[Path], common.output("CSV to write (default: stdout).")] = None,
     top_k: Annotated[int, typer.Option(help="Classes listed per row, most probable first.")] = 3,
-    device: Annotated[str, typer.Option(help="For images: auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="For images: images per forward pass.")] = 32,
+    device: Annotated[str, common.device(f"For images: {common.DEVICE_HELP}")] = "auto",
+    batch_size: Annotated[int, common.batch_size("For images: images per forward pass.")] = 32,
     features: Annotated[Optional[Path], typer.Option(help="For images: keep the extracted features here.")] = None,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """Predict the class of every image: from a feature file, or from images (extracted with the model's extractor)."""
     _writable(output, "--output")
     _writable(features, "--features")
     PREDICTIONS_CSV.check(top_k=top_k)  # before any work
-    result = predict(model, input, device=device, batch_size=batch_size, features_out=features)
+    result = with_progress(lambda progress: predict(model, input, device=device, batch_size=batch_size,
+                                                    features_out=features, progress=progress), quiet, "predict")
     if output is None:
         result.write_csv(sys.stdout, top_k)
         return
@@ -207,13 +207,14 @@ def predict_command(
 @user_errors
 def lr_find_command(
     features: Annotated[Path, typer.Argument(help="A labelled feature file.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Plot of loss versus learning rate (PNG).")] = Path("lr_find.png"),
+    output: Annotated[Path, common.output("Plot of loss versus learning rate (PNG).")] = Path("lr_find.png"),
     classifier: Annotated[Head, typer.Option(help="The head to test.")] = Head.linear,
     optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = Optimizer.adam,
     layer: Annotated[Optional[str], typer.Option(help="Feature layer (default: pooled).")] = None,
     steps: Annotated[int, typer.Option(help="Pace of the sweep: mini-batches over which the rate grows from 1e-8 to 1; it goes on until the loss diverges.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Rows per mini-batch.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    batch_size: Annotated[int, common.batch_size("Rows per mini-batch.")] = 64,
+    seed: Annotated[int, common.seed("Seed.")] = 0,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """The learning-rate range test for a head: plot the loss as the rate grows, suggest a rate."""
     from ..classify.lr_find import lr_find, plot_lr_find
@@ -226,7 +227,8 @@ def lr_find_command(
     if not len(rows):
         raise UsageError(f"{fs.path.name} has no valid, labelled rows ({skipped} invalid or unlabelled); "
                          f"see `featpipe info {fs.path} --errors`")
-    finding = lr_find(rows, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed)
+    finding = while_working(lambda: lr_find(rows, classifier, optimizer, steps=steps, batch_size=batch_size, seed=seed),
+                            quiet, f"lr-find: the range test of the {classifier} head")
     plot_lr_find(finding, output, f"{classifier} head, {optimizer}, on {fs.path.name} ({name})")
     typer.echo(f"{len(finding.lrs)} steps, rates {finding.lrs[0]:.2g} to {finding.lrs[-1]:.2g}; plot in {output}")
     typer.echo(finding.describe().replace("featpipe fit --lr", f"featpipe fit --classifier {classifier} "

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import settings
 from ..errors import UsageError
+from . import _common as common
 from . import app, user_errors
-from ._common import choices
+from ._common import choices, listed, with_progress
 
 if TYPE_CHECKING:
     from ..extraction import ExtractSummary
@@ -126,46 +126,6 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
         console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
 
 
-def with_progress(job, quiet: bool, description: str = "extract"):
-    """Run ``job(progress)`` with a progress bar on stderr (images/s, ETA), or none when ``quiet``.
-
-    ``progress(done, total, description=None)``: a new description starts a new count (another model, say).
-    """
-    if quiet:
-        return job(None)
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    # Started on the first report, so errors found while setting up print alone.
-    bar = Progress(*columns, console=Console(stderr=True))
-    task = bar.add_task(description, total=None, rate="")
-
-    def on_progress(done: int, total: int, description: str | None = None) -> None:
-        nonlocal task
-        if description is not None and description != bar.tasks[task].description:
-            if bar.tasks[task].total is None:  # nothing counted yet: rename it
-                bar.update(task, description=description)
-            else:
-                task = bar.add_task(description, total=total, rate="")
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
-        speed = bar.tasks[task].speed
-        bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
-
-    try:
-        return job(on_progress)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
-
-
 @contextlib.contextmanager
 def interrupt_says_how_to_resume(output: Path, command: str = "the same command", shard_dir: str | None = None):
     """Ctrl-C ends at once with one line: what is kept and how to resume.
@@ -197,40 +157,41 @@ def interrupt_says_how_to_resume(output: Path, command: str = "the same command"
         signal.signal(signal.SIGINT, previous)
 
 
-@app.command("extract")
+@app.command("extract", cls=common.renamed({"--augment": "--augment-views"}))
 @user_errors
 def extract_command(
     input: Annotated[str, typer.Argument(help="Image folder (class subfolders = labels) or flat folder, a CSV or Parquet list with path[,label], or WebDataset tar shards ('shards/{00000..00099}.tar'); local or an fsspec URL (s3://, gs://, https://).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Feature file to write (HDF5).")],
+    output: Annotated[Path, common.output("Feature file to write (HDF5).")],
     model: Annotated[Optional[str], typer.Option(help="timm or torchvision model; `featpipe models` lists them. Optional with --weights CHECKPOINT.pt from `featpipe finetune`.", show_default=False)] = None,
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint (state dict) path.")] = "pretrained",
-    layer: Annotated[list[str], typer.Option("--layer", "-l", help="pooled, fc7, logits or a module name (`featpipe layers MODEL`); repeat for several.")] = ["pooled"],  # noqa: B006 - Typer needs a literal default
+    layer: Annotated[list[str], common.list_option("--layer", "-l", help="pooled, fc7, logits or a module name (`featpipe layers MODEL`).")] = ["pooled"],  # noqa: B006 - Typer needs a literal default
     pool: Annotated[Pool, typer.Option(help="How intermediate layers become vectors.")] = Pool.avg,
-    batch_size: Annotated[str, typer.Option(help="Images per forward pass, or auto: the largest that fits (halved on out-of-memory).")] = "32",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[str, common.batch_size("Images per forward pass, or auto: the largest that fits (halved on out-of-memory).")] = "32",
+    device: Annotated[str, common.device()] = "auto",
     precision: Annotated[Precision, typer.Option(help="Compute precision; bf16 on a CPU with AVX512-BF16 or AMX.")] = Precision.fp32,
     backend: Annotated[Backend, typer.Option(help="What runs the forward pass on the CPU: openvino (converted once, cached; featpipe[cpu]), torch, or auto (openvino where installed and worth converting, else torch).")] = Backend.auto,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
     decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos), gpu (nvJPEG batches, resized on the GPU; the CPU takes what it refuses), auto (gpu on CUDA, else exact).")] = Decode.exact,
-    seed: Annotated[int, typer.Option(help="Seed of --weights random and of the --augment views.")] = 0,
+    seed: Annotated[int, common.seed("Seed of --weights random and of the --augment-views views.")] = 0,
     tta: Annotated[TTA, typer.Option(help="Store each image's features averaged over deterministic views: flip (the crop and its mirror) or crops (four corners and centre).")] = TTA.none,
-    augment: Annotated[int, typer.Option(help="Also store K seeded augmented views per image in /augmented/<layer> (for `fit --use-augmented`).")] = 0,
-    augment_strength: Annotated[Strength, typer.Option(help="How strong the --augment views are (the recipe of `featpipe finetune --augment`).")] = Strength.standard,
-    flip: Annotated[bool, typer.Option(help="--augment views may be mirror images; --no-flip where mirroring changes the class (digits, text, left/right signs).")] = True,
+    augment_views: Annotated[int, typer.Option(help="Also store K seeded augmented views per image in /augmented/<layer> (for `fit --use-augmented`).")] = 0,
+    augment_strength: Annotated[Strength, typer.Option(help="How strong the --augment-views views are (the recipe of `featpipe finetune --augment`).")] = Strength.standard,
+    flip: Annotated[bool, typer.Option(help="--augment-views views may be mirror images; --no-flip where mirroring changes the class (digits, text, left/right signs).")] = True,
     max_failures: Annotated[Optional[str], typer.Option(help="Abort past this many bad images: a count, a fraction or a percentage.")] = None,
     partition_size: Annotated[Optional[int], typer.Option(help="Rows per partition (unit of work and of resume).")] = None,
     streams: Annotated[Optional[int], typer.Option(help="CPU: partitions computed at once, sharing the cores (default: min(cores, 4)).")] = None,
     decode_threads: Annotated[Optional[int], typer.Option(help="GPU: threads decoding images ahead of the device (default: the cores).")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Several GPUs: all, or a list such as cuda:0,cuda:1; one worker (and one copy of the model) per GPU.")] = None,
+    devices: Annotated[Optional[list[str]], common.list_option("--devices", help="Several GPUs: all, or a list such as cuda:0,cuda:1; one worker (and one copy of the model) per GPU.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
     shard_dir: Annotated[Optional[str], typer.Option(help="Folder or fsspec URL (s3://...) that every worker reaches: workers write finished partitions there (default: OUTPUT.parts, written by this process).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output (or partial run) of another configuration.")] = False,
     verify_content: Annotated[bool, typer.Option(help="Hash every image's bytes to tell changed images apart (default: path, size and modification time).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Try images that failed in an earlier run again (default: a failure is kept as a result).")] = False,
     label_key: Annotated[Optional[str], typer.Option(help="Tar shards: where a sample's label is: .cls (default), .txt, another member extension, or a field of its .json member.")] = None,
+    # Repeated only, never split at commas: a value may be JSON ({"a": 1, "b": 2}).
     storage_option: Annotated[list[str], typer.Option("--storage-option", help="KEY=VALUE for fsspec URLs (e.g. anon=true, client_kwargs.endpoint_url=http://...); repeat for several. Credentials are better left to the environment.")] = [],  # noqa: B006 - Typer needs a literal default
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """Extract CNN features of every image into one HDF5 file (resumable)."""
     with interrupt_says_how_to_resume(output, shard_dir=shard_dir):  # from the start: Ctrl-C while torch loads
@@ -241,7 +202,7 @@ def extract_command(
             output=output,
             model=model or "",
             weights=weights,
-            layers=tuple(layer),
+            layers=listed(layer),
             pool=pool.value,
             batch_size=parse_batch_size(batch_size),
             device=device,
@@ -255,14 +216,14 @@ def extract_command(
             partition_size=partition_size,
             streams=streams,
             decode_threads=decode_threads,
-            devices=devices,
+            devices=None if devices is None else ",".join(listed(devices)),
             scheduler=scheduler,
             shard_dir=shard_dir,
             overwrite=overwrite,
             verify_content=verify_content,
             retry_failed=retry_failed,
             tta=tta.value,
-            augment=augment,
+            augment=augment_views,
             augment_strength=augment_strength.value,
             flip=flip,
             label_key=label_key,

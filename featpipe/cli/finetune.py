@@ -9,21 +9,20 @@ from typing import Annotated
 import typer
 
 from .. import settings
+from . import _common as common
 from . import app, user_errors
-from ._common import choices
-from .classify import Optimizer, Schedule  # the heads' choices: one list
-from .extract import with_progress
+from ._common import Optimizer, Schedule, choices, say_files, say_written, with_progress
 
 Augment = choices("Augment", settings.FINETUNE.settings["augment"].constraints[0].choices)
 BatchNorm = choices("BatchNorm", settings.BN_POLICIES)
 Precision = choices("Precision", settings.FINETUNE_PRECISIONS)
 
 
-@app.command("finetune")
+@app.command("finetune", cls=common.renamed({"--val-size": "--validation-size"}))
 @user_errors
 def finetune_command(
     input: Annotated[Path, typer.Argument(help="Labelled images: an ImageFolder tree or a CSV with path,label.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt): state dict and metadata, loadable with weights_only=True.")],
+    output: Annotated[Path, common.output("Checkpoint to write (.pt): state dict and metadata, loadable with weights_only=True.")],
     model: Annotated[str, typer.Option(help="timm or torchvision model, as for extract.")],
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path to start from.")] = "pretrained",
     unfreeze: Annotated[str, typer.Option(help="head (a linear probe, trained on), N (the top N stages), or all (BiT's recipe).")] = "all",
@@ -39,14 +38,14 @@ def finetune_command(
     bn: Annotated[BatchNorm, typer.Option(help="frozen: every BatchNorm keeps its statistics (small batches); train: those of unfrozen stages update them.")] = BatchNorm.frozen,  # type: ignore[attr-defined]
     image_size: Annotated[str, typer.Option(help="Square input crop in pixels; auto: the model's own, and for images under 96 px BiT's upsampling (128 for a 224-px model).")] = "auto",
     crop_pct: Annotated[str, typer.Option(help="Crop size / resize, as in timm: the model's (often 0.875) cuts the edges, 1 keeps the whole image, above 1 pads it with black; auto: the model's, unless it would cut objects that fill the frame on a plain background (digits, characters).")] = "auto",
-    val_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch; 0 trains on all of them for --epochs and keeps the last (a refit, with the epochs a validated run chose).")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    validation_size: Annotated[float, typer.Option(help="Fraction of the images held out, stratified, to pick the best epoch; 0 trains on all of them for --epochs and keeps the last (a refit, with the epochs a validated run chose).")] = 0.2,
+    batch_size: Annotated[int, common.batch_size("Images per step.")] = 32,
+    device: Annotated[str, common.device()] = "auto",
     precision: Annotated[Precision, typer.Option(help="auto (bf16 on a GPU, fp32 on the CPU: docs/finetune.md#precision), fp32 or bf16.")] = Precision.auto,  # type: ignore[attr-defined]
-    seed: Annotated[int, typer.Option(help="Seed of the split, the shuffling and the augmentation.")] = 0,
+    seed: Annotated[int, common.seed("Seed of the split, the shuffling and the augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Folder for curves.png (losses and accuracy per epoch), lr_find.png (the range test of --lr auto) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    report: Annotated[Path | None, common.report("Folder for curves.png (losses and accuracy per epoch), lr_find.png (the range test of --lr auto) and index.html: the HTML report (the validation images' mistakes, likely label errors, a map), from one pass of every image through the fine-tuned network, kept as features.h5.")] = None,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """Fine-tune a pretrained CNN on your images: a linear probe first, then the top stages (LP-FT)."""
     from ..finetune import FinetuneConfig, finetune
@@ -55,7 +54,8 @@ def finetune_command(
         input=input, output=output, model=model, weights=weights, unfreeze=unfreeze, epochs=epochs, lr=lr,
         lr_decay=lr_decay, optimizer=optimizer.value, schedule=schedule.value, warmup=warmup,
         weight_decay=weight_decay,
-        augment=augment.value, flip="auto" if flip is None else flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct, val_size=val_size,
+        augment=augment.value, flip="auto" if flip is None else flip, bn=bn.value, image_size=image_size, crop_pct=crop_pct,
+        val_size=validation_size,
         batch_size=batch_size, device=device, precision=precision.value, seed=seed, resume=resume,
     )
 
@@ -80,7 +80,7 @@ def finetune_command(
     )
     best = result.best
     kept = (f"lowest validation loss {best.val_loss:.4f}, accuracy {best.val_accuracy:.3f} on {result.val_images} "
-            "validation images" if result.val_images else "the last: --val-size 0, no validation images")
+            "validation images" if result.val_images else "the last: --validation-size 0, no validation images")
     typer.echo(f"{result.output}: epoch {result.best_epoch} kept ({kept}; "
                f"{result.train_images} trained on" + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
                + (f"; {result.skipped_images} images could not be decoded" if result.skipped_images else "") + ")")
@@ -96,10 +96,8 @@ def finetune_command(
     if report is not None:
         from ..finetune.report import write_report
 
-        for path in write_report(result, report):
-            typer.echo(f"report: {path}", err=True)
+        say_files(write_report(result, report))
         from ..report import from_finetune
-        from .report import say_written
 
         say_written(with_progress(lambda progress: from_finetune(result, config, report, progress), quiet, "report"))
     q = shlex.quote
@@ -110,6 +108,6 @@ def finetune_command(
         refit = result.recipe.options(epochs=result.best_epoch)
         weights_opt = "" if weights == "pretrained" else f" --weights {q(weights)}"
         typer.echo(f"  featpipe finetune {q(str(input))} -o {q(str(output.with_stem(output.stem + '-refit')))} "
-                   f"--model {q(model)}{weights_opt} {' '.join(refit)} --val-size 0")
+                   f"--model {q(model)}{weights_opt} {' '.join(refit)} --validation-size 0")
         typer.echo(f"    (a refit on all {result.train_images + result.val_images} images, validation ones included, "
                    f"for the {result.best_epoch} epochs this run kept, with the recipe it measured)")

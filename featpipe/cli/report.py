@@ -7,13 +7,9 @@ from typing import Annotated
 
 import typer
 
+from . import _common as common
 from . import app, user_errors
-
-
-def say_written(report) -> None:
-    """The line every command prints after writing a report."""
-    typer.echo(f"report: {report.path} ({report.bytes / 1e6:.1f} MB with its images, {report.seconds:.1f} s; "
-               f"{report.mistakes} mistakes, {report.label_issues} likely label errors)", err=True)
+from ._common import say_written
 
 
 @app.command("report")
@@ -21,7 +17,7 @@ def say_written(report) -> None:
 def report_command(
     features: Annotated[Path, typer.Argument(help="The labelled feature file the model was fitted on (its test rows are found again), or one of other images.")],
     model: Annotated[Path, typer.Argument(help="A model file from `featpipe fit`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for index.html, its thumbnails, label_issues.csv and map.png.")],
+    output: Annotated[Path, common.output("Folder for index.html, its thumbnails, label_issues.csv and map.png.")],
 ) -> None:
     """Write the HTML report of a fit: mistakes, confused pairs, likely label errors, a map (no refit)."""
     from ..report import from_model

@@ -95,7 +95,7 @@ def stage_layers(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int], m
     ``model`` may live on the meta device: finding the stages computes nothing.
 
     Raises:
-        UsageError: fewer than two stages could be found; the message says to name layers with --layers.
+        UsageError: fewer than two stages could be found; the message says to name layers with --layer.
     """
     info = getattr(model, "feature_info", None) if spec.source == "timm" else None
     names = [d["module"] for d in info] if isinstance(info, list) and info else None
@@ -107,6 +107,6 @@ def stage_layers(model: nn.Module, spec: ModelSpec, input_hw: tuple[int, int], m
     if len(names) < 2:
         raise UsageError(
             f"cannot find the stages of {spec} to compare; name the layers yourself with "
-            f"--layers NAME,NAME (run `featpipe layers {spec}` to list them)"
+            f"--layer NAME,NAME (run `featpipe layers {spec}` to list them)"
         )
     return _spread(names, most)
