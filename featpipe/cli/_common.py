@@ -1,7 +1,7 @@
 """What the commands share, written once: the options that mean the same in every command (``-o/--output``,
 ``--device``, ``--batch-size``, ``--seed``, ``--quiet/-q``, ``--report``, ``--json``), list options and their
 one parser, the old spellings of renamed options, the choices generated from the library's lists, progress on
-stderr, and the line that says where a report went.
+stderr, Ctrl-C during an extraction, and the line that says where a report went.
 
 An option's spelling is decided here (or, for a setting the library checks, in ``featpipe/settings.py``'s
 ``options`` maps, which this spelling must match: ``tests/test_settings.py``); what it means to one command
@@ -9,9 +9,14 @@ An option's spelling is decided here (or, for a setting the library checks, in `
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -200,6 +205,39 @@ def while_working(job: Callable[[], T], quiet: bool, description: str) -> T:
                   transient=True) as bar:
         bar.add_task(description, total=None)
         return job()
+
+
+# -- Ctrl-C during an extraction (extract, and any command that runs one).
+
+@contextlib.contextmanager
+def interrupt_says_how_to_resume(output: Path, command: str = "the same command", shard_dir: str | None = None):
+    """Ctrl-C ends at once with one line: what is kept and how to resume.
+
+    Finished partitions are already on disk, each complete under its final name; waiting for the
+    partitions in flight (or a Dask client's shutdown) would only delay the exit, so the process
+    leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
+    """
+    from ..extraction.parts import PartStore
+    from ..remote import is_url
+
+    parts = PartStore.location_for(Path(output).expanduser().absolute(), shard_dir)
+
+    def leave(signum, frame) -> None:
+        if is_url(parts):
+            what = "finished partitions"  # not listed: a network call must not hold up Ctrl-C
+        else:
+            kept = sum(name.startswith("part-") for name in PartStore(parts).names())
+            what = f"{kept} finished partition{'s' if kept != 1 else ''}"
+        tty = "\x1b[?25h\n" if sys.stderr.isatty() else ""  # after a progress bar, which may have hidden the cursor
+        sys.stderr.write(f"{tty}interrupted: {what} kept in {parts!r}; run {command} again to resume\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- What every command says after writing a report.

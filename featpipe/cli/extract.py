@@ -1,10 +1,6 @@
 """`featpipe extract`: options -> ExtractConfig -> featpipe.extract()."""
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -15,7 +11,7 @@ from .. import settings
 from ..errors import UsageError
 from . import _common as common
 from . import app, user_errors
-from ._common import choices, listed, with_progress
+from ._common import choices, interrupt_says_how_to_resume, listed, with_progress
 
 if TYPE_CHECKING:
     from ..extraction import ExtractSummary
@@ -124,37 +120,6 @@ def print_summary(s: ExtractSummary, console: Console) -> None:
         console.print(f"  failed: {path}: {reason}", markup=False, highlight=False)
     if s.failed > 5:
         console.print(f"  ... {s.failed - 5} more: `featpipe info {s.output} --errors` lists all")
-
-
-@contextlib.contextmanager
-def interrupt_says_how_to_resume(output: Path, command: str = "the same command", shard_dir: str | None = None):
-    """Ctrl-C ends at once with one line: what is kept and how to resume.
-
-    Finished partitions are already on disk, each complete under its final name; waiting for the
-    partitions in flight (or a Dask client's shutdown) would only delay the exit, so the process
-    leaves without unwinding: the OS releases the lock, and the next run cleans up temporary files.
-    """
-    from ..extraction.parts import PartStore
-    from ..remote import is_url
-
-    parts = PartStore.location_for(Path(output).expanduser().absolute(), shard_dir)
-
-    def leave(signum, frame) -> None:
-        if is_url(parts):
-            what = "finished partitions"  # not listed: a network call must not hold up Ctrl-C
-        else:
-            kept = sum(name.startswith("part-") for name in PartStore(parts).names())
-            what = f"{kept} finished partition{'s' if kept != 1 else ''}"
-        tty = "\x1b[?25h\n" if sys.stderr.isatty() else ""  # after a progress bar, which may have hidden the cursor
-        sys.stderr.write(f"{tty}interrupted: {what} kept in {parts!r}; run {command} again to resume\n")
-        sys.stderr.flush()
-        os._exit(130)
-
-    previous = signal.signal(signal.SIGINT, leave)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @app.command("extract", cls=common.renamed({"--augment": "--augment-views"}))
