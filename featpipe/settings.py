@@ -8,7 +8,7 @@ knows it:
 
 * from Python: ``ExtractConfig.batch_size must be at least 1 or auto, got 0`` (``str(error)``);
 * from the command line: ``--batch-size must be at least 1 or auto, got 0`` (``cli/__init__.py``);
-* from a pipeline: ``x.toml:12: extract.batch_size must be ...`` (``pipeline.py``).
+* from a pipeline: ``x.toml:12: extract.batch_size must be ...`` (``pipeline/load.py``).
 
 The library raises with the Python name; the CLI and the pipeline tell the same error with theirs
 (``SettingError.told_as``). Settings that contradict each other are refused the same way, with a message
@@ -308,8 +308,15 @@ FINETUNE = Group("FinetuneConfig", {
     "precision": one_of(FINETUNE_PRECISIONS),
 }, options={"val_size": "--validation-size"})
 
+# Checked when a GuideConfig is made (guide/config.py), with the relation of sample to cv.
+GUIDE = Group("GuideConfig", {
+    "sample": at_least(4),  # twice the fewest folds: a test row of each class in each fold, and more to train on
+    "cv": at_least(2),
+    "batch_size": at_least(1),
+}, options={"cv": "--folds", "layers": "--layer", "models": "--model"})
+
 PREDICTIONS_CSV = Group("Predictions.write_csv", {"top_k": at_least(1)})
 
 # Each group with the command whose options set its fields (tests/test_settings.py checks the two agree).
 COMMANDS = {"extract": (EXTRACT,), "fit": (FIT, HEAD), "lr-find": (LR_FIND,), "predict": (PREDICT, PREDICTIONS_CSV),
-            "finetune": (FINETUNE,)}
+            "finetune": (FINETUNE,), "guide": (GUIDE,)}

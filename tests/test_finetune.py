@@ -266,7 +266,7 @@ def test_bad_options_are_one_line(tmp_path, labelled):
         finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
     with pytest.raises(UsageError, match="FinetuneConfig.crop_pct must be between 0.5 and 2 or auto, got 3.0"):
         finetune(config(tmp_path, labelled, crop_pct=3.0))
-    with pytest.raises(UsageError, match="--epochs must be auto or a whole number, got 'many'"):
+    with pytest.raises(UsageError, match="FinetuneConfig.epochs must be auto or a whole number, got 'many'"):
         finetune(config(tmp_path, labelled, epochs="many"))
 
 

@@ -238,7 +238,7 @@ def test_head_options_reach_the_head(trained, tmp_path):
 def test_head_keys_in_a_pipeline(tmp_path):
     path = tmp_path / "p.toml"
     body = ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\n'
-            'classifiers = ["linear"]\nlr = 0.003\noptimizer = "nesterov"\nschedule = "sgdr"\nepochs = 40\n'
+            'classifier = ["linear"]\nlr = 0.003\noptimizer = "nesterov"\nschedule = "sgdr"\nepochs = 40\n'
             'batch_size = 128\nweight_decay = 0.0001\n')
     path.write_text(body)
     assert load_pipeline(path).fit.head == HeadSettings(0.003, "nesterov", "sgdr", 40, 128, 0.0001)

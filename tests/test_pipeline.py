@@ -47,11 +47,11 @@ def test_ready_made_pipelines_cover_the_recipes():
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n# the batch\nbatch_size = -4\n',
          r"p.toml:6: extract.batch_size must be at least 1 or auto, got -4"),
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\nbatch_size = 8\n[fit]\noutput = "m.skops"\n'
-         'classifiers = ["linear"]\nbatch_size = 0\n', r":9: fit.batch_size must be at least 1, got 0"),
+         'classifier = ["linear"]\nbatch_size = 0\n', r":9: fit.batch_size must be at least 1, got 0"),
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\ntest_size = 1.5\n',
          r":7: fit.test_size must be greater than 0 and less than 1, got 1.5"),
-        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\n\nclassifiers = ["xgb"]\n',
-         r":8: fit.classifiers must be one of logreg, .*, got 'xgb'"),
+        ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\n[fit]\noutput = "m.skops"\n\nclassifier = ["xgb"]\n',
+         r":8: fit.classifier must be one of logreg, .*, got 'xgb'"),
         ('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\ndtype = "float64"\n',
          r":5: extract.dtype must be one of float32, float16, got 'float64'"),
     ],
@@ -68,7 +68,7 @@ def test_run_skips_finished_stages(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text(
         '[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
-        '[fit]\noutput = "m.skops"\nclassifiers = ["logreg", "nb"]\ntest_size = 0.25\n'
+        '[fit]\noutput = "m.skops"\nclassifier = ["logreg", "nb"]\ntest_size = 0.25\n'
     )
     first = run_pipeline(load_pipeline(path))
     assert first.extract.computed == 12 and not first.fit_skipped and (tmp_path / "m.skops").exists()
@@ -86,7 +86,7 @@ def test_run_writes_the_fits_report(tmp_path):
     make_images(tmp_path / "images", classes=2, per_class=6)
     path = tmp_path / "job.toml"
     path.write_text('[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
-                    '[fit]\noutput = "m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\nreport = "rep"\n')
+                    '[fit]\noutput = "m.skops"\nclassifier = ["nb"]\ntest_size = 0.25\nreport = "rep"\n')
     page = tmp_path / "rep" / "index.html"
     first = run_pipeline(load_pipeline(path))
     assert not first.fit_skipped and first.report.path == page and page.is_file()
@@ -111,7 +111,7 @@ def test_changed_images_make_the_fit_stale(tmp_path):
     images = make_images(tmp_path / "images", classes=2, per_class=6)
     path = tmp_path / "job.toml"
     path.write_text('[extract]\ninput = "images"\noutput = "f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
-                    '[fit]\noutput = "m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\n')
+                    '[fit]\noutput = "m.skops"\nclassifier = ["nb"]\ntest_size = 0.25\n')
     run_pipeline(load_pipeline(path))
     shutil.copy(images / "class_1" / "img_000.jpg", images / "class_0" / "img_000.jpg")  # new content, same name
     again = run_pipeline(load_pipeline(path))
@@ -123,7 +123,7 @@ def test_outputs_are_checked_and_their_folders_made_before_any_work(tmp_path):
     (tmp_path / "taken").write_text("a file where a folder should be")
     path = tmp_path / "job.toml"
     body = ('[extract]\ninput = "images"\noutput = "out/features/f.h5"\nmodel = "test_resnet"\nweights = "random"\n'
-            '[fit]\noutput = "taken/m.skops"\nclassifiers = ["nb"]\ntest_size = 0.25\n')
+            '[fit]\noutput = "taken/m.skops"\nclassifier = ["nb"]\ntest_size = 0.25\n')
     path.write_text(body)
     with pytest.raises(UsageError, match="fit.output"):
         run_pipeline(load_pipeline(path))
@@ -135,7 +135,7 @@ def test_outputs_are_checked_and_their_folders_made_before_any_work(tmp_path):
 
 def test_views_in_a_pipeline(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\naugment = 4\naugment_strength = "light"\n'
+    path.write_text('[extract]\ninput = "i"\noutput = "o.h5"\nmodel = "m"\naugment_views = 4\naugment_strength = "light"\n'
                     'flip = false\ntta = "flip"\n[fit]\noutput = "m.skops"\nuse_augmented = true\n')
     p = load_pipeline(path)
     assert (p.extract.augment, p.extract.augment_strength, p.extract.flip, p.extract.tta) == (4, "light", False, "flip")

@@ -17,6 +17,7 @@ from featpipe.settings import (
     EXTRACT,
     FINETUNE,
     FIT,
+    GUIDE,
     HEAD,
     LR_FIND,
     PREDICT,
@@ -88,7 +89,7 @@ def _cli_text(value) -> str:
 
 # (group, field): every constrained field whose option takes free text (an option with choices refuses other
 # values in the parser, and test_cli_choices_are_the_librarys holds those lists to the library's).
-CASES = [(g, name) for g in (EXTRACT, FIT, HEAD, LR_FIND, PREDICT, PREDICTIONS_CSV, FINETUNE)
+CASES = [(g, name) for g in (EXTRACT, FIT, HEAD, LR_FIND, PREDICT, PREDICTIONS_CSV, FINETUNE, GUIDE)
          for name, s in g.settings.items()
          if not (len(s.constraints) == 1 and isinstance(s.constraints[0], OneOf))]
 
@@ -126,6 +127,10 @@ def _python_error(group, name, value, tmp_path, feature_file) -> SettingError:
             from featpipe.finetune import FinetuneConfig, finetune
 
             finetune(FinetuneConfig(tmp_path, tmp_path / "ft.pt", model="test_resnet", **{name: value}))
+        elif group is GUIDE:
+            from featpipe.guide import GuideConfig
+
+            GuideConfig(tmp_path, **{name: value})  # checked when it is made
         else:
             Predictions(["x"], np.array([True]), np.ones((1, 1)), ["a"]).write_csv(io.StringIO(), **{name: value})
     return caught.value
@@ -142,6 +147,8 @@ def _cli_args(group, name, value, tmp_path, feature_file) -> list[str]:
         return ["lr-find", str(feature_file), "-o", str(tmp_path / "lr.png"), *option]
     if group is FINETUNE:
         return ["finetune", str(tmp_path), "-o", str(tmp_path / "ft.pt"), "--model", "test_resnet", *option]
+    if group is GUIDE:
+        return ["guide", str(tmp_path), *option]
     return ["predict", str(tmp_path / "m.skops"), str(feature_file), *option]
 
 
@@ -161,6 +168,7 @@ def test_settings_that_contradict_each_other_are_named_by_each_caller(tmp_path, 
     """A relation between settings (Group.refuse) names every field it mentions the caller's way too."""
     from featpipe.classify import FitConfig, HeadSettings, fit
     from featpipe.extraction import ExtractConfig, extract
+    from featpipe.guide import GuideConfig
 
     out = tmp_path / "o.h5"
     cases = [  # (Python's call, the command line, the CLI's message)
@@ -176,6 +184,8 @@ def test_settings_that_contradict_each_other_are_named_by_each_caller(tmp_path, 
          ["fit", str(feature_file), "-o", str(tmp_path / "m.skops"), "--lr", "0.1"],
          "--classifier 'logreg' has no linear or mlp head for the heads' settings (lr) to train; add linear or mlp, "
          "or drop those settings"),
+        (lambda: GuideConfig(tmp_path, sample=6, cv=4), ["guide", str(tmp_path), "--sample", "6", "--folds", "4"],
+         "--sample must be at least twice --folds (8), got 6"),
     ]
     for call, args, message in cases:
         with pytest.raises(SettingError) as python:
@@ -192,22 +202,32 @@ def test_the_issues_example():
     EXTRACT.check_value("batch_size", "auto")
 
 
-# The pipeline's keys (featpipe/pipeline.py): [extract] takes ExtractConfig's fields, [fit] FitConfig's and the heads'.
-TOML_CASES = [(g, name) for g in (EXTRACT, FIT, HEAD) for name in g.settings]
+# The pipeline's keys (featpipe/pipeline/schema.py): each table's are its command's options, so a field's key is
+# its option without -- (ExtractConfig.layers is extract.layer); every constrained field of the four stages.
+STAGES = [(EXTRACT, "extract"), (FIT, "fit"), (HEAD, "fit"), (GUIDE, "guide"), (FINETUNE, "finetune")]
+TOML_CASES = [(g, name) for g, _ in STAGES for name in g.settings]
+
+
+def _toml(value) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{x}"' for x in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 @pytest.mark.parametrize("group, name", TOML_CASES, ids=[f"{g.name}.{n}" for g, n in TOML_CASES])
 def test_a_pipeline_tells_the_same_message_with_its_key_and_line(group, name, tmp_path):
     from featpipe.pipeline import load_pipeline
+    from featpipe.pipeline.schema import key_of
 
     value = _bad(group.settings[name])
-    section = "extract" if group is EXTRACT else "fit"
-    toml = {tuple: lambda v: "[" + ", ".join(f'"{x}"' for x in v) + "]", str: lambda v: f'"{v}"'}
-    line = f"{name} = {toml.get(type(value), str)(value)}"
-    extract = ['input = "i"', 'output = "o.h5"', 'model = "test_resnet"'] + (["augment = 1"] if name == "augment_strength" else [])
-    fit = ['output = "m.skops"']
-    (extract if section == "extract" else fit).append(line)
-    text = "\n".join(["[extract]", *extract, "", "[fit]", *fit]) + "\n"
+    section, key = next(s for g, s in STAGES if g is group), key_of(group, name)
+    line = f"{key} = {_toml(value)}"
+    tables = {"extract": ['input = "i"', 'output = "o.h5"', 'model = "test_resnet"'], "fit": ['output = "m.skops"'],
+              "guide": ['output = "g.json"'], "finetune": ['output = "ft.pt"']}
+    if name == "augment_strength":  # checked only where augmented views are made
+        tables["extract"].append(f"{key_of(EXTRACT, 'augment')} = 1")
+    tables[section].append(line)
+    text = "\n".join(f"[{t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
     path = tmp_path / "p.toml"
     path.write_text(text)
     number = text.splitlines().index(line) + 1
@@ -215,7 +235,9 @@ def test_a_pipeline_tells_the_same_message_with_its_key_and_line(group, name, tm
         group.check_value(name, list(value) if isinstance(value, tuple) else value)
     with pytest.raises(UsageError) as caught:
         load_pipeline(path)
-    assert str(caught.value) == f"{path}:{number}: {python.value.told_as(lambda f: f'{section}.{f}')}"
+    told = python.value.told_as(lambda f: f"{section}.{key_of(group, f)}")
+    assert str(caught.value) == f"{path}:{number}: {told}"
+    assert told.startswith(f"{section}.{key} must be ")
 
 
 def test_a_pipeline_names_every_setting_of_a_contradiction_by_its_key(tmp_path):
@@ -228,3 +250,8 @@ def test_a_pipeline_names_every_setting_of_a_contradiction_by_its_key(tmp_path):
     assert str(caught.value) == (
         f"{path}:6: extract.devices runs local workers, one per GPU; with extract.scheduler start one `dask worker` "
         "per GPU instead (CUDA_VISIBLE_DEVICES=N) and leave out extract.devices")
+    path.write_text('[guide]\noutput = "g.json"\nfolds = 4\nsample = 6\n[extract]\ninput = "i"\noutput = "o.h5"\n'
+                    'model = "m"\n')
+    with pytest.raises(UsageError) as caught:
+        load_pipeline(path)
+    assert str(caught.value) == f"{path}:4: guide.sample must be at least twice guide.folds (8), got 6"

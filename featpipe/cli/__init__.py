@@ -45,7 +45,7 @@ COMMANDS = {
     "lr-find": ("classify", "The learning-rate range test for a head: plot the loss as the rate grows, suggest a rate."),
     "report": ("report", "Write the HTML report of a fit: mistakes, confused pairs, likely label errors, a map (no "
                "refit)."),
-    "run": ("run", "Run a whole job from a pipeline file: the guide, extract, then fit; stages already complete are skipped."),
+    "run": ("run", "Run a whole job from a pipeline file: the guide, extract, fit, then finetune; stages already complete are skipped."),
 }
 
 

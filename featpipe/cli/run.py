@@ -1,6 +1,7 @@
-"""`featpipe run PIPELINE.toml`: the guide, extract and fit from one file, skipping finished stages."""
+"""`featpipe run PIPELINE.toml`: the guide, extract, fit and finetune from one file, skipping finished stages."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -8,27 +9,37 @@ import typer
 from rich.console import Console
 
 from ..pipeline import load_pipeline, run_pipeline
-from ..pipeline_guide import ADVISED, GuideOutcome, fit_follows
+from ..pipeline.guide import ADVISED, GuideOutcome, fit_follows
+from ..pipeline.schema import DeprecatedKey
+from . import _common as common
 from . import app, user_errors
+from ._common import with_progress
 from .classify import print_fit
-from .extract import print_summary, with_progress
+from .extract import print_summary
 
 
 @app.command("run")
 @user_errors
 def run_command(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline file (TOML), e.g. pipelines/digits.toml.")],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, common.quiet()] = False,
 ) -> None:
-    """Run a whole job from a pipeline file: the guide, extract, then fit; stages already complete are skipped."""
-    p = load_pipeline(pipeline)
+    """Run a whole job from a pipeline file: the guide, extract, fit, then finetune; stages already complete are skipped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecatedKey)
+        p = load_pipeline(pipeline)
+    for w in caught:  # a key of the previous release: one line each, at its line; any other warning as Python shows it
+        if issubclass(w.category, DeprecatedKey):
+            typer.echo(f"featpipe: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     result = with_progress(lambda progress: run_pipeline(p, progress), quiet)
     if result.guide is not None:
         print_guide(result.guide)
     print_summary(result.extract, Console(soft_wrap=True))
     if result.advised:
         follows = p.fit is not None and fit_follows(p.extract.layers, p.fit.layer)
-        typer.echo(f'"{ADVISED}" in extract.layers: {", ".join(result.advised)}, the guide\'s recommended layer'
+        typer.echo(f'"{ADVISED}" in extract.layer: {", ".join(result.advised)}, the guide\'s recommended layer'
                    + (" (the fit learns from it)" if follows else ""))
     if result.replaced:
         typer.echo(f"the guide's advice has changed: {result.extract.output} held {', '.join(result.replaced)}, "
@@ -42,7 +53,9 @@ def run_command(
             from .report import say_written
 
             say_written(result.report)
-    if result.guide is not None and result.guide.finetune_commands:
+    if p.finetune is not None:
+        print_finetune(p.finetune.config.output, result.finetune)
+    elif result.guide is not None and result.guide.finetune_commands:
         # Last, so that the step the guide measured to pay is the line a reader is left with.
         typer.echo(f"\nthe guide advises fine-tuning ({result.guide.doc['strategy_text']}); the fit above is the "
                    "frozen-feature baseline it should beat. Next:")
@@ -64,3 +77,14 @@ def print_guide(outcome: GuideOutcome) -> None:
     typer.echo(f"advice:   {doc['strategy_text']}" + (f" ({doc['recommended_layer']})"
                                                        if doc["strategy"] != "can't tell" else ""))
     typer.echo("\n".join(["next:", *(f"  {c}" for c in doc["commands"])]) + "\n")
+
+
+def print_finetune(output: Path, result) -> None:
+    """The [finetune] stage's outcome: the epoch kept, or that the checkpoint was current."""
+    if result is None:
+        typer.echo(f"{output} is up to date with these images and settings: nothing to fine-tune")
+        return
+    best = result.best
+    kept = (f"validation accuracy {best.val_accuracy:.3f} on {result.val_images} images" if result.val_images
+            else "the last epoch: no validation images")
+    typer.echo(f"{result.output}: fine-tuned, epoch {result.best_epoch} kept ({kept}; {result.train_images} trained on)")

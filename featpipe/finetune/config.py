@@ -41,19 +41,36 @@ class FinetuneConfig:
     resume: bool = False
 
 
+def _auto(config: FinetuneConfig, name: str, kind: type):
+    """The field ``name`` as "auto" or a ``kind``; None stays None where the field may be None."""
+    value, setting = getattr(config, name), settings.FINETUNE.settings.get(name)
+    if value is None and setting is not None and setting.optional:
+        return None
+    try:
+        return recipe_rules.parse_auto(value, name, kind)
+    except UsageError:
+        what = {int: "a whole number", float: "a number", bool: "true or false"}[kind]
+        raise settings.FINETUNE.refuse(f"{{{name}}} must be auto or {what}, got {settings.shown(value)}",
+                                       value) from None
+
+
+def check_values(config: FinetuneConfig) -> FinetuneConfig:
+    """The config with every ``auto`` spelled as "auto" and every number as a number, each in its range.
+
+    Raises:
+        SettingError: a value that is not auto or a number, or out of its range (settings.FINETUNE).
+    """
+    config = replace(config, epochs=_auto(config, "epochs", int), lr=_auto(config, "lr", float),
+                     flip=_auto(config, "flip", bool), image_size=_auto(config, "image_size", int),
+                     crop_pct=_auto(config, "crop_pct", float))
+    settings.FINETUNE.check(config)
+    return config
 
 
 def checked(config: FinetuneConfig) -> FinetuneConfig:
-    """The config with every ``auto`` spelled as "auto" and every number as a number, or a one-line error."""
-    auto = recipe_rules.parse_auto
-    config = replace(config, epochs=auto(config.epochs, "--epochs", int), lr=auto(config.lr, "--lr", float),
-                     flip=auto(config.flip, "--flip", bool),
-                     image_size=config.image_size if config.image_size is None else auto(config.image_size, "--image-size", int),
-                     crop_pct=config.crop_pct if config.crop_pct is None else auto(config.crop_pct, "--crop-pct", float))
-    settings.FINETUNE.check(config)
+    """check_values, and the output's folder exists, or a one-line error."""
+    config = check_values(config)
     out = Path(config.output)
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")
     return config
-
-

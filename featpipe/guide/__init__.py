@@ -6,11 +6,14 @@
 
 Modules: ``sample`` (the stratified sample and its checks), ``probe``
 (cross-validated logistic regression, paired noise), ``logme`` (the evidence
-score), ``decide`` (the table and its thresholds), ``run`` (the measurements),
+score), ``decide`` (the table and its thresholds), ``config`` (the settings), ``run`` (the measurements),
+``result`` (what was measured, as --json),
 ``report`` (plots and JSON). The layers compared are the network's stages
 (``featpipe.models.stages``).
 """
+from .config import GuideConfig
 from .decide import Decision
-from .run import GuideConfig, GuideResult, LayerScore, ModelReport, guide
+from .result import GuideResult, LayerScore, ModelReport
+from .run import guide
 
 __all__ = ["Decision", "GuideConfig", "GuideResult", "LayerScore", "ModelReport", "guide"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._util import pyplot
 from ..errors import UsageError
-from .run import GuideResult
+from .result import GuideResult
 
 
 def write_report(result: GuideResult, folder: Path) -> list[Path]:

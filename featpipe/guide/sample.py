@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
+from ..settings import GUIDE, shown
 
 
 def class_counts(labels: np.ndarray, classes: list[str] | tuple[str, ...]) -> dict[str, int]:
@@ -31,10 +32,9 @@ def check_labels(labels: np.ndarray, classes, folds: int, what: str) -> dict[str
     small = {name: k for name, k in counts.items() if k < folds}
     if small:
         name, k = min(small.items(), key=lambda item: item[1])
-        raise UsageError(
-            f"class {name!r} has {k} image(s), fewer than the {folds} cross-validation folds "
-            f"({len(small)} class(es) this small); add images, remove the class, or lower --cv (at least 2)"
-        )
+        raise GUIDE.refuse(f"class {shown(name)} has {k} image(s), fewer than the {folds} cross-validation folds "
+                           f"({len(small)} class(es) this small); add images, remove the class, or lower {{cv}} "
+                           "(at least 2)", folds)
     return counts
 
 

@@ -180,7 +180,8 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
 
     folder.mkdir(parents=True, exist_ok=True)
     out = extract(ExtractConfig(input=config.input, output=folder / FINETUNED_FEATURES, weights=str(result.output),
-                                layers=("pooled", "logits"), device=config.device, batch_size=config.batch_size),
+                                layers=("pooled", "logits"), device=config.device, batch_size=config.batch_size,
+                                overwrite=True),  # the features of this checkpoint: an earlier run's are stale
                   progress=progress).output
     fs = load(out)
     meta = read_meta(result.output) or {}
