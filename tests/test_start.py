@@ -128,3 +128,16 @@ def test_rerunning_a_finished_extract_needs_no_torch(tmp_path, image_folder):
             "random", "-q"]
     assert "torch" in loaded_after("", tmp_path, argv)
     assert not loaded_after("", tmp_path, argv) & {"torch", "dask", "sklearn"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_torch_gets_huge_pages_unless_the_user_said_otherwise(given, expected):
+    """featpipe sets THP_MEM_ALLOC_ENABLE before torch loads (torch reads it once, as it loads); a value the user
+    gave is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    code = "import sys, os, featpipe; assert 'torch' not in sys.modules; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected
