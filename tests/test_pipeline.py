@@ -148,3 +148,30 @@ def test_urls_and_shard_patterns_are_not_made_relative(tmp_path):
     p = load_pipeline(tmp_path / "p.toml")
     assert p.extract.input == "s3://bucket/shards/{00000..00009}.tar" and p.extract.label_key == "label"
     assert p.extract.output == tmp_path / "f.h5"
+
+
+@pytest.mark.slow  # a subprocess extracting 120 images with resnet18: about a minute on a busy 2-core machine
+def test_ctrl_c_during_the_extract_stage_says_how_to_resume(tmp_path):
+    """As `featpipe extract`: one line, the finished partitions kept, and rerunning the pipeline resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = make_images(tmp_path / "images", classes=3, per_class=40)
+    path = tmp_path / "job.toml"
+    path.write_text(f'[extract]\ninput = "{images}"\noutput = "f.h5"\nmodel = "resnet18"\nweights = "random"\n'
+                    'partition_size = 6\nbatch_size = 3\n')
+    proc = subprocess.Popen([sys.executable, "-m", "featpipe", "run", str(path), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(tmp_path.glob("f.h5.parts/part-*.h5"))) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, err
+    assert "finished partitions kept in" in lines[0] and f"run `featpipe run {path}` again to resume" in lines[0]
+    resumed = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert resumed.exit_code == 0 and "resumed from" in resumed.stdout, resumed.output

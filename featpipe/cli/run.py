@@ -13,7 +13,7 @@ from ..pipeline.guide import ADVISED, GuideOutcome, fit_follows
 from ..pipeline.schema import DeprecatedKey
 from . import _common as common
 from . import app, user_errors
-from ._common import with_progress
+from ._common import interrupt_says_how_to_resume, with_progress
 from .classify import print_fit
 from .extract import print_summary
 
@@ -33,7 +33,10 @@ def run_command(
             typer.echo(f"featpipe: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    result = with_progress(lambda progress: run_pipeline(p, progress), quiet)
+    def during_extract(config):  # Ctrl-C while extracting: one line, which parts are kept, and the rerun resumes
+        return interrupt_says_how_to_resume(config.output, f"`featpipe run {pipeline}`", config.shard_dir)
+
+    result = with_progress(lambda progress: run_pipeline(p, progress, during_extract=during_extract), quiet)
     if result.guide is not None:
         print_guide(result.guide)
     print_summary(result.extract, Console(soft_wrap=True))

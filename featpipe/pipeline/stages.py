@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -85,14 +86,16 @@ def _prepare_outputs(pipeline: Pipeline) -> None:
 
 
 def run_pipeline(pipeline: Pipeline, progress: Callable[..., None] | None = None,
-                 on_epoch: Callable | None = None) -> PipelineResult:
+                 on_epoch: Callable | None = None,
+                 during_extract: Callable[[ExtractConfig], AbstractContextManager] | None = None) -> PipelineResult:
     """Run the stages of ``pipeline`` whose outputs are not complete yet: the guide, extract, fit, then finetune.
     Every output path is checked (and its folder created) first, so a bad model path fails before a long
     extraction, not after it.
 
     ``progress(done, total)`` reports extraction; with a [guide] or [finetune] table, each stage's counts come
     with ``description=`` (the guide's model or phase, "extract", the fine-tuning's phase), as the CLI's progress
-    bar takes them. ``on_epoch`` hears each fine-tuning epoch (featpipe.finetune.finetune's).
+    bar takes them. ``on_epoch`` hears each fine-tuning epoch (featpipe.finetune.finetune's). The extraction
+    runs inside ``during_extract(config)`` where given (the CLI's Ctrl-C note: which parts are kept).
     """
     _prepare_outputs(pipeline)
     outcome = None
@@ -103,7 +106,8 @@ def run_pipeline(pipeline: Pipeline, progress: Callable[..., None] | None = None
         extract_config, fit_config = _follow_advice(pipeline, outcome)
     advised = outcome.layers if outcome is not None and guide_stage.ADVISED in pipeline.extract.layers else ()
     extract_progress = functools.partial(progress, description="extract") if progress and staged else progress
-    summary, replaced = _extract(extract_config, bool(advised), extract_progress)
+    with during_extract(extract_config) if during_extract is not None else nullcontext():
+        summary, replaced = _extract(extract_config, bool(advised), extract_progress)
     result = PipelineResult(summary, None, False, guide=outcome, advised=advised, replaced=replaced)
     if fit_config is not None:
         if _fit_is_current(fit_config):
