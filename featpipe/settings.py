@@ -312,6 +312,7 @@ FINETUNE = Group("FinetuneConfig", {
 GUIDE = Group("GuideConfig", {
     "sample": at_least(4),  # twice the fewest folds: a test row of each class in each fold, and more to train on
     "cv": at_least(2),
+    "backend": one_of(BACKENDS),
     "batch_size": at_least(1),
 }, options={"cv": "--folds", "layers": "--layer", "models": "--model"})
 

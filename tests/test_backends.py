@@ -207,3 +207,14 @@ def test_a_resumed_run_names_the_backend_of_the_parts_it_keeps(tmp_path, caplog)
     with h5py.File(out) as f:
         assert f.attrs["backend"] == f"openvino {backends.openvino_version()}, torch {torch.__version__}"
     assert f"keeping 3 rows computed by torch {torch.__version__}" in caplog.text  # the bad image's row too
+
+
+def test_the_guide_extracts_its_sample_on_the_backend_it_is_given(tmp_path):
+    from featpipe.guide import GuideConfig, guide
+
+    images = make_images(tmp_path / "images", classes=2, per_class=8)
+    for backend in ("openvino", "torch"):
+        result = guide(GuideConfig(images, models=(TINY_MODEL,), weights="random", sample=16, cv=2, backend=backend,
+                                   cache_dir=tmp_path / backend, finetune=False))
+        with h5py.File(result.chosen.features) as f:
+            assert f.attrs["backend"].split()[0] == backend

@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..settings import OPTIMIZERS, SCHEDULES
+from ..settings import BACKENDS, OPTIMIZERS, SCHEDULES
 
 T = TypeVar("T")
 
@@ -55,6 +55,12 @@ def device(help: str = DEVICE_HELP) -> Any:
 def batch_size(help: str, **kwargs) -> Any:
     """``--batch-size``: images (or rows) per step."""
     return typer.Option("--batch-size", help=help, **kwargs)
+
+
+def backend() -> Any:
+    """``--backend``: what runs the forward pass on the CPU (extraction/backends.py)."""
+    return typer.Option("--backend", help="What runs the forward pass on the CPU: openvino (converted once, cached; "
+                        "featpipe[cpu]), torch, or auto (openvino where installed and worth converting, else torch).")
 
 
 def seed(help: str) -> Any:
@@ -148,6 +154,7 @@ def choices(name: str, values: Iterable[str]) -> type[Enum]:
 
 
 # The optimizers and schedules of fit's heads, lr-find and finetune: one list each.
+Backend = choices("Backend", BACKENDS)
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Schedule = choices("Schedule", SCHEDULES)
 

@@ -11,7 +11,7 @@ from .. import settings
 from ..errors import UsageError
 from . import _common as common
 from . import app, user_errors
-from ._common import choices, interrupt_says_how_to_resume, listed, with_progress
+from ._common import Backend, choices, interrupt_says_how_to_resume, listed, with_progress
 
 if TYPE_CHECKING:
     from ..extraction import ExtractSummary
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 Pool = choices("Pool", settings.POOLS)
 Resampler = choices("Resampler", settings.RESAMPLERS)
 Decode = choices("Decode", settings.DECODES)
-Backend = choices("Backend", settings.BACKENDS)
 Precision = choices("Precision", settings.PRECISIONS)
 Dtype = choices("Dtype", settings.DTYPES)
 TTA = choices("TTA", settings.TTAS)
@@ -134,7 +133,7 @@ def extract_command(
     batch_size: Annotated[str, common.batch_size("Images per forward pass, or auto: the largest that fits (halved on out-of-memory).")] = "32",
     device: Annotated[str, common.device()] = "auto",
     precision: Annotated[Precision, typer.Option(help="Compute precision; bf16 on a CPU with AVX512-BF16 or AMX.")] = Precision.fp32,
-    backend: Annotated[Backend, typer.Option(help="What runs the forward pass on the CPU: openvino (converted once, cached; featpipe[cpu]), torch, or auto (openvino where installed and worth converting, else torch).")] = Backend.auto,
+    backend: Annotated[Backend, common.backend()] = Backend.auto,
     dtype: Annotated[Dtype, typer.Option(help="Storage dtype of the features.")] = Dtype.float32,
     resampler: Annotated[Resampler, typer.Option(help="Resize with torch (fast; within 2/255 of Pillow) or pil (bit-exact to PIL transforms); auto: torch where it can.")] = Resampler.auto,
     decode: Annotated[Decode, typer.Option(help="JPEG decoding: exact (every pixel), fast (scaled by libjpeg to no less than the resize needs; much faster on large photos), gpu (nvJPEG batches, resized on the GPU; the CPU takes what it refuses), auto (gpu on CUDA, else exact).")] = Decode.exact,

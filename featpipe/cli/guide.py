@@ -35,6 +35,7 @@ def guide_command(
     report: Annotated[Optional[Path], common.report("Folder for sweep.png, learning_curve.png, guide.json and index.html: the HTML report (the sample's mistakes out of fold, likely label errors, a map).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where the sample's features are cached (default ~/.cache/featpipe/guide).")] = None,
     device: Annotated[str, common.device()] = "auto",
+    backend: Annotated[common.Backend, common.backend()] = common.Backend.auto,
     batch_size: Annotated[int, common.batch_size("Images per forward pass.")] = 32,
     finetune: Annotated[bool, typer.Option("--finetune/--no-finetune", help="Measure fine-tuning against the best frozen layer on 3 of the same folds (about 2 minutes on 2 CPU cores with EfficientNet-Lite0); --no-finetune skips it, and the rule of thumb decides, and says so.")] = True,
     quiet: Annotated[bool, common.quiet()] = False,
@@ -44,7 +45,7 @@ def guide_command(
 
     config = GuideConfig(
         input=input, models=_names(model), weights=weights, sample=sample, layers=_names(layer), cv=folds, seed=seed,
-        cache_dir=cache_dir, device=device, batch_size=batch_size, finetune=finetune,
+        cache_dir=cache_dir, device=device, backend=backend.value, batch_size=batch_size, finetune=finetune,
     )
     result = with_progress(
         lambda progress: guide(config, progress=(lambda m, d, t: progress(d, t, description=m)) if progress else None),

@@ -26,6 +26,7 @@ class GuideConfig:
     seed: int = 0
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/featpipe/guide (~/.cache/featpipe/guide)
     device: str = "auto"
+    backend: str = "auto"  # what runs the sample's forward pass on the CPU, as extract's (extraction/backends.py)
     batch_size: int = 32
     # Measure fine-tuning on the folds (guide/tuning.py); off (--no-finetune), the rule of thumb decides, and says so.
     finetune: bool = True

@@ -137,7 +137,8 @@ def _extract_sample(model: str, layers: list[str], sample: _Sample, config: Guid
     key = hashlib.sha256(json.dumps([sample_key, model, config.weights, layers]).encode()).hexdigest()[:16]
     out = cache / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-{key}.h5"
     extract_config = ExtractConfig(input=csv_path, output=out, model=model, weights=config.weights, layers=tuple(layers),
-                                   batch_size=config.batch_size, device=config.device, seed=config.seed)
+                                   batch_size=config.batch_size, device=config.device, backend=config.backend,
+                                   seed=config.seed)
     try:
         extract(extract_config, progress=progress)
     except RunConflictError:
