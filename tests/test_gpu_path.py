@@ -16,7 +16,7 @@ from PIL import Image
 
 import featpipe
 from featpipe import ExtractConfig, extract
-from featpipe.extraction.extractor import BatchLimit, forward_adaptive, is_out_of_memory
+from featpipe.extraction.batching import BatchLimit, forward_adaptive, is_out_of_memory
 from featpipe.extraction.gpu_decode import GpuDecoder, decode_with_fallback, gpu_refusal
 from featpipe.models import DataConfig
 

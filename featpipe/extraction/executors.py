@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._util import cpu_cores
 from ..errors import FeatpipeError, UsageError
+from .batching import AUTO_BATCH
 from .devices import worker_devices
-from .extractor import AUTO_BATCH
 from .partition import PartitionResult, PartitionTask, WorkPlan, bind_thread, run_partition
 from .parts import PartWrite
 
@@ -261,7 +261,7 @@ def run_partitions(
 
 
 def first_batch(config: ExtractConfig, on_cpu: bool) -> int:
-    """The batch size to start with: --batch-size, or for auto the largest worth trying (see extractor.AUTO_BATCH)."""
+    """The batch size to start with: --batch-size, or for auto the largest worth trying (see batching.AUTO_BATCH)."""
     if config.batch_size != "auto":
         return config.batch_size
     return AUTO_BATCH["cpu" if on_cpu else "cuda"]

@@ -1,6 +1,6 @@
 """The network of an extraction: an ``Extractor`` (a model in eval mode with its layer taps and its
-preprocessing, on one device), the per-process cache that shares it between partitions, and adaptive batching
-(``--batch-size auto``: halve on out-of-memory and carry on).
+preprocessing, on one device), the per-process cache that shares it between partitions, and each extractor's
+batch limit (``--batch-size auto``: batching.py halves it on out-of-memory).
 
 The network is built once per process and shared by every partition that process runs: the client registers
 its own (``extractor_in_use``) for the local workers, and a Dask worker builds one on first use
@@ -26,6 +26,7 @@ from ..errors import WeightsError
 from ..models.data_config import DataConfig, resolve_decode
 from ..settings import EXTRACT, literal
 from . import backends
+from .batching import AUTO_BATCH, BatchLimit, free_device_memory
 from .devices import local_devices, resolve_device
 from .gpu_decode import GpuDecoder
 from .preprocess import Preprocessor, resolve_resampler
@@ -43,10 +44,6 @@ OPTIMIZE_MIN_IMAGES = 256
 
 # settings.PRECISIONS -> the dtype autocast computes in (None: no autocast).
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# --batch-size auto starts here and halves on out-of-memory. A GPU gains little past a few hundred
-# images (ResNet-50 in bf16 needs about 5 GB at 1024); a CPU's throughput peaks at small batches
-# and it has no out-of-memory error to learn from (the OS kills the process instead).
-AUTO_BATCH = {"cuda": 1024, "cpu": 32}
 
 
 class FromCrops(torch.nn.Module):
@@ -312,11 +309,6 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None
 _runs = 0  # extractions of this process in progress (register/release pairs)
 
 
-def free_device_memory() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
 def get_extractor(spec: ExtractorSpec) -> Extractor:
     """The process's extractor for ``spec``, built on first use (each Dask worker loads the model once);
     building one for another spec lets the previous one on the same device go (--devices: one per GPU)."""
@@ -379,52 +371,6 @@ def decode_pool(threads: int) -> ThreadPoolExecutor:
             _release_pool()
             _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="featpipe-decode"))
         return _pool[1]
-
-
-class BatchLimit:
-    """The largest batch the device has held so far (``--batch-size auto``): halved on out-of-memory."""
-
-    def __init__(self, size: int, adaptive: bool):
-        self.size = size
-        self.adaptive = adaptive
-        self._lock = threading.Lock()
-
-    def shrink(self, failed: int) -> None:
-        with self._lock:
-            new = max(1, min(self.size, failed // 2))
-            if new < self.size:
-                log.warning("out of memory at a batch of %d images: continuing with %d", failed, new)
-                self.size = new
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's (and other devices') out-of-memory errors, told from any other failure."""
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(exc, oom)) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def forward_adaptive(forward, pixels, limit: BatchLimit) -> tuple[dict[str, np.ndarray], float]:
-    """``forward`` over ``pixels`` in slices of at most ``limit.size``; with an adaptive limit an
-    out-of-memory error halves it and the slice runs again, so every row comes out once, in order."""
-    pieces: list[dict[str, np.ndarray]] = []
-    seconds, i, n = 0.0, 0, len(pixels)
-    while i < n:
-        size = min(limit.size, n - i)
-        try:
-            out, sec = forward(pixels[i:i + size])
-        except Exception as exc:
-            if not (limit.adaptive and is_out_of_memory(exc)) or size == 1:
-                raise
-            free_device_memory()
-            limit.shrink(size)
-            continue
-        pieces.append(out)
-        seconds += sec
-        i += size
-    if len(pieces) == 1:
-        return pieces[0], seconds
-    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}, seconds
 
 
 def batch_limit(ex: Extractor, batch_size: int, auto: bool) -> BatchLimit:

@@ -28,9 +28,10 @@ import torch
 
 from .._util import cpu_cores
 from ..files.features import augmented_name
+from .batching import forward_adaptive
 from .decode import MAX_PIXELS, BadImage, PixelBudget
 from .devices import WorkerSlot, device_of_worker
-from .extractor import Extractor, ExtractorSpec, batch_limit, decode_pool, forward_adaptive, get_extractor
+from .extractor import Extractor, ExtractorSpec, batch_limit, decode_pool, get_extractor
 from .gpu_decode import gpu_refusal
 from .inputs import open_partition
 
