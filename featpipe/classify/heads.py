@@ -261,11 +261,10 @@ class LinearHead(_HeadBase):
     By default it is scikit-learn's ``LogisticRegression()`` trained another
     way: the same L2 penalty (``weight_decay='auto'``: 1 / n_rows, which is
     C = 1; the bias is not decayed), minimised to the end (300 epochs of Adam,
-    the rate divided by 10 at epochs 150 and 225) rather than stopped early:
-    early stopping on a validation loss that rises from the first epoch, and a
-    fixed decay, left it a point behind. Both now agree on 99% of predictions
-    and reach the same accuracy within 0.5 points (the digits demo, and
-    scikit-learn's breast-cancer and raw-digits data; ``bench/fit_speed.py``).
+    the rate divided by 10 at epochs 150 and 225) rather than stopped early,
+    since the validation loss of a well-regularised softmax can rise from the
+    first epoch while its accuracy still climbs; so the two agree on nearly
+    every prediction (``bench/fit_speed.py``, docs/benchmarks.md).
 
     Parameters follow the lecture's recipe: ``optimizer`` in sgd, momentum,
     nesterov, rmsprop (decay 0.99), adam; ``schedule`` in constant, step

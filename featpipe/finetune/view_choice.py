@@ -18,8 +18,7 @@ def choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val
 
     Flips are judged on every image, training rows included (each by a probe fitted on the other training
     rows): whether mirroring changes the class is a property of the data, and the paired difference needs
-    hundreds of images to see a drop of a few points (on 80 held-out digits a 7-point drop was within the
-    noise). Augmentation is judged on the held-out rows (the validation images; without them, a fifth of the
+    hundreds of images to tell a drop of a few points from noise (docs/finetune.md). Augmentation is judged on the held-out rows (the validation images; without them, a fifth of the
     training images) by the head just fitted."""
     if config.flip == "auto":
         check = _mirror_check(net, spec, head, paths, labels, train_rows, val_rows, X, y, X_val, y_val, C, config,

@@ -2,11 +2,9 @@
 
 t-SNE costs grow with the rows, so past ``MAX_POINTS`` the map shows a random sample of them (every
 mistake included) and says so. The features go through PCA to at most 50 dimensions first, the usual
-preparation for t-SNE (less noise, much faster neighbour search). Measured on the digits demo (1,797
-EfficientNet-Lite0 feature vectors, a busy 2-core machine): scikit-learn's defaults took 20 s; 1,000
-points, 400 iterations and a coarser Barnes-Hut angle (0.8) took 3.7 s, clusters alike to the eye; 800
-points 1.2 s against 1.6 s for 1,000 on a quieter moment, which brings the whole report of the digits
-demo near a tenth of the fit's time.
+preparation for t-SNE (less noise, much faster neighbour search). Fewer iterations and a coarser Barnes-Hut
+angle than scikit-learn's defaults draw the same clusters to the eye at a fraction of the time, so that the
+report costs a small share of the fit (timings: docs/benchmarks.md, "The HTML report").
 """
 from __future__ import annotations
 

@@ -76,9 +76,9 @@ def find(y: np.ndarray, proba: np.ndarray, folds: int = FOLDS) -> LabelIssues:
     labels = renumber[y[checked]]
     p = proba[np.ix_(checked, present)]
     p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
-    # n_jobs=1: cleanlab's default starts a process per physical core, which cost 0.3 s of the digits demo's
-    # report against 0.01 s in this one (its results are the same whatever n_jobs, as its docs say); and a fork
-    # of a process that holds torch and threads is best avoided.
+    # n_jobs=1: cleanlab's default starts a process per physical core, which costs far more than the ranking
+    # itself on a report's few thousand rows (its results are the same whatever n_jobs, as its docs say); and a
+    # fork of a process that holds torch and threads is best avoided.
     ranked = find_label_issues(labels, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     ranked = np.asarray(ranked, dtype=np.int64)
     rows = checked[ranked]
