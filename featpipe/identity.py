@@ -43,7 +43,7 @@ FIELD_NAMES = {
     "data_config": "preprocessing (data_config)",
     "precision": "precision",
     "dtype": "dtype",
-    "views": "views (--tta, --augment)",
+    "views": "views (--tta, --augment-views)",
 }
 
 

@@ -114,7 +114,7 @@ def test_views_follow_incremental_updates_and_are_part_of_the_identity(tmp_path,
     assert not fs.valid[broken] and np.isnan(X[2 * broken:2 * broken + 2]).all()
     new = fs.paths.index("class_1/new.jpg")
     assert np.isfinite(X[2 * new:2 * new + 2]).all()
-    with pytest.raises(RunConflictError, match=r"views \(--tta, --augment\)"):
+    with pytest.raises(RunConflictError, match=r"views \(--tta, --augment-views\)"):
         extract(config(image_folder, out, augment=3))
 
 
