@@ -172,10 +172,10 @@ def test_quiet_silences_the_extraction_progress_of_predict(tmp_path, image_folde
 def test_quiet_silences_the_progress_line_of_lr_find(tmp_path, feature_file):
     """The range test says it runs on a terminal (FORCE_COLOR makes rich take the test's stderr for one)."""
     args = ["lr-find", str(feature_file), "-o", str(tmp_path / "lr.png"), "--steps", "20"]
-    terminal = {"FORCE_COLOR": "1"}
+    terminal = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": None}
     loud = runner.invoke(app, args, env=terminal)
     quiet = runner.invoke(app, [*args, "-q"], env=terminal)
-    log = runner.invoke(app, args, env={"FORCE_COLOR": None})  # not a terminal: nothing to redraw, nothing said
+    log = runner.invoke(app, args, env={"FORCE_COLOR": None, "TTY_COMPATIBLE": None})  # not a terminal: nothing said
     assert loud.exit_code == quiet.exit_code == log.exit_code == 0, loud.output + quiet.output
     assert "lr-find: the range test of the linear head" in loud.stderr
     assert quiet.stderr == "" and log.stderr == ""
