@@ -12,7 +12,7 @@ intermediate layer, the best epoch) is made on validation rows inside the 80%.
   logistic regression on the best intermediate layer (chosen on validation rows)
   finetune with no options: the recipe featpipe measures on the training rows (finetune/recipe.py)
   finetune --unfreeze head / 2 / all, with the hand-found recipe below (--unfreeze "" skips them)
-  finetune --unfreeze all --val-size 0 --epochs E: a refit on all the training rows (the validation rows
+  finetune --unfreeze all --validation-size 0 --epochs E: a refit on all the training rows (the validation rows
       too) for the E epochs the validated --unfreeze all run kept; nothing is chosen on the test rows
 
     python bench/finetune_digits.py [--image-size 96] [--epochs 8] [--views 4] [--augment light]
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--lr-decay", type=float, default=LR_DECAY, help="fine-tuning's rate ratio between stages")
     ap.add_argument("--unfreeze", default="head,2,all")
     ap.add_argument("--no-refit", dest="refit", action="store_false",
-                    help="skip the refit of the last --unfreeze on every training row (--val-size 0)")
+                    help="skip the refit of the last --unfreeze on every training row (--validation-size 0)")
     ap.add_argument("--only", choices=("frozen", "finetune"), default=None)
     ap.add_argument("--no-defaults", dest="defaults", action="store_false",
                     help="skip the run with no options (featpipe finetune's measured recipe)")
@@ -155,7 +155,7 @@ def main() -> None:
                 refit, acc, seconds = finetuned(unfreeze, val_size=0.0, epochs=result.best_epoch,
                                                 output=work / f"ft-{unfreeze}-refit.pt")
                 assert refit.train_images == len(train)  # the validation rows too, never a test row
-                rows.append((f"finetune --unfreeze {unfreeze} --val-size 0 --epochs {result.best_epoch} (refit, "
+                rows.append((f"finetune --unfreeze {unfreeze} --validation-size 0 --epochs {result.best_epoch} (refit, "
                              f"{seconds:.0f} s)", acc))
         print(f"digits: {len(train)} training rows (validation split inside them), {len(test)} test rows; "
               f"{args.model}; frozen features at the model's own size (extract, {t_frozen:.0f} s with "

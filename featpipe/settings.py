@@ -83,6 +83,11 @@ class SettingError(UsageError):
         return self.told_as(self.options.__getitem__)
 
 
+def renamed_note(old: str, new: str) -> str:
+    """What is said when a setting's old spelling is used (an option, a pipeline key): one wording for both."""
+    return f"{old} is deprecated; use {new} (the old spelling goes in the next release)"
+
+
 def literal(text: str) -> str:
     """``text`` in a SettingError's template, as it is: its braces are not placeholders."""
     return text.replace("{", "{{").replace("}", "}}")

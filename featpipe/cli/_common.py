@@ -32,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..settings import BACKENDS, OPTIMIZERS, SCHEDULES
+from ..settings import BACKENDS, OPTIMIZERS, SCHEDULES, renamed_note
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def listed(values: Iterable[str] | None) -> tuple[str, ...]:
 
 def deprecation_note(old: str, new: str) -> str:
     """The one line said when an old spelling is used."""
-    return f"featpipe: {old} is deprecated; use {new} (the old spelling goes in the next release)"
+    return f"featpipe: {renamed_note(old, new)}"
 
 
 def respell(args: list[str], renamed: Mapping[str, str], takes_value: Callable[[str], bool],

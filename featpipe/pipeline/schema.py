@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import remote
 from ..errors import FeatpipeError, UsageError
-from ..settings import EXTRACT, FINETUNE, FIT, GUIDE, HEAD, Group
+from ..settings import EXTRACT, FINETUNE, FIT, GUIDE, HEAD, Group, renamed_note
 
 STAGES = ("guide", "extract", "fit", "finetune")  # the order they run in (see featpipe/pipeline/__init__.py)
 
@@ -206,8 +206,8 @@ def read(doc: dict, text: str, where: Path, section: str) -> dict[str, dict]:
             if name in values:
                 raise error_at(where, text, section, written, f"{section}.{written} and {section}.{name} are one "
                                f"setting; keep {section}.{name}")
-            warnings.warn(f"{where}:{line_of(text, section, written)}: {section}.{written} is deprecated; use "
-                          f"{section}.{name} (the old spelling goes in the next release)", DeprecatedKey, stacklevel=3)
+            warnings.warn(f"{where}:{line_of(text, section, written)}: "
+                          + renamed_note(f"{section}.{written}", f"{section}.{name}"), DeprecatedKey, stacklevel=3)
         key = schema.keys[name]
         if not _accepts(key.types, value):
             want = " or ".join(_TYPE_WORDS[t] for t in key.types)
