@@ -185,7 +185,7 @@ def bench_linear_matches_logreg(demo: Path) -> None:
 def bench_streamed_head(n: int, dim: int, classes: int) -> None:
     """The same head trained from the feature file (--stream) against from memory: the price of streaming."""
     from featpipe.classify import make_classifier
-    from featpipe.classify.fit import fit_streaming
+    from featpipe.classify.fitter import fit_streaming
     from featpipe.classify.rows import labelled_file_rows
     from featpipe.store import load
 

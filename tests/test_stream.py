@@ -14,12 +14,12 @@ from sklearn.preprocessing import StandardScaler
 import featpipe
 from featpipe.classify import FitConfig, fit, load_classifier
 from featpipe.classify.estimators import make_classifier
-from featpipe.classify.fit import fit_streaming
+from featpipe.classify.fitter import fit_streaming
 from featpipe.classify.rows import ArrayRows, FileRows, labelled_file_rows
 from featpipe.errors import UsageError
 from featpipe.store import write_arrays
 
-fit_module = importlib.import_module("featpipe.classify.fit")  # the module: featpipe.classify.fit is the function
+fitter_module = importlib.import_module("featpipe.classify.fitter")  # decides whether to stream
 
 
 def separable(n: int, dim: int, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -127,12 +127,12 @@ def test_fit_streams_when_asked_and_the_model_file_works(feature_file, tmp_path)
 
 def test_features_that_do_not_fit_stream_by_themselves(feature_file, tmp_path, monkeypatch):
     path, _, _ = feature_file
-    monkeypatch.setattr(fit_module, "available_memory", lambda: 100_000)  # 50 kB budget < 300 kB of features
+    monkeypatch.setattr(fitter_module, "available_memory", lambda: 100_000)  # 50 kB budget < 300 kB of features
     result = fit(FitConfig(path, tmp_path / "m.skops", ("linear",)))
     assert result.extra["streamed"]
-    with pytest.raises(UsageError, match="logreg must hold them in memory.*--in-memory"):
+    with pytest.raises(UsageError, match=r"logreg must hold them in memory.*turn FitConfig\.stream off"):
         fit(FitConfig(path, tmp_path / "m.skops", ("linear", "logreg")))
-    with pytest.raises(UsageError, match="--cv and --search"):
+    with pytest.raises(UsageError, match=r"^FitConfig\.cv and FitConfig\.search hold"):
         fit(FitConfig(path, tmp_path / "m.skops", ("linear",), cv=3))
     assert not fit(FitConfig(path, tmp_path / "m.skops", ("logreg",), stream=False)).extra["streamed"]
 

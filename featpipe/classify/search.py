@@ -12,8 +12,7 @@ from scipy.stats import loguniform, randint, uniform
 from sklearn.base import clone
 from sklearn.model_selection import ParameterSampler, StratifiedKFold, cross_val_score
 
-from ..errors import UsageError
-from ..settings import FIT
+from ..settings import FIT, shown
 
 # Ranges per classifier, for the final pipeline step ("clf").
 SPACES = {
@@ -47,10 +46,8 @@ def check_folds(y: np.ndarray, folds: int, class_names: list[str]) -> None:
     small = np.flatnonzero((counts > 0) & (counts < folds))
     if len(small):
         c = int(small[0])
-        raise UsageError(
-            f"class {class_names[c]!r} has {counts[c]} training samples, fewer than the {folds} CV folds; "
-            "lower --cv or add images"
-        )
+        raise FIT.refuse(f"class {shown(class_names[c])} has {counts[c]} training samples, fewer than the {folds} CV "
+                         "folds; lower {cv} or add images")
 
 
 def cross_validate(model, X, y, folds: int, seed: int) -> tuple[float, float]:
