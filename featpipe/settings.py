@@ -294,7 +294,7 @@ PREDICT = Group("predict", {"batch_size": BATCH_SIZE})
 
 AUTO = OneOf(("auto",))  # measured on the images (featpipe/finetune/recipe.py)
 
-# Checked after "auto" and the command line's text are parsed (finetune/config.py's checked).
+# Checked when a FinetuneConfig is made, after "auto" and the command line's text are parsed (finetune/config.py).
 FINETUNE = Group("FinetuneConfig", {
     "epochs": Setting((Number(0, integer=True), AUTO)),
     "lr": Setting((Number(0, open="low"), AUTO)),

@@ -20,8 +20,8 @@ from featpipe import ExtractConfig, extract
 from featpipe.errors import UsageError
 from featpipe.finetune import FinetuneConfig, finetune
 from featpipe.finetune.blocks import group_parameters, learning_rates, trainable_groups
+from featpipe.finetune.loop import with_warmup
 from featpipe.finetune.probe import PROBE_C, linear_probe, probe_strength
-from featpipe.finetune.train import _with_warmup
 
 from .conftest import TINY_MODEL, make_images
 
@@ -61,7 +61,7 @@ def test_unfreezing_counts_stages_from_the_top():
     assert all(n.startswith("layer4.") for n in g.members["layer4"])
     with pytest.raises(UsageError, match="has 5 stages"):
         trainable_groups(g, "9")
-    with pytest.raises(UsageError, match="--unfreeze must be"):
+    with pytest.raises(UsageError, match=r"^FinetuneConfig\.unfreeze must be"):
         trainable_groups(g, "top")
 
 
@@ -103,7 +103,7 @@ def test_warmup_rises_linearly_then_the_cosine_falls_to_zero():
     weight = nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([{"params": [weight], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 5e-4}])
     steps_per_epoch, epochs = 4, 3  # one epoch of warm-up, then two of cosine
-    schedule = _with_warmup(opt, steps_per_epoch, lambda: make_schedule("cosine", opt, 1e-3, epochs - 1,
+    schedule = with_warmup(opt, steps_per_epoch, lambda: make_schedule("cosine", opt, 1e-3, epochs - 1,
                                                                         steps_per_epoch, (1,), 1))
     rates = []
     for _ in range(epochs * steps_per_epoch):
@@ -266,7 +266,7 @@ def test_bad_options_are_one_line(tmp_path, labelled):
         finetune(config(tmp_path, labelled, output=tmp_path / "nowhere" / "ft.pt"))
     with pytest.raises(UsageError, match="FinetuneConfig.crop_pct must be between 0.5 and 2 or auto, got 3.0"):
         finetune(config(tmp_path, labelled, crop_pct=3.0))
-    with pytest.raises(UsageError, match="FinetuneConfig.epochs must be auto or a whole number, got 'many'"):
+    with pytest.raises(UsageError, match=r"^FinetuneConfig\.epochs must be auto or a whole number, got 'many'$"):
         finetune(config(tmp_path, labelled, epochs="many"))
 
 
@@ -279,7 +279,7 @@ def test_crop_pct_keeps_the_whole_image_or_pads_it_as_timm_does():
 
     spec = featpipe.models.resolve(TINY_MODEL)
     net = featpipe.models.create_architecture(spec)
-    own = featpipe.models.data_config(net, spec)
+    own = featpipe.models.eval_config(net, spec)
     assert data_config(net, spec, 96).resize == round(96 * own.resize / own.crop[0])  # the model's ratio kept
     assert data_config(net, spec, 96, 1.0).resize == 96
     padded = data_config(net, spec, 96, 1.2)

@@ -10,7 +10,10 @@ from PIL import Image
 
 from featpipe.classify.lr_find import LRFinding, range_test
 from featpipe.errors import UsageError
+from featpipe.finetune import FinetuneConfig
 from featpipe.finetune import recipe as rules
+from featpipe.finetune.config import parse_auto
+from featpipe.settings import SettingError
 
 
 def glyphs(folder: Path, n: int = 12, side: int = 24, background: int = 0) -> list[Path]:
@@ -73,7 +76,7 @@ def test_photographs_keep_the_models_own_framing(tmp_path):
 def test_undecodable_images_only_say_so_in_one_line(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(UsageError, match="could be decoded; check the input, or give --image-size"):
+    with pytest.raises(UsageError, match=r"could be decoded; check the input, or give FinetuneConfig\.image_size"):
         rules.measure_framing([bad], 0.875)
 
 
@@ -153,12 +156,16 @@ def test_the_recipe_prints_as_the_options_that_repeat_it():
 @pytest.mark.parametrize("value,kind,expected", [("auto", int, "auto"), (None, float, "auto"), ("3", int, 3),
                                                  ("4e-4", float, 4e-4), (True, bool, True)])
 def test_auto_or_a_value(value, kind, expected):
-    assert rules.parse_auto(value, "--x", kind) == expected
+    assert parse_auto(value, "lr", kind) == expected
 
 
-def test_a_bad_value_names_the_option():
-    with pytest.raises(UsageError, match="--lr must be auto or a number, got 'fast'"):
-        rules.parse_auto("fast", "--lr", float)
+def test_a_bad_value_names_the_field_at_construction():
+    with pytest.raises(SettingError, match=r"^FinetuneConfig\.lr must be auto or a number, got 'fast'$") as caught:
+        FinetuneConfig("images", "ft.pt", model="m", lr="fast")
+    assert caught.value.told_by_option() == "--lr must be auto or a number, got 'fast'"
+    with pytest.raises(SettingError, match=r"^FinetuneConfig\.batch_size must be at least 2"):
+        FinetuneConfig("images", "ft.pt", model="m", batch_size=1)
+    assert FinetuneConfig("images", "ft.pt", model="m", epochs="5", crop_pct=None).epochs == 5
 
 
 @pytest.mark.parametrize("mirror_swaps_classes", [True, False])

@@ -1,5 +1,5 @@
-"""Devices: --device as a device name (``resolve_device``, shared with finetune), and --devices: one local
-worker per GPU, each with its own copy of the network.
+"""Devices: a ``device`` setting as a device name (``resolve_device``, shared with finetune and predict), and
+``ExtractConfig.devices``: one local worker per GPU, each with its own copy of the network.
 
 ``parse_devices`` turns the option into device names; ``worker_devices`` is the
 plan of the local workers (worker name -> device). A local worker is a set of
@@ -12,17 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..settings import EXTRACT, Group, shown
 
 if TYPE_CHECKING:
     from .config import ExtractConfig
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, group: Group = EXTRACT) -> str:
     """'auto' -> 'cuda:0' when there is a GPU, else 'cpu'; checks a requested GPU exists (imports torch).
+    ``group``: whose ``device`` setting it is, for the message (settings.FINETUNE in finetune).
 
     Raises:
-        UsageError: not a device name, or a GPU this machine does not have.
+        SettingError: not a device name, or a GPU this machine does not have.
     """
     import torch
 
@@ -33,45 +34,45 @@ def resolve_device(device: str) -> str:
     if device == "cuda" or device.startswith("cuda:"):
         index = 0 if device == "cuda" else device.split(":", 1)[1]
         if not str(index).isdigit():
-            raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+            raise group.refuse(f"{{device}} {shown(device)} is not valid; use auto, cpu, cuda or cuda:N", device)
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device!r} asked for a GPU but CUDA is not available; use --device cpu")
+            raise group.refuse(f"{{device}} {shown(device)} asked for a GPU but CUDA is not available; use cpu", device)
         if int(index) >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {device!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
+            raise group.refuse(f"{{device}} {shown(device)}: this machine has {torch.cuda.device_count()} GPU(s); use "
+                               f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}", device)
         return f"cuda:{index}"
-    raise UsageError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+    raise group.refuse(f"{{device}} {shown(device)} is not valid; use auto, cpu, cuda or cuda:N", device)
 
 
 def parse_devices(text: str, gpu_count: int) -> tuple[str, ...]:
     """'all' -> every visible GPU; 'cuda:0,cuda:1' (or '0,1') -> those, checked against ``gpu_count``.
 
     Raises:
-        UsageError: no GPU, an unknown or repeated device, or a GPU this machine does not have.
+        SettingError: no GPU, an unknown or repeated device, or a GPU this machine does not have (``devices``).
     """
     if text.strip() == "all":
         if gpu_count < 1:
-            raise UsageError("--devices all: this machine has no CUDA GPU; leave out --devices (or use --device cpu)")
+            raise EXTRACT.refuse("{devices} 'all': this machine has no CUDA GPU; leave out {devices} "
+                                 "(or set {device} to cpu)", text)
         return tuple(f"cuda:{i}" for i in range(gpu_count))
     out: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         index = part.removeprefix("cuda:")
         if not index.isdigit():
-            raise UsageError(f"--devices takes all or a list such as cuda:0,cuda:1, got {part!r} in {text!r}")
+            raise EXTRACT.refuse(f"{{devices}} takes all or a list such as cuda:0,cuda:1, got {shown(part)} in "
+                                 f"{shown(text)}", text)
         if int(index) >= gpu_count:
             have = f"cuda:0 .. cuda:{gpu_count - 1}" if gpu_count else "none"
-            raise UsageError(f"--devices {text!r}: this machine has {gpu_count} GPU(s) ({have})")
+            raise EXTRACT.refuse(f"{{devices}} {shown(text)}: this machine has {gpu_count} GPU(s) ({have})", text)
         name = f"cuda:{int(index)}"
         if name in out:
-            raise UsageError(f"--devices {text!r} names {name} twice; give each GPU once")
+            raise EXTRACT.refuse(f"{{devices}} {shown(text)} names {name} twice; give each GPU once", text)
         out.append(name)
     return tuple(out)
 
 
 def local_devices(config: ExtractConfig) -> tuple[str, ...]:
-    """--devices as device names (checked against the GPUs this machine has); () without it."""
+    """``config.devices`` as device names (checked against the GPUs this machine has); () without it."""
     if config.devices is None:
         return ()
     import torch
@@ -97,4 +98,5 @@ def device_of_worker(slots: tuple[WorkerSlot, ...], worker_name) -> str:
     for slot in slots:
         if slot.name == str(worker_name):
             return slot.device
-    raise UsageError(f"worker {worker_name!r} is not one of --devices' workers ({', '.join(s.name for s in slots)})")
+    raise EXTRACT.refuse(f"worker {shown(worker_name)} is not one of {{devices}}' workers "
+                         f"({', '.join(s.name for s in slots)})", worker_name)

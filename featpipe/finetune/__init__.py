@@ -7,7 +7,8 @@ Modules: ``config`` (the settings and their checks), ``recipe`` (the auto settin
 ``blocks`` (stages to unfreeze, learning rates, BatchNorm policy, the audit of
 what changed), ``data`` (decoding, augmentation, batches), ``probe`` (the linear
 probe), ``view_choice`` (flips, augmentation), ``lr_range`` (the range test),
-``train`` (the loop, resume, the checkpoint), ``report`` (--report's curves).
+``loop`` (one epoch: training and evaluation passes, the optimizer, the warm-up), ``train``
+(the run: its phases, resume), ``checkpoint`` (the file, written and read), ``report`` (--report's curves).
 """
 from .config import FinetuneConfig
 from .train import Epoch, FinetuneResult, finetune

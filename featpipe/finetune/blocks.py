@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..settings import BN_POLICIES
+from ..settings import FINETUNE, literal, shown
 
 HEAD, NECK = "head", "neck"
 
@@ -59,20 +58,18 @@ def trainable_groups(groups: Groups, unfreeze: str) -> list[str]:
     """``head``, a number of stages from the top, or ``all``.
 
     Raises:
-        UsageError: ``unfreeze`` is none of these, or more stages than the network has.
+        SettingError: ``unfreeze`` is none of these, or more stages than the network has (FinetuneConfig.unfreeze).
     """
     if unfreeze == "head":
         return [HEAD]
     if unfreeze == "all":
         return groups.order()
     if not unfreeze.isdigit():
-        raise UsageError(f"--unfreeze must be head, a number of stages or all, got {unfreeze!r}")
+        raise FINETUNE.refuse(f"{{unfreeze}} must be head, a number of stages or all, got {shown(unfreeze)}", unfreeze)
     n = int(unfreeze)
     if not 0 < n <= len(groups.stages):
-        raise UsageError(
-            f"--unfreeze {n}: the network has {len(groups.stages)} stages ({', '.join(groups.stages)}); "
-            f"give 1 to {len(groups.stages)}, head or all"
-        )
+        raise FINETUNE.refuse(f"{{unfreeze}} {n}: the network has {len(groups.stages)} stages "
+                              f"({literal(', '.join(groups.stages))}); give 1 to {len(groups.stages)}, head or all", n)
     return [*groups.stages[len(groups.stages) - n:], NECK, HEAD]
 
 
@@ -93,8 +90,6 @@ def freeze(model: nn.Module, groups: Groups, trainable: list[str]) -> None:
 
 def set_train_mode(model: nn.Module, groups: Groups, trainable: list[str], bn: str) -> None:
     """``model.train()``, then BatchNorm layers back to eval where the policy keeps their statistics."""
-    if bn not in BN_POLICIES:
-        raise UsageError(f"--bn must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
     model.train()
     train = {name for g in trainable for name in groups.members[g]}
     for name, module in model.named_modules():

@@ -1,4 +1,5 @@
-"""A fine-tuned checkpoint, read back: the network with its head, its preprocessing, its classes."""
+"""The fine-tuning checkpoint, written (``write``; ``save`` for the resume state) and read back: the network with
+its head, its preprocessing, its classes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,13 +10,16 @@ import torch
 from torch import nn
 
 from .. import models
+from .._util import atomic_write
 from ..errors import WeightsError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor
 from ..models.data_config import DataConfig
 from ..models.weights import FINETUNE_FORMAT, checkpoint_meta
+from ..settings import PREDICT
 
 FORMAT = FINETUNE_FORMAT
+VERSION = 1  # the metadata's layout
 
 
 @dataclass
@@ -24,6 +28,19 @@ class FineTuned:
     data_config: DataConfig
     classes: list[str]
     meta: dict
+
+
+def save(obj, path: Path) -> None:
+    """``torch.save`` under a temporary name, then renamed: a reader sees the previous file or this one."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write(path: Path, net: nn.Module, meta: dict) -> None:
+    """The checkpoint of ``net`` (its weights on the CPU) with featpipe's metadata (``meta``, this format's
+    tag and version added), which ``read_meta`` and extract's ``--weights`` read."""
+    meta = {"format": FORMAT, "format_version": VERSION, **meta}
+    save({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "featpipe": meta}, path)
 
 
 def read_meta(path: str | Path) -> dict | None:
@@ -51,7 +68,7 @@ def predict_proba(tuned: FineTuned, paths: list[Path], batch_size: int = 64,
     """Class probabilities (N, C) for each image (NaN rows where an image cannot be decoded), and the reasons."""
     from ..extraction.devices import resolve_device
 
-    target = torch.device(resolve_device(device))
+    target = torch.device(resolve_device(device, PREDICT))  # predict(checkpoint, images, device=...)
     net = tuned.model.to(target)
     preprocess = Preprocessor(tuned.data_config)
     probs = np.full((len(paths), len(tuned.classes)), np.nan, np.float32)

@@ -1,11 +1,11 @@
-"""`featpipe finetune`'s settings as one typed object, and their checks (ranges in featpipe/settings.py)."""
+"""`featpipe finetune`'s settings as one typed object, checked when it is made (ranges in featpipe/settings.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from .. import settings
 from ..errors import UsageError
+from ..settings import FINETUNE, shown
 from . import recipe as recipe_rules
 
 
@@ -14,7 +14,9 @@ class FinetuneConfig:
     """Settings of one fine-tuning run (the CLI's options, as one typed object).
 
     ``"auto"`` settings are measured on the data (featpipe/finetune/recipe.py says how); the others are used
-    as given. The defaults are the measured recipe."""
+    as given. The defaults are the measured recipe. Made, it holds every ``auto`` as "auto" and every number as a
+    number (the command line gives text: ``epochs="5"`` becomes 5), each within its range, or it raises
+    SettingError naming the field (``FinetuneConfig.lr``)."""
 
     input: Path
     output: Path
@@ -40,36 +42,41 @@ class FinetuneConfig:
     seed: int = 0
     resume: bool = False
 
-
-def _auto(config: FinetuneConfig, name: str, kind: type):
-    """The field ``name`` as "auto" or a ``kind``; None stays None where the field may be None."""
-    value, setting = getattr(config, name), settings.FINETUNE.settings.get(name)
-    if value is None and setting is not None and setting.optional:
-        return None
-    try:
-        return recipe_rules.parse_auto(value, name, kind)
-    except UsageError:
-        what = {int: "a whole number", float: "a number", bool: "true or false"}[kind]
-        raise settings.FINETUNE.refuse(f"{{{name}}} must be auto or {what}, got {settings.shown(value)}",
-                                       value) from None
+    def __post_init__(self):
+        for name, kind in (("epochs", int), ("lr", float), ("flip", bool), ("image_size", int), ("crop_pct", float)):
+            value = getattr(self, name)
+            if value is not None or name not in ("image_size", "crop_pct"):  # None there: the model's own
+                object.__setattr__(self, name, parse_auto(value, name, kind))
+        FINETUNE.check(self)
 
 
-def check_values(config: FinetuneConfig) -> FinetuneConfig:
-    """The config with every ``auto`` spelled as "auto" and every number as a number, each in its range.
+def parse_auto(value, name: str, kind: type):
+    """``auto`` or a value of ``kind`` (from the CLI's text or Python) for the field ``name``.
 
     Raises:
-        SettingError: a value that is not auto or a number, or out of its range (settings.FINETUNE).
+        SettingError: neither, naming ``FinetuneConfig.<name>``.
     """
-    config = replace(config, epochs=_auto(config, "epochs", int), lr=_auto(config, "lr", float),
-                     flip=_auto(config, "flip", bool), image_size=_auto(config, "image_size", int),
-                     crop_pct=_auto(config, "crop_pct", float))
-    settings.FINETUNE.check(config)
-    return config
+    if value is None or value == recipe_rules.AUTO:
+        return recipe_rules.AUTO
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise FINETUNE.refuse(f"{{{name}}} must be auto, true or false, got {shown(value)}", value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise FINETUNE.refuse(f"{{{name}}} must be auto or {_KIND_WORDS[kind]}, got {shown(value)}", value) from None
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number"}
 
 
 def checked(config: FinetuneConfig) -> FinetuneConfig:
-    """check_values, and the output's folder exists, or a one-line error."""
-    config = check_values(config)
+    """The config, checked where a run starts: its output's folder exists (its values were checked when it was made).
+
+    Raises:
+        UsageError: the folder is missing.
+    """
     out = Path(config.output)
     if not out.parent.is_dir():
         raise UsageError(f"output folder {str(out.parent)!r} does not exist; create it or choose another -o")

@@ -1,4 +1,4 @@
-"""Training and validation images: decode, augment (torchvision v2), batch.
+"""Training and validation images: the split, decoding, augmentation (torchvision v2), batches.
 
 Validation uses the model's own evaluation preprocessing, the very transform
 ``extract`` uses, so validation numbers describe the features a user will get.
@@ -17,12 +17,13 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from .. import models
+from ..errors import UsageError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor, resolve_resampler
 from ..extraction.views import AUGMENTS, GRAYSCALE_P, STRENGTHS, check_augment
 from ..models.data_config import DataConfig
 
-__all__ = ["AUGMENTS", "Images", "collate", "data_config", "make_loader", "model_crop_pct", "train_transform"]
+__all__ = ["AUGMENTS", "Images", "collate", "data_config", "make_loader", "model_crop_pct", "split_rows", "train_transform"]
 
 
 def train_transform(config: DataConfig, strength: str, flip: bool) -> v2.Compose | None:
@@ -113,3 +114,22 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int):
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
                                        collate_fn=collate, num_workers=0)
+
+
+def split_rows(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training and the validation rows of a fine-tuning run: ``val_size`` of the labelled rows held out,
+    stratified, at least one per class (none with 0); the report finds the run's validation images with it."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.flatnonzero(labels >= 0)
+    counts = np.bincount(labels[rows], minlength=len(classes))
+    if (counts > 0).sum() < 2:
+        raise UsageError("fine-tuning needs labelled images of two or more classes; give class subfolders or a label column")
+    if val_size == 0:
+        return rows, rows[:0]
+    small = [c for c, k in zip(classes, counts, strict=True) if 0 < k < 2]
+    if small:
+        raise UsageError(f"class {small[0]!r} has one image; each class needs two (one to train, one to validate)")
+    n_val = max(int(round(val_size * len(rows))), int((counts > 0).sum()))
+    train, val = train_test_split(rows, test_size=n_val, stratify=labels[rows], random_state=seed)
+    return np.sort(train), np.sort(val)

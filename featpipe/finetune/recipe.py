@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..settings import FINETUNE
 
 AUTO = "auto"
 VAL_SIZE = 0.2  # of the images, held out to choose the epoch and the views
@@ -109,21 +109,6 @@ class Recipe:
 # --- parsing the options ---------------------------------------------------------------------------
 
 
-def parse_auto(value, name: str, kind: type):
-    """``auto`` or a value of ``kind`` (from the CLI's text or Python)."""
-    if value is None or value == AUTO:
-        return AUTO
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{name} must be auto, true or false, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
-        raise UsageError(f"{name} must be auto or {what}, got {value!r}") from None
-
-
 # --- from the images ---------------------------------------------------------------------------------
 
 
@@ -190,8 +175,8 @@ def measure_framing(paths: Sequence[str | Path], crop_pct: float, seed: int = 0)
         if plain:
             backgrounds.append(background)
     if not sides:
-        raise UsageError("none of the images measured for --image-size auto / --crop-pct auto could be decoded; "
-                         "check the input, or give --image-size and --crop-pct")
+        raise FINETUNE.refuse("none of the images measured for {image_size} auto / {crop_pct} auto could be decoded; "
+                              "check the input, or give {image_size} and {crop_pct}")
     return Framing(len(sides), float(np.median(sides)), float(np.mean(cut)),
                    bool(backgrounds) and float(np.median(backgrounds)) < 0.25)
 

@@ -15,7 +15,6 @@ its number, so a resumed run gives the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -29,17 +28,16 @@ import torch
 from torch import nn
 
 from .. import models
-from .._util import atomic_write
-from ..classify.heads import make_optimizer, make_schedule
+from ..classify.heads import make_schedule
 from ..errors import UsageError
 from ..extraction.devices import resolve_device
 from ..extraction.preprocess import Preprocessor
 from ..extraction.sources import discover
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
-from . import blocks, data, lr_range, view_choice
+from ..settings import FINETUNE, shown
+from . import blocks, checkpoint, data, loop, lr_range, view_choice
 from . import recipe as recipe_rules
-from .checkpoint import FORMAT
 from .config import FinetuneConfig, checked
 from .data import Images, make_loader, train_transform
 from .probe import linear_probe, probe_at
@@ -83,23 +81,6 @@ class FinetuneResult:
         return next(e for e in self.history if e.epoch == self.best_epoch)
 
 
-def _split(labels: np.ndarray, classes, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    rows = np.flatnonzero(labels >= 0)
-    counts = np.bincount(labels[rows], minlength=len(classes))
-    if (counts > 0).sum() < 2:
-        raise UsageError("fine-tuning needs labelled images of two or more classes; give class subfolders or a label column")
-    if val_size == 0:
-        return rows, rows[:0]
-    small = [c for c, k in zip(classes, counts, strict=True) if 0 < k < 2]
-    if small:
-        raise UsageError(f"class {small[0]!r} has one image; each class needs two (one to train, one to validate)")
-    n_val = max(int(round(val_size * len(rows))), int((counts > 0).sum()))
-    train, val = train_test_split(rows, test_size=n_val, stratify=labels[rows], random_state=seed)
-    return np.sort(train), np.sort(val)
-
-
 def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
     old = net.get_submodule(head)
     if not isinstance(old, nn.Linear):
@@ -113,55 +94,11 @@ def _replace_head(net: nn.Module, head: str, classes: int) -> nn.Linear:
     return new
 
 
-def _evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
-    net.eval()
-    loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
-    with torch.inference_mode():
-        for pixels, y, _ in loader:
-            if pixels is None:
-                continue
-            y = y.to(device)
-            x = preprocess.batch(pixels.to(device)).contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = net(x).float()
-            loss += nn.functional.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            n += len(y)
-    if n == 0:
-        return math.nan, math.nan  # no validation rows (--val-size 0)
-    return float(loss) / n, float(correct) / n
-
-
-def _with_warmup(optimizer, steps: int, schedule: Callable):
-    """The schedule after ``steps`` of linear warm-up. Adam's first updates move every weight by about
-    the full rate whatever its gradient (its second-moment estimate starts from nothing). On the digits,
-    with the probe's spreads floored at the median, a constant 1e-4 cut validation accuracy from 0.88 to
-    0.79 in the first epoch, and 0.86 after a warm-up; the floor of probe.linear_probe is what removed the drop."""
-    if steps <= 0:
-        return schedule()
-    warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / (steps + 1), total_iters=steps)
-    after = schedule() or torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, after], milestones=[steps])
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _identity(config: FinetuneConfig, spec, weights_sha: str, classes: list[str]) -> str:
     """What a resumed run must share with the run it continues (everything but --epochs and --device)."""
     d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
          if k not in ("epochs", "device", "resume", "output")}
     return json.dumps({**d, "model": spec.name, "weights_sha256": weights_sha, "classes": classes}, sort_keys=True)
-
-
-def _autocast_for(device: torch.device, bf16: bool):
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    return autocast
 
 
 @dataclass
@@ -227,51 +164,32 @@ def _probe_phase(net: nn.Module, spec, head: nn.Linear, recipe: recipe_rules.Rec
     return probe
 
 
-def _train_epoch(net: nn.Module, loader, optimizer, scheduler, preprocess: Preprocessor, device, autocast,
-                 progress: Callable[[int, int], None] | None) -> tuple[float, int]:
-    """One pass over ``loader``: (mean training loss, images that could not be decoded)."""
-    total = torch.zeros((), device=device)
-    seen = skipped = 0
-    for i, (pixels, yb, bad) in enumerate(loader):
-        skipped += bad
-        if pixels is None:
-            continue
-        yb = yb.to(device, non_blocking=True)
-        x = preprocess.batch(pixels.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-        with autocast():
-            loss = nn.functional.cross_entropy(net(x).float(), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.detach() * len(yb)  # no host sync inside the step
-        seen += len(yb)
-        if progress:
-            progress(i + 1, len(loader))
-    return float(total) / max(seen, 1), skipped
+def _resume_state(resume_path: Path | None, identity: str | None) -> dict | None:
+    """The state an interrupted run left at ``resume_path`` (None when there is none).
+
+    Raises:
+        UsageError: it was made by another run (settings, images or weights).
+    """
+    if resume_path is None or not resume_path.exists():
+        return None
+    state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    if state["identity"] != identity:
+        raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
+                         "delete it to start again, or run the command that made it")
+    return state
 
 
-def _optimizer_factory(net: nn.Module, groups, trainable: list[str], lr_decay: float,
-                       config: FinetuneConfig) -> Callable[[float], torch.optim.Optimizer]:
-    """``optimizer_at(lr)``: the optimizer over the trainable groups, each at ``lr`` times its stage's ratio
-    (kept as the group's "ratio" for the range test), biases without weight decay."""
-    ratios = blocks.learning_rates(groups, trainable, 1.0, lr_decay)
-
-    def optimizer_at(lr: float):
-        params = dict(net.named_parameters())
-        param_groups = []
-        for g in trainable:
-            for decayed in (True, False):
-                chosen = [params[n] for n in groups.members[g] if n.endswith("bias") != decayed]
-                if chosen:
-                    param_groups.append({"params": chosen, "lr": lr * ratios[g], "ratio": ratios[g],
-                                         "weight_decay": config.weight_decay if decayed else 0.0})
-        return make_optimizer(config.optimizer, param_groups, lr, config.weight_decay)
-
-    return optimizer_at
+def _scheduler(config: FinetuneConfig, optimizer, lr: float, epochs: int, steps_per_epoch: int):
+    """``config.schedule`` over the epochs after the warm-up (step: /10 at 1/2 and 3/4 of them), after
+    ``config.warmup`` epochs of linear warm-up."""
+    return loop.with_warmup(optimizer, round(config.warmup * steps_per_epoch), lambda: make_schedule(
+        config.schedule, optimizer, lr, max(math.ceil(epochs - config.warmup), 1), steps_per_epoch,
+        (max(1, epochs // 2), max(1, 3 * epochs // 4)), max(1, epochs // 2)))
 
 
+# train() is one function of about 100 lines on purpose: phase 1, the recipe's measurements and phase 2 share
+# the network, its parameter groups and the resume state, in an order that resuming depends on; the steps
+# themselves are functions (above, and loop.py).
 def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.ndarray, classes: list[str],
           train_rows: np.ndarray, val_rows: np.ndarray, progress: Callable[[str, int, int], None] | None = None,
           on_epoch: Callable[[Epoch], None] | None = None,
@@ -284,17 +202,12 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
     exists; ``on_recipe`` hears the whole recipe before the first fine-tuning epoch. With ``resume_path``, the
     state is written there after each epoch and read back when it exists (its recipe included). ``budget(recipe)``
     may cap the recipe once its input framing and epochs are chosen (the guide's cheaper measurement)."""
-    state = None
-    if resume_path is not None and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["identity"] != identity:
-            raise UsageError(f"{str(resume_path)!r} was made with other settings, images or weights; "
-                             "delete it to start again, or run the command that made it")
+    state = _resume_state(resume_path, identity)
     recipe = (recipe_rules.Recipe.from_dict(json.loads(state["recipe"])) if state is not None
               else _first_recipe(config, net, spec, [paths[i] for i in train_rows], budget))
-    device = torch.device(resolve_device(config.device))
+    device = torch.device(resolve_device(config.device, FINETUNE))
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    autocast = _autocast_for(device, bf16)
+    autocast = loop.autocast_for(device, bf16)
     head_name = classifier_name(net, spec)
     if head_name is None:
         raise UsageError(f"cannot find the classifier of {spec} to replace; finetune needs a linear head")
@@ -321,7 +234,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
 
     val_loader = make_loader(images(val_rows), config.batch_size, False, 0)
     if state is None:
-        val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
+        val_loss, val_acc = loop.evaluate(net, val_loader, preprocess, device, autocast)
         history.append(Epoch(0, float("nan"), val_loss, val_acc, 0.0, time.perf_counter() - t0))
         view_choice.choose_views(config, recipe, net, spec, head, paths, labels, train_rows, val_rows, probe.X,
                                  probe.y, probe.X_val, probe.y_val, probe.C, data_config, preprocess, device,
@@ -331,7 +244,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
 
     # Phase 2: the chosen stages, the neck and the head, on augmented views.
     blocks.freeze(net, groups, trainable)
-    optimizer_at = _optimizer_factory(net, groups, trainable, recipe["lr_decay"], config)
+    optimizer_at = loop.optimizer_factory(net, groups, trainable, recipe["lr_decay"], config)
 
     if state is None:
         if config.lr == "auto":
@@ -347,10 +260,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         on_epoch(history[-1])
     epochs = int(recipe["epochs"])
     optimizer = optimizer_at(recipe["lr"])
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
-    scheduler = _with_warmup(optimizer, round(config.warmup * steps_per_epoch), lambda: make_schedule(
-        config.schedule, optimizer, recipe["lr"], max(math.ceil(epochs - config.warmup), 1), steps_per_epoch,
-        (max(1, epochs // 2), max(1, 3 * epochs // 4)), max(1, epochs // 2)))
+    scheduler = _scheduler(config, optimizer, recipe["lr"], epochs, math.ceil(len(train_rows) / config.batch_size))
     best_state, best_epoch, best_loss = snapshot_start, 0, history[0].val_loss if history else math.inf
     first = 1
     if state is not None:
@@ -369,17 +279,17 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         torch.manual_seed(config.seed * 100_003 + epoch)  # augmentation and dropout: this epoch's own stream
         loader = make_loader(images(train_rows, augment), config.batch_size, True, config.seed * 100_003 + epoch)
         blocks.set_train_mode(net, groups, trainable, config.bn)
-        train_loss, skipped = _train_epoch(net, loader, optimizer, scheduler, preprocess, device, autocast,
+        train_loss, skipped = loop.train_epoch(net, loader, optimizer, scheduler, preprocess, device, autocast,
                                            (lambda done, total, epoch=epoch: progress(f"epoch {epoch}/{epochs}", done,
                                                                                       total)) if progress else None)
-        val_loss, val_acc = _evaluate(net, val_loader, preprocess, device, autocast)
+        val_loss, val_acc = loop.evaluate(net, val_loader, preprocess, device, autocast)
         row = Epoch(epoch, train_loss, val_loss, val_acc,
                     max(g["lr"] for g in optimizer.param_groups), time.perf_counter() - t0)
         history.append(row)
         if val_loss < best_loss or not len(val_rows):  # without validation rows the last epoch is kept
             best_state, best_epoch, best_loss = blocks.snapshot(net), epoch, val_loss
-        if resume_path is not None:
-            _atomic_save({
+        if resume_path is not None:  # the whole state, so that a resumed run gives the same weights
+            checkpoint.save({
                 "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {}, "start": snapshot_start,
                 "best": best_state, "best_epoch": best_epoch, "best_loss": best_loss,
@@ -420,18 +330,18 @@ def finetune(config: FinetuneConfig,
     ``on_recipe(recipe)`` the settings chosen, each with its reason, before the first fine-tuning epoch.
 
     Raises:
-        UsageError: bad options or input, a head that is not linear, a stale ``<output>.resume`` without --resume.
+        UsageError: bad options or input, a head that is not linear, a stale ``<output>.resume`` without ``resume``.
         WeightsError: as for extract.
     """
     t_start = time.perf_counter()
     config = checked(replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute()))
     resume_path = config.output.with_name(config.output.name + ".resume")
     if resume_path.exists() and not config.resume:
-        raise UsageError(f"{str(resume_path)!r} holds an interrupted run: pass --resume to continue it, "
-                         "or delete the file to start again")
+        raise FINETUNE.refuse(f"{shown(str(resume_path))} holds an interrupted run: {{resume}} continues it, "
+                              "or delete the file to start again")
     samples = discover(config.input)
     classes = list(samples.classes)
-    train_rows, val_rows = _split(samples.labels, classes, config.val_size, config.seed)
+    train_rows, val_rows = data.split_rows(samples.labels, classes, config.val_size, config.seed)
     paths = samples.files("finetune")
     spec = models.resolve(config.model)
     net, weights = models.load_model(spec, config.weights, config.seed)
@@ -441,16 +351,14 @@ def finetune(config: FinetuneConfig,
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     resolved.update({k: c.value for k, c in trained.recipe.choices.items()})
     meta = {
-        "format": FORMAT, "format_version": 1, "model": spec.name, "weights": config.weights,
-        "base_weights_sha256": weights.sha256, "classes": classes,
+        "model": spec.name, "weights": config.weights, "base_weights_sha256": weights.sha256, "classes": classes,
         "data_config": trained.data_config.to_json(), "config": json.dumps(resolved),
         "recipe": json.dumps(trained.recipe.to_dict()),
         "best_epoch": trained.best_epoch, "val_loss": None if math.isnan(best.val_loss) else best.val_loss,
         "val_accuracy": None if math.isnan(best.val_accuracy) else best.val_accuracy,
         "train_images": len(train_rows), "val_images": len(val_rows),
     }
-    _atomic_save({"state_dict": {k: v.cpu() for k, v in trained.net.state_dict().items()}, "featpipe": meta},
-                 config.output)
+    checkpoint.write(config.output, trained.net, meta)
     resume_path.unlink(missing_ok=True)
     return FinetuneResult(config.output, classes, trained.history, trained.best_epoch, trained.audit,
                           trained.trainable, len(train_rows), len(val_rows), trained.skipped, trained.resumed_from,

@@ -52,7 +52,6 @@ def finetune_stage(table: dict[str, dict], extract: ExtractConfig) -> FinetuneSt
         UsageError: no model, where [extract] names none either (a checkpoint's own model).
     """
     from ..finetune import FinetuneConfig
-    from ..finetune.config import check_values
 
     settings = dict(table["config"])
     settings.setdefault("input", extract.input)
@@ -61,9 +60,7 @@ def finetune_stage(table: dict[str, dict], extract: ExtractConfig) -> FinetuneSt
     if not settings["model"]:
         raise UsageError("[finetune] needs model: [extract] takes its model from a checkpoint, and fine-tuning "
                          "needs it named")
-    config = FinetuneConfig(**settings)
-    check_values(config)
-    return FinetuneStage(config, table["stage"].get("report"))
+    return FinetuneStage(FinetuneConfig(**settings), table["stage"].get("report"))  # checked as it is made
 
 
 def _current(stage: FinetuneStage, wanted: str) -> bool:

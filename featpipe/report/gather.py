@@ -91,7 +91,7 @@ def from_model(features: Path, model: Path, command: str = "report") -> ReportDa
             file, or of a model file that does not record its split.
     """
     from ..classify.classes import rows_for_model
-    from ..classify.fit import split_positions
+    from ..classify.split import split_positions
     from ..files.classifier import load as load_classifier
     from ..identity import features_fingerprint
 
@@ -176,7 +176,7 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
     from ..classify.classes import match_classes
     from ..extraction import ExtractConfig, extract
     from ..finetune.checkpoint import read_meta
-    from ..finetune.train import _split as finetune_split  # the run's own split: the same validation images
+    from ..finetune.data import split_rows  # the run's own split: the same validation images
 
     folder.mkdir(parents=True, exist_ok=True)
     out = extract(ExtractConfig(input=config.input, output=folder / FINETUNED_FEATURES, weights=str(result.output),
@@ -195,7 +195,7 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
     where = match_classes(tuned_classes, list(fs.classes))
     proba_all = np.zeros((len(file_rows), len(fs.classes)))
     proba_all[:, where[where >= 0]] = softmax(logits, axis=1)[:, where >= 0]
-    _, val = finetune_split(np.asarray(fs.y), list(fs.classes), config.val_size, config.seed)
+    _, val = split_rows(np.asarray(fs.y), list(fs.classes), config.val_size, config.seed)
     notes = []
     if len(val):
         held = np.flatnonzero(np.isin(file_rows, val))
