@@ -90,7 +90,7 @@ def run_decode(folder: str, model: str, count: str) -> dict:
 
     spec = models.resolve(model)
     with torch.device("meta"):
-        resize = models.data_config(models.create_architecture(spec), spec).resize
+        resize = models.eval_config(models.create_architecture(spec), spec).resize
     samples = discover(Path(folder))
     paths = [samples.root / p for p in samples.paths[: int(count)]]
     out = {"resize": resize}

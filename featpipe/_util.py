@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import BinaryIO
 
 # --- files written whole -----------------------------------------------------------------------------
 
@@ -69,10 +70,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (weights files, images with --verify-content)."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    """Hex sha256 of what is left to read in ``f`` (a file, a tar member), read 1 MiB at a time."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -115,10 +121,15 @@ def available_memory() -> int:
 # --- where featpipe keeps things -----------------------------------------------------------------------
 
 
+def user_cache(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/<parts>`` (``~/.cache/...``), where featpipe and torch keep their caches; not created."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, *parts)
+
+
 def cache_dir(*parts: str) -> Path:
     """``$XDG_CACHE_HOME/featpipe/<parts>`` (``~/.cache/featpipe/...``); not created."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "featpipe", *parts)
+    return user_cache("featpipe", *parts)
 
 
 def installed_version(dist: str) -> str:

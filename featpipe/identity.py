@@ -281,5 +281,5 @@ def describe_changes(counts: dict[str, int]) -> str:
 def features_fingerprint(meta: dict) -> str:
     """Identifies the rows of a feature file (its ``meta``): the extractor and the images, labels included.
     Anything learned from the file (a fitted classifier, a pipeline's fit stage) is stale when it changes."""
-    parts = [meta.get("config_hash", ""), meta.get("images_digest") or meta.get("samples_digest", "")]
+    parts = [meta.get("config_hash", ""), meta.get("images_digest", "")]  # none in a file made from arrays
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()

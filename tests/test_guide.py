@@ -34,7 +34,7 @@ def meta_model(name: str):
     spec = models.resolve(name)
     with torch.device("meta"):
         net = models.create_architecture(spec).eval()
-    return net, spec, models.data_config(net, spec).crop
+    return net, spec, models.eval_config(net, spec).crop
 
 
 # --- which layers are compared ---------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_shards_in_the_bucket_give_local_features(s3, local_features, tmp_path):
 def test_parquet_list_reads_in_chunks_like_the_csv(s3, tmp_path, monkeypatch):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    from featpipe.extraction import sources
+    from featpipe.extraction import lists
 
     csv_list = discover("s3://featpipe-test/lists/list.csv")
     table = pa.table({"Path": list(csv_list.paths), "label": [csv_list.classes[k] if k >= 0 else None
@@ -171,7 +171,7 @@ def test_parquet_list_reads_in_chunks_like_the_csv(s3, tmp_path, monkeypatch):
             batches.append(batch.num_rows)
             yield batch
 
-    monkeypatch.setattr(sources, "LIST_CHUNK", 5)
+    monkeypatch.setattr(lists, "LIST_CHUNK", 5)
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     parquet_list = discover("s3://featpipe-test/lists/list.parquet")
     assert parquet_list.paths == csv_list.paths and parquet_list.classes == csv_list.classes

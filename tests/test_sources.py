@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from featpipe.errors import UsageError
-from featpipe.extraction.sources import SampleList, discover
+from featpipe.extraction.samples import SampleList
+from featpipe.extraction.sources import discover
 
 
 def _img(path: Path, colour=(120, 60, 30)) -> Path:

@@ -1,4 +1,4 @@
-"""The settings of an extraction (``ExtractConfig``, checked before any file is touched), what they ask for
+"""The settings of an extraction (``ExtractConfig``, checked when it is made), what they ask for
 (``request_of``: the request a finished run is recognised by) and what a run did (``ExtractSummary``, with the
 stage that bounded it and what would help).
 """
@@ -21,7 +21,9 @@ from .views import ViewSpec
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Settings of one extraction (the CLI's options, as one typed object)."""
+    """Settings of one extraction (the CLI's options, as one typed object). Made, each value is within its range
+    (settings.EXTRACT) or it raises SettingError naming the field (``ExtractConfig.batch_size``): see
+    :func:`check_config`."""
 
     input: str | Path  # a local path, an fsspec URL, or a brace pattern of tar shards
     output: Path
@@ -63,6 +65,9 @@ class ExtractConfig:
     # fsspec options for URLs (credentials among them: never printed, never stored).
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self):
+        check_config(self)
+
     @property
     def views(self) -> ViewSpec:
         return ViewSpec(self.tta, self.augment, self.augment_strength, self.flip, self.seed)
@@ -101,8 +106,8 @@ class ExtractSummary:
 
 
 def check_config(config: ExtractConfig) -> None:
-    """The settings' own values, checked before any file is touched: each field against its constraint
-    (settings.EXTRACT), then the settings that must agree with each other.
+    """The settings' own values (an ExtractConfig checks itself when it is made, before any file is touched):
+    each field against its constraint (settings.EXTRACT), then the settings that must agree with each other.
 
     Raises:
         SettingError: a value out of its range or not one of its choices, named ``ExtractConfig.<field>``.

@@ -19,7 +19,7 @@ import numpy as np
 from .._util import atomic_write
 from ..files import features as file_format
 from .parts import Part
-from .sources import SampleList
+from .samples import SampleList
 
 COPY_BYTES = 64 << 20  # rows copied from the previous file at a time
 

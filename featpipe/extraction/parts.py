@@ -43,7 +43,6 @@ import numpy as np
 
 from .. import remote
 from .._util import atomic_write, is_temporary, temporary_name
-from ..errors import UsageError
 from ..files.features import STR, decode_strings, read_images, write_images
 from ..settings import EXTRACT, literal, shown
 
@@ -127,12 +126,12 @@ class PartStore:
         bucket = self._path.split("/", 1)[0]
         try:
             if bucket and not self._fs.exists(bucket):
-                raise UsageError(f"part folder {self.location!r}: {bucket!r} does not exist (featpipe does not "
-                                 "create buckets); create it or give another --shard-dir")
+                raise EXTRACT.refuse(f"part folder {shown(self.location)}: {shown(bucket)} does not exist (featpipe "
+                                     "does not create buckets); create it or give another {shard_dir}")
             self._fs.makedirs(self._path, exist_ok=True)  # a no-op on object stores
         except PermissionError as exc:  # s3fs: bad or missing credentials; its message names no secret
-            raise UsageError(f"part folder {self.location!r}: access denied ({exc}); check the credentials in "
-                             "the environment or give another --shard-dir") from None
+            raise EXTRACT.refuse(f"part folder {shown(self.location)}: access denied ({literal(str(exc))}); check the "
+                                 "credentials in the environment or give another {shard_dir}") from None
 
     def remove(self) -> None:
         """The folder and everything in it; nothing when it is not there."""

@@ -24,7 +24,7 @@ from ..files.features import augmented_name, check_format, read_images
 from ..files.features import decode_strings as store_decode
 from . import parts as parts_mod
 from .config import ExtractConfig
-from .sources import SampleList
+from .samples import SampleList
 from .views import ViewSpec
 
 MANIFEST_VERSION = 2  # of <output>.parts/manifest.json; a manifest of another version is not trusted

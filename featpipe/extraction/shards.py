@@ -14,7 +14,6 @@ a shard that ends inside a member, inside a header, or without the end-of-archiv
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote
-from .._util import atomic_write
+from .._util import atomic_write, sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +210,7 @@ def list_shard(location: str, options: Mapping[str, Any] | None = None,
                 current, image, label = key, None, None
             if ext in IMAGE_SUFFIXES and image is None:
                 image = (info.name, info.size, int(info.mtime) * 1_000_000_000, "")  # a row even if cut short
-                h = hashlib.sha256()
-                for block in iter(lambda fobj=fobj: fobj.read(1 << 20), b""):
-                    h.update(block)
-                image = (*image[:3], h.hexdigest())
+                image = (*image[:3], sha256_stream(fobj))
             elif ext == label_ext and label is None:
                 try:
                     label = _label_of(ext, fobj.read(), key_label)

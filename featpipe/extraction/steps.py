@@ -36,13 +36,13 @@ from . import parts as parts_mod
 from .config import (
     ExtractConfig,
     ExtractSummary,
-    check_config,
     check_output,
     request_of,
     summary_of,
     weights_argument,
 )
-from .sources import SampleList, discover
+from .samples import SampleList
+from .sources import discover
 
 # torch, timm, Dask (--scheduler) and the network's modules are imported once a run has work to do:
 # a finished run is recognised without them (see identity.request).
@@ -87,8 +87,7 @@ def extract(config: ExtractConfig, progress: Progress | None = None) -> ExtractS
         TooManyFailuresError: more failed images than ``max_failures``; finished work is kept.
     """
     t_start = time.perf_counter()
-    config = replace(config, output=Path(config.output).expanduser().absolute())
-    check_config(config)
+    config = replace(config, output=Path(config.output).expanduser().absolute())  # its values checked when made
     check_output(config)
     samples = discover(config.input, config.storage_options, config.label_key,
                        listings=config.output.with_name(config.output.name + ".shards.json"))

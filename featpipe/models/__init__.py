@@ -1,13 +1,11 @@
 """Models: names, weights, preprocessing and layer taps for timm and torchvision CNNs.
 
-Names are imported on first use: ``featpipe.models.data_config`` and
+Names are imported on first use: ``featpipe.models.data_config`` (the module of DataConfig) and
 ``featpipe.models.registry`` need no torch, and the feature-file reader uses them.
 """
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from .registry import CLASSIC_MODELS, ModelSpec, list_models, resolve
@@ -47,7 +45,6 @@ __all__ = [
     "TappedModel",
     "WeightsInfo",
     "create_architecture",
-    "data_config",
     "eval_config",
     "find_pretrained",
     "from_timm",
@@ -67,7 +64,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(module, __name__), attr)
         globals()[name] = value
         return value
-    if name in ("registry", "taps", "weights", "pretrained", "stages", "catalog"):  # submodules, as attributes (models.registry.UsageError)
+    if name in ("registry", "taps", "weights", "pretrained", "stages", "catalog", "data_config"):  # submodules, as attributes (models.registry.UsageError)
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'featpipe.models' has no attribute {name!r}")
 
@@ -77,9 +74,6 @@ def eval_config(model: nn.Module, spec: ModelSpec) -> DataConfig:
     from .data_config import from_timm, from_torchvision
 
     return from_timm(model) if spec.source == "timm" else from_torchvision(spec)
-
-
-data_config = eval_config  # the old name, until finetune/ and guide/ call eval_config (then _Package goes too)
 
 
 def _shapes(spec: ModelSpec) -> dict:
@@ -123,15 +117,3 @@ def model_table(pattern: str | None = None) -> list[dict]:
         rows.append({**row, "pretrained_offline": locate(entry["weights"])[0] is not None})
     return rows
 
-
-class _Package(types.ModuleType):
-    """``models.data_config`` (eval_config's old name) is named like the module that holds DataConfig:
-    importing that module must not rebind the name to it."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "data_config" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

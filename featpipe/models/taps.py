@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..settings import EXTRACT, POOLS, shown  # noqa: F401 - POOLS: public here too (featpipe.models.POOLS)
+from ..settings import EXTRACT, POOLS, literal, shown  # noqa: F401 - POOLS: public here too (featpipe.models.POOLS)
 from .registry import ModelSpec
 from .weights import classifier_name
 
@@ -85,10 +85,8 @@ def resolve_layers(
         elif name == "fc7":
             node = _fc7_node(model, spec)
             if node is None:
-                raise UsageError(
-                    f"layer 'fc7' exists only for AlexNet and VGG, not {spec}; "
-                    "use --layer pooled for its penultimate features"
-                )
+                raise EXTRACT.refuse(f"{{layers}}: 'fc7' exists only for AlexNet and VGG, not {literal(str(spec))}; "
+                                     "name pooled for its penultimate features")
             layers.append(Layer(name, node, "none"))
         elif name in modules and name != "":
             layers.append(Layer(name, name, pool))

@@ -130,6 +130,88 @@ def _folder_size(folder: Path, files: list[str]) -> int:
     return sum((folder / f).stat().st_size for f in set(files) if (folder / f).is_file())
 
 
+def _confused_pairs(cm: np.ndarray, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, by_confidence: np.ndarray,
+                    classes: list[str]) -> list[list[tuple[str, np.ndarray]]]:
+    """The PAIRS pairs of classes most often confused (either way), each as its two sides: (title, held-out
+    indices to show): the images of one class taken for the other, most confident first, or where there are
+    none, correct images of that class for comparison."""
+    off = cm - np.diag(np.diag(cm))
+    both = np.triu(off + off.T, 1)
+    pairs = [(int(a), int(b)) for a, b in zip(*np.unravel_index(np.argsort(-both, axis=None), both.shape), strict=True)
+             if both[a, b] > 0][:PAIRS]
+    out = []
+    for a, b in pairs:
+        sides = []
+        for t, p in ((a, b), (b, a)):
+            taken = by_confidence[(y[by_confidence] == t) & (pred[by_confidence] == p)]
+            if len(taken):
+                sides.append((f"{classes[t]} taken for {classes[p]}: {len(taken)}", taken[:PER_SIDE]))
+            else:
+                right = np.flatnonzero((y == t) & (pred == t))
+                sides.append((f"{classes[t]} never taken for {classes[p]}; correct {classes[t]} for comparison",
+                              right[np.argsort(-proba[right, t], kind="stable")][:PER_SIDE]))
+        out.append(sides)
+    return out
+
+
+def _issues_context(issues, shown: list[int], data: ReportData, made: dict) -> dict:
+    """The likely label errors as the page shows them: how they were found, and each shown one's labels."""
+    classes = data.classes
+    at = {int(r): i for i, r in enumerate(issues.rows)}
+    return {
+        "total": int(len(issues.rows)), "checked": issues.checked, "csv": label_issues.CSV_NAME,
+        "how": (f"cleanlab's find_label_issues (confident learning) on out-of-fold probabilities of every labelled "
+                f"image (logistic regression on the {data.layer} features, {issues.folds}-fold). Under each: the "
+                "given label, the label the other images suggest, and the label's quality score (low: suspect)."),
+        "items": [_item(p, f"{classes[issues.given[at[p]]]} → {classes[issues.suggested[at[p]]]} "
+                           f"({issues.score[at[p]]:.2f})", data, made) for p in shown],
+    }
+
+
+def _class_table(labels: np.ndarray, metrics: dict, classes: list[str]) -> list[dict]:
+    """The first TABLE_CLASSES classes: labelled images (with a bar), held-out support, recall, precision."""
+    counts = np.bincount(labels, minlength=len(classes))
+    top = max(int(counts.max()), 1)
+    per = metrics["per_class"]
+    return [{"name": name, "count": int(counts[i]), "support": per[name]["support"],
+             "recall": f"{per[name]['recall']:.3f}" if per[name]["support"] else "-",
+             "precision": f"{per[name]['precision']:.3f}" if per[name]["support"] else "-",
+             "bar": int(round(60 * counts[i] / top))}
+            for i, name in enumerate(classes)][:TABLE_CLASSES]
+
+
+def _map_caption(the_map, layer: str) -> str:
+    return (f"t-SNE of the {layer} features of {the_map.points} labelled images"
+            + (f" (a random sample of the {the_map.of}, every mistake included)" if the_map.points < the_map.of else "")
+            + f", coloured by their given class; the {the_map.marked} circled ones are held-out images the classifier "
+            "gets wrong. Near points have similar features; the distances between clusters mean little.")
+
+
+def _prepared(folder: Path) -> Path:
+    """``folder``, made, without a previous report's thumbnails (they would only add up).
+
+    Raises:
+        UsageError: its parent does not exist.
+    """
+    if not folder.parent.is_dir():
+        raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose "
+                         "another --report")
+    folder.mkdir(exist_ok=True)
+    for old in (folder / thumbnails.FOLDER).glob("*.jpg"):
+        old.unlink()
+    return folder
+
+
+def _headline(metrics: dict) -> list[dict]:
+    return [{"name": name, "value": value} for name, value in (
+        ("accuracy", _pct(metrics["accuracy"])), ("balanced accuracy", _pct(metrics["balanced_accuracy"])),
+        ("macro F1", f"{metrics['macro_f1']:.3f}"), ("log loss", f"{metrics['log_loss']:.3f}"),
+        ("ECE", f"{metrics['ece']:.3f}"), ("held-out images", str(metrics["n"])))]
+
+
+# build() is one function of about 100 lines on purpose: its phases (label issues, thumbnails, the map, the
+# page) share the held-out arrays and one thumbnail budget, and are timed one after the other; what each
+# section shows is in the helpers above.
 def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None = None) -> Report:
     """Write ``folder/index.html``, its thumbnails, ``map.png``, ``calibration.png`` and ``label_issues.csv``.
 
@@ -142,13 +224,7 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
     from ..classify.metrics import evaluate_proba
 
     t0 = time.perf_counter()
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        raise UsageError(f"report folder's parent {str(folder.parent)!r} does not exist; create it or choose "
-                         "another --report")
-    folder.mkdir(exist_ok=True)
-    for old in (folder / thumbnails.FOLDER).glob("*.jpg"):  # a previous report's: they would only add up
-        old.unlink()
+    folder = _prepared(Path(folder))
     classes, k = data.classes, len(data.classes)
     y = data.labels[data.held_out]
     proba = data.proba
@@ -176,25 +252,9 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
     shown_issues = thumbs.room(issues.rows[:ISSUES_SHOWN])
     confident = thumbs.room(data.held_out[by_confidence[:CONFIDENT]])
 
-    cm = np.asarray(metrics["confusion_matrix"])
-    off = cm - np.diag(np.diag(cm))
-    both = np.triu(off + off.T, 1)
-    pairs = [(int(a), int(b)) for a, b in zip(*np.unravel_index(np.argsort(-both, axis=None), both.shape), strict=True)
-             if both[a, b] > 0][:PAIRS]
-    pair_sides = []
-    for a, b in pairs:
-        sides = []
-        for t, p in ((a, b), (b, a)):
-            taken = by_confidence[(y[by_confidence] == t) & (pred[by_confidence] == p)]
-            if len(taken):
-                title = f"{classes[t]} taken for {classes[p]}: {len(taken)}"
-                chosen = taken[:PER_SIDE]
-            else:
-                right = np.flatnonzero((y == t) & (pred == t))
-                chosen = right[np.argsort(-proba[right, t], kind="stable")][:PER_SIDE]
-                title = f"{classes[t]} never taken for {classes[p]}; correct {classes[t]} for comparison"
-            sides.append((title, t, thumbs.room(data.held_out[chosen])))
-        pair_sides.append(sides)
+    pair_sides = [[(title, thumbs.room(data.held_out[chosen])) for title, chosen in sides]
+                  for sides in _confused_pairs(np.asarray(metrics["confusion_matrix"]), y, pred, proba, by_confidence,
+                                               classes)]
 
     per_class = []
     counts_wrong = np.bincount(y[wrong], minlength=k)
@@ -219,20 +279,10 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
 
     mistakes_ctx = [{"name": classes[c], "wrong": int(counts_wrong[c]), "support": int((y == c).sum()),
                      "items": [mistake(p) for p in shown]} for c, shown in per_class]
-    pairs_ctx = []
-    for sides in pair_sides:
-        pairs_ctx.append({"sides": [{"title": title, "items": [
-            mistake(p) if pred[held_index[p]] != y[held_index[p]] else correct(p) for p in shown]}
-            for title, _, shown in sides]})
-    issue_at = {int(r): i for i, r in enumerate(issues.rows)}
-    issues_ctx = {
-        "total": int(len(issues.rows)), "checked": issues.checked, "csv": label_issues.CSV_NAME,
-        "how": (f"cleanlab's find_label_issues (confident learning) on out-of-fold probabilities of every labelled "
-                f"image (logistic regression on the {data.layer} features, {issues.folds}-fold). Under each: the "
-                "given label, the label the other images suggest, and the label's quality score (low: suspect)."),
-        "items": [_item(p, f"{classes[issues.given[issue_at[p]]]} → {classes[issues.suggested[issue_at[p]]]} "
-                           f"({issues.score[issue_at[p]]:.2f})", data, made) for p in shown_issues],
-    }
+    pairs_ctx = [{"sides": [{"title": title, "items": [
+        mistake(p) if pred[held_index[p]] != y[held_index[p]] else correct(p) for p in shown]}
+        for title, shown in sides]} for sides in pair_sides]
+    issues_ctx = _issues_context(issues, shown_issues, data, made)
 
     on_map = embedding.choose_points(len(data.X), data.held_out[wrong], data.seed)
     the_map = embedding.make_map(folder, embedding.embed(data.X[on_map], data.seed), on_map, len(data.X),
@@ -240,14 +290,6 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
     calibration, calibration_size = _calibration_plot(folder, proba, y)
     took("map")
 
-    labelled_counts = np.bincount(data.labels, minlength=k)
-    top = max(int(labelled_counts.max()), 1)
-    per = metrics["per_class"]
-    table = [{"name": name, "count": int(labelled_counts[i]), "support": per[name]["support"],
-              "recall": f"{per[name]['recall']:.3f}" if per[name]["support"] else "-",
-              "precision": f"{per[name]['precision']:.3f}" if per[name]["support"] else "-",
-              "bar": int(round(60 * labelled_counts[i] / top))}
-             for i, name in enumerate(classes)][:TABLE_CLASSES]
     shown_mistakes = sum(len(c["items"]) for c in mistakes_ctx)
     figures = list(figures or data.figures)
     guide_figures = [f for f in figures if f[1] in ("sweep.png", "learning_curve.png")]
@@ -257,14 +299,12 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
         "title": f"{data.fs.meta.get('model', '')} · {data.layer} · {Path(data.source).name or data.fs.path.name}",
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "judged_on": data.judged_on,
-        "metrics": [{"name": name, "value": value} for name, value in (
-            ("accuracy", _pct(metrics["accuracy"])), ("balanced accuracy", _pct(metrics["balanced_accuracy"])),
-            ("macro F1", f"{metrics['macro_f1']:.3f}"), ("log loss", f"{metrics['log_loss']:.3f}"),
-            ("ECE", f"{metrics['ece']:.3f}"), ("held-out images", str(metrics["n"])))],
+        "metrics": _headline(metrics),
         "notes": data.notes,
         "classifier": data.classifier,
         "extractor": extractor_summary(data.fs, data.layer, data.source),
-        "data": {"images": int(len(data.labels)), "classes": table, "hidden": max(0, k - TABLE_CLASSES)},
+        "data": {"images": int(len(data.labels)), "classes": _class_table(data.labels, metrics, classes),
+                 "hidden": max(0, k - TABLE_CLASSES)},
         "calibration": calibration, "calibration_size": calibration_size,
         "guide": _guide_context(data.guide, guide_figures) if data.guide else None,
         "mistakes": {"total": int(len(wrong)), "judged": int(len(y)), "shown": shown_mistakes,
@@ -273,12 +313,7 @@ def build(data: ReportData, folder: Path, figures: list[tuple[str, str]] | None 
         "pairs": pairs_ctx,
         "issues": issues_ctx,
         "map": {"src": the_map.file, "width": the_map.size[0], "height": the_map.size[1],
-                "caption": (f"t-SNE of the {data.layer} features of {the_map.points} labelled images"
-                            + (f" (a random sample of the {the_map.of}, every mistake included)"
-                               if the_map.points < the_map.of else "")
-                            + f", coloured by their given class; the {the_map.marked} circled ones are held-out "
-                            "images the classifier gets wrong. Near points have similar features; the distances "
-                            "between clusters mean little.")},
+                "caption": _map_caption(the_map, data.layer)},
         "figures": [f for f in figures if f not in guide_figures],
     }
     path = page.write(folder, context)
