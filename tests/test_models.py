@@ -189,3 +189,19 @@ def test_pretrained_timm_weights_go_through_the_safe_loader(tmp_path, monkeypatc
     assert calls and all(w is True for w in calls) and info.source == "pretrained"
     for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
+    """The fine-tuning checkpoint's reader checks its version, as the feature file's and the model file's do."""
+    from featpipe.errors import WeightsError
+    from featpipe.models.weights import FINETUNE_FORMAT, FINETUNE_FORMAT_VERSION, checkpoint_meta
+
+    path = tmp_path / "ft.pt"
+    torch.save({"state_dict": {}, "featpipe": {"format": FINETUNE_FORMAT, "format_version": FINETUNE_FORMAT_VERSION,
+                                               "model": "m"}}, path)
+    assert checkpoint_meta(path)["model"] == "m"
+    torch.save({"state_dict": {}, "featpipe": {"format": FINETUNE_FORMAT, "format_version": 2}}, path)
+    with pytest.raises(WeightsError, match="format_version 2; this featpipe reads version 1"):
+        checkpoint_meta(path)
+    torch.save({"state_dict": {}}, path)  # a plain state dict: no featpipe metadata at all
+    assert checkpoint_meta(path) is None

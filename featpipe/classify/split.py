@@ -86,7 +86,7 @@ def augmented_views(config: FitConfig, fs: FeatureSet, layer: str) -> tuple[np.n
         return None
     if layer not in fs.augmented_layers:
         raise FIT.refuse(f"{{use_augmented}}: {literal(fs.path.name)} has no augmented views of {shown(layer)}; "
-                         "extract with --augment K (for example --augment 4)")
+                         "extract with --augment-views K (for example --augment-views 4)")
     if config.cv or config.search:
         raise FIT.refuse("{use_augmented} compares classifiers on a validation split of the training images; "
                          "drop {cv} and {search}")

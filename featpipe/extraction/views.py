@@ -1,6 +1,6 @@
 """Views: more than one look at each image, made on the decode threads.
 
-* **Augmented views** (``extract --augment K``): K random views per image, drawn
+* **Augmented views** (``extract --augment-views K``): K random views per image, drawn
   from the training augmentation of ``featpipe finetune`` (one table of strengths,
   below). Each view's random numbers come from a generator seeded by (seed, image
   path, view number), never from a global RNG: the same seed gives the same views

@@ -15,11 +15,10 @@ from ..errors import WeightsError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor
 from ..models.data_config import DataConfig
-from ..models.weights import FINETUNE_FORMAT, checkpoint_meta
+from ..models.weights import FINETUNE_FORMAT, FINETUNE_FORMAT_VERSION, checkpoint_meta
 from ..settings import PREDICT
 
 FORMAT = FINETUNE_FORMAT
-VERSION = 1  # the metadata's layout
 
 
 @dataclass
@@ -39,7 +38,7 @@ def save(obj, path: Path) -> None:
 def write(path: Path, net: nn.Module, meta: dict) -> None:
     """The checkpoint of ``net`` (its weights on the CPU) with featpipe's metadata (``meta``, this format's
     tag and version added), which ``read_meta`` and extract's ``--weights`` read."""
-    meta = {"format": FORMAT, "format_version": VERSION, **meta}
+    meta = {"format": FORMAT, "format_version": FINETUNE_FORMAT_VERSION, **meta}
     save({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "featpipe": meta}, path)
 
 

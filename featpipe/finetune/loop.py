@@ -57,7 +57,7 @@ def evaluate(net, loader, preprocess, device, autocast) -> tuple[float, float]:
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
     if n == 0:
-        return math.nan, math.nan  # no validation rows (--val-size 0)
+        return math.nan, math.nan  # no validation rows (--validation-size 0)
     return float(loss) / n, float(correct) / n
 
 

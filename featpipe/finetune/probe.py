@@ -108,7 +108,7 @@ def probe_strength(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.nd
 
 def probe_fit(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> tuple[float, float]:
     """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
-    `fit` chooses; without validation rows (--val-size 0), by 3-fold cross-validation on the training rows
+    `fit` chooses; without validation rows (--validation-size 0), by 3-fold cross-validation on the training rows
     (C=1 where a class has a single image and nothing can be held out). The probe is fine-tuning's starting
     point: one that memorises the training rows (1,280 features, 1,150 digits) is a worse start than one
     that generalises. On the digits at 96 px this picks C=1 with the spreads floored as in linear_probe,

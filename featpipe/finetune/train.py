@@ -6,7 +6,7 @@ head; the scaler is folded into the head's weights; its L2 strength is the one
 with the lowest validation log-loss). Phase 2 trains the chosen stages, the neck
 and the head on augmented views, lower stages at lower rates, after a linear
 warm-up of the rates (--warmup, one epoch by default).
-The epoch with the lowest validation loss is kept; with --val-size 0 (a refit on
+The epoch with the lowest validation loss is kept; with --validation-size 0 (a refit on
 every image, for the epochs a validated run kept) the last. After each epoch the
 whole state (weights, optimizer, schedule, best so far, history) is written to
 ``<output>.resume`` by a rename; ``--resume`` continues from it. Every epoch

@@ -26,6 +26,7 @@ _SEEDED_BUILD = threading.Lock()
 # A checkpoint written by `featpipe finetune`: {"state_dict": ..., "featpipe": {"format": FINETUNE_FORMAT,
 # "model", "data_config", "classes", ...}}; the metadata says how to build and feed the network.
 FINETUNE_FORMAT = "featpipe-finetune"
+FINETUNE_FORMAT_VERSION = 1  # the metadata's layout: a reader refuses any other (finetune/checkpoint.py writes it)
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,20 @@ def _load_object(path: Path):
     return obj
 
 
-def finetune_meta(obj) -> dict | None:
-    """The featpipe metadata of a loaded checkpoint object; None for any other checkpoint."""
+def finetune_meta(obj, path: str | Path) -> dict | None:
+    """The featpipe metadata of a loaded checkpoint object (read from ``path``); None for any other checkpoint.
+
+    Raises:
+        WeightsError: a `featpipe finetune` checkpoint of a format version this featpipe does not read.
+    """
     meta = obj.get("featpipe") if isinstance(obj, dict) else None
-    return meta if isinstance(meta, dict) and meta.get("format") == FINETUNE_FORMAT else None
+    if not isinstance(meta, dict) or meta.get("format") != FINETUNE_FORMAT:
+        return None
+    if meta.get("format_version") != FINETUNE_FORMAT_VERSION:
+        raise WeightsError(f"{str(path)!r} is a `featpipe finetune` checkpoint of format_version "
+                           f"{meta.get('format_version')!r}; this featpipe reads version {FINETUNE_FORMAT_VERSION}: "
+                           "fine-tune again with this featpipe, or use the featpipe that wrote it")
+    return meta
 
 
 def checkpoint_meta(path: str | Path) -> dict | None:
@@ -152,7 +163,7 @@ def checkpoint_meta(path: str | Path) -> dict | None:
     Raises:
         WeightsError: the file does not exist or does not load with weights_only=True.
     """
-    return finetune_meta(_load_object(Path(path).expanduser()))
+    return finetune_meta(_load_object(Path(path).expanduser()), path)
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -238,7 +249,7 @@ def load_model(spec: ModelSpec, weights: str, seed: int = 0) -> tuple[nn.Module,
     else:
         path = Path(weights).expanduser()
         obj = _load_object(path)
-        meta = finetune_meta(obj)
+        meta = finetune_meta(obj, path)
         if meta is not None and meta.get("model") != spec.name:
             raise WeightsError(f"{str(path)!r} was fine-tuned from {meta.get('model')}, not {spec.name}; "
                                f"pass --model {meta.get('model')} or leave --model out")

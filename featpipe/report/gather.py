@@ -199,11 +199,11 @@ def from_finetune(result, config, folder: Path, progress=None) -> ReportData:
     notes = []
     if len(val):
         held = np.flatnonzero(np.isin(file_rows, val))
-        judged = f"the run's validation images ({len(held)}, --val-size {config.val_size:g}, seed {config.seed})"
+        judged = f"the run's validation images ({len(held)}, --validation-size {config.val_size:g}, seed {config.seed})"
     else:
         held = np.arange(len(file_rows))
-        judged = f"every image ({len(held)}): all of them were trained on (--val-size 0)"
-        notes.append("--val-size 0 held no image out: the mistakes are training images the network could not fit, "
+        judged = f"every image ({len(held)}): all of them were trained on (--validation-size 0)"
+        notes.append("--validation-size 0 held no image out: the mistakes are training images the network could not fit, "
                      "not an estimate of its accuracy on new images")
     recipe = [("network", f"{meta.get('model', config.model)} fine-tuned, epoch {result.best_epoch} kept"),
               ("trained", ", ".join(result.trainable)),
