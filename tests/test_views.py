@@ -166,7 +166,7 @@ def test_fit_use_augmented_never_trains_on_a_view_of_a_held_out_image(tmp_path):
 def test_fit_use_augmented_needs_views_and_a_validation_split(tmp_path):
     plain = write_arrays(tmp_path / "p.h5", np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2,
                          ["a", "b"])
-    with pytest.raises(UsageError, match="extract with --augment K"):
+    with pytest.raises(UsageError, match="extract with --augment-views K"):
         fit(FitConfig(plain, tmp_path / "m.skops", use_augmented=True))
     with pytest.raises(UsageError, match=r"^FitConfig\.use_augmented compares .*; drop FitConfig\.cv and FitConfig\.search$"):
         fit(FitConfig(file_with_views(tmp_path / "v.h5"), tmp_path / "m.skops", cv=3, use_augmented=True))

@@ -23,7 +23,7 @@ from ..files import classifier as modelfile
 from ..settings import FIT, literal
 from ..store import FeatureSet, load
 from .compare import Comparison, FitRow, compare
-from .config import FitConfig, HeadSettings, head_params
+from .config import FitConfig, HeadSettings, check_config, head_params
 from .estimators import STREAMING, make_classifier
 from .fit_report import write_report
 from .fitter import Fitter, decide_stream
@@ -32,8 +32,9 @@ from .rows import Rows, labelled_file_rows, with_views
 from .search import SearchProgress, check_folds
 from .split import augmented_views, labelled_rows, no_rows, test_split
 
-# FitRow, HeadSettings and write_report live in the modules above; the command line imports them from here too.
-__all__ = ["FitConfig", "FitResult", "FitRow", "HeadSettings", "fit", "sanity_check", "write_report"]
+# FitRow, HeadSettings, check_config and write_report live in the modules above; the command line and the
+# pipeline import them from here too.
+__all__ = ["FitConfig", "FitResult", "FitRow", "HeadSettings", "check_config", "fit", "sanity_check", "write_report"]
 
 log = logging.getLogger(__name__)
 
