@@ -49,12 +49,9 @@ def linear_probe(head: nn.Linear, X: np.ndarray, y: np.ndarray, classes: int, C:
 
     Each feature's spread is floored at the 90th percentile of the spreads, so the probe leans on the
     channels that vary most. A channel that barely varies on these images (ReLU6 channels of EfficientNet
-    are often dead at a small input size: at 96 px on the digits the median spread is 0.0012, and 46% are
-    below 1e-6) would otherwise get a weight of about 1/std, and the first fine-tuning step that moves it
-    sends the logits far off. Measured on the digits at 96 px: unfloored, max |w'| 14,357 and a training
-    loss of 23 after one epoch; floored at the median, max |w'| 6 but validation accuracy 0.88 -> 0.78 in
-    the first epoch; floored at the 90th percentile, max |w'| 2, a better probe (0.84 -> 0.88 on 150
-    validation digits) and no drop in the first epoch."""
+    are often dead at a small input size) would otherwise get a weight of about 1/std, and the first
+    fine-tuning step that moves it sends the logits far off; a lower floor still leaves weights large enough
+    to cost accuracy in the first epoch (docs/finetune.md, "Behind the defaults", has the measurements)."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = X.mean(axis=0), X.std(axis=0)
@@ -110,9 +107,8 @@ def probe_fit(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray
     """The probe's inverse L2 strength with the lowest validation log-loss, chosen on validation rows as
     `fit` chooses; without validation rows (--validation-size 0), by 3-fold cross-validation on the training rows
     (C=1 where a class has a single image and nothing can be held out). The probe is fine-tuning's starting
-    point: one that memorises the training rows (1,280 features, 1,150 digits) is a worse start than one
-    that generalises. On the digits at 96 px this picks C=1 with the spreads floored as in linear_probe,
-    and C=0.1 with them floored at the median."""
+    point: one that memorises the training rows (often more features than images) is a worse start than one
+    that generalises."""
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 

@@ -9,8 +9,8 @@ Each ``auto`` is decided here, at the point of the run where its evidence exists
   views still look like their class to a probe trained on the originals;
 - from a learning-rate range test of the trainable network with a fresh head
   (``classify.lr_find.range_test``, the rule of `featpipe lr-find`, which expects a
-  loss that starts high: from the probe the training loss starts near its floor,
-  0.057 on the digits, and only rises, so its lowest point says nothing of the rate).
+  loss that starts high: from the probe the training loss starts near its floor
+  and only rises, so its lowest point says nothing of the rate).
 
 The stages that train and their rates follow BiT (Kolesnikov et al., ECCV 2020),
 whose one recipe (every layer, one rate, resolution and length from the data's

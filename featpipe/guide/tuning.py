@@ -9,9 +9,8 @@ best frozen layer's on the same folds, with the sweep's noise (Nadeau-Bengio).
 
 To fit the guide's time, the measurement runs at most MAX_SIZE pixels and MAX_EPOCHS
 epochs at BATCH_SIZE: a cheaper run of the same recipe. bench/guide_advice.py checks its
-verdict against the full run on the digits (where the full run pays: the sample's
-measurement is ahead on every fold, inside the noise of 3 folds, "can't tell") and on
-near-ImageNet textures ("does not pay"); docs/guide.md has the figures.
+verdict against the full run, on data where fine-tuning pays and on data where it does not;
+docs/guide.md has the figures.
 """
 from __future__ import annotations
 
