@@ -61,9 +61,6 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     Raises:
         UsageError: a missing file, invalid TOML, or a bad key or value (with its line).
     """
-    from ..classify.fit import check_config as check_fit
-    from ..extraction.config import check_config as check_extract
-
     where = Path(path)
     if not where.is_file():
         raise UsageError(f"pipeline {str(where)!r} does not exist; see pipelines/ for ready-made ones")
@@ -81,14 +78,12 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         if section in doc or section == "extract":
             tables[section] = schema.read(doc, text, where, section)
     with placed(where, text, "extract"):
-        extract_config = ExtractConfig(**tables["extract"]["config"])
-        check_extract(extract_config)
+        extract_config = ExtractConfig(**tables["extract"]["config"])  # each config checks itself when made
     fit_config = None
     if "fit" in tables:
         with placed(where, text, "fit"):
             fit_config = FitConfig(features=extract_config.output, **tables["fit"]["config"],
                                    head=HeadSettings(**tables["fit"]["head"]))
-            check_fit(fit_config)
     guide = finetune = None
     if "guide" in tables:
         with placed(where, text, "guide"):
