@@ -107,85 +107,18 @@ def _pts(x: float) -> str:
 
 
 def decide(c: Comparison) -> Decision:
-    """Place the data in the 2x2 table and choose one strategy, with the reasons in words."""
-    reasons = []
-    rule = "little" if c.per_class_median < LITTLE_DATA_PER_CLASS else "much"
+    """Place the data in the 2x2 table and choose one strategy, with the reasons in words: its size (measured
+    fine-tuning, or the rule of thumb), its similarity to ImageNet (the layer sweep), then what the head and the
+    learning curve add, and the strategy the table's cell gives."""
+    reasons: list[str] = []
     ft = c.finetune
     measured = ft is not None and ft.measured
     tuned = finetune_verdict(ft.gain, ft.noise) if measured else None
-    if measured:
-        data_size = "much" if tuned == "pays" else "little"
-        reasons.append(
-            f"fine-tuning reached {ft.mean:.3f} +- {ft.std:.3f} against {ft.frozen_mean:.3f} +- {ft.frozen_std:.3f} for "
-            f"{ft.layer} on the same {len(ft.folds)} folds (noise {_pts(ft.noise)}): " + {
-                "pays": "it pays",
-                "can't tell": f"ahead by {_pts(ft.gain)}, inside the noise: can't tell; the `featpipe finetune` "
-                              "command below settles it (its validation accuracy against the frozen route's)",
-                "does not pay": "it does not pay" if ft.gain <= 0 else f"ahead by {_pts(ft.gain)}, under {_pts(MIN_GAIN)}: "
-                                                                  "it does not pay",
-            }[tuned]
-        )
-        reasons.append(
-            f"{c.per_class_median:g} labelled images per class (median); the tutorials' rule of thumb "
-            f"({LITTLE_DATA_PER_CLASS} per class) would say {rule} data: the measurement decides"
-        )
-    else:
-        data_size = rule
-        why = f" ({ft.why_not})" if ft is not None and ft.why_not else ""
-        reasons.append(
-            f"{c.per_class_median:g} labelled images per class (median) is "
-            f"{'fewer' if data_size == 'little' else 'at least'} than the {LITTLE_DATA_PER_CLASS} where fine-tuning "
-            f"starts to pay, by the rule of thumb: fine-tuning was not measured{why}"
-        )
+    data_size = _data_size(c, tuned, reasons)
     features_help = c.pixels_gap is None or c.pixels_gap > c.pixels_noise
-    if not features_help:
-        reasons.append(
-            f"raw pixels ({c.pixels_mean:.3f}) {'beat' if c.pixels_gap < 0 else 'match, within the noise,'} the "
-            f"best layer ({c.pixels_mean + c.pixels_gap:.3f}): this "
-            "model's features do not help this data; the images are far from ImageNet photos"
-        )
-    if c.gain > max(c.gain_noise, MIN_GAIN):
-        similarity = "different"
-        reasons.append(
-            f"an earlier layer, {c.best}, beats the last one, {c.last}, by {_pts(c.gain)} (noise: "
-            f"{_pts(c.gain_noise)}): the last layer is specialised to ImageNet's classes, and these images are "
-            "far from ImageNet photos"
-        )
-    elif not features_help:
-        similarity = "different"
-    elif c.gain < MIN_GAIN:
-        similarity = "similar"
-        reasons.append(
-            f"no earlier layer beats the last one, {c.last} ({c.last_mean:.3f}), by {_pts(MIN_GAIN)} or more: "
-            "its features suit these images, as they do images close to ImageNet"
-        )
-    else:
-        similarity = "can't tell"
-        reasons.append(
-            f"{c.best} is ahead of the last layer, {c.last}, by {_pts(c.gain)}, inside the noise of "
-            f"{_pts(c.gain_noise)}"
-        )
-    if c.head_top1 is not None:
-        # Evidence, not a vote: a head can be sure of the wrong thing (digits taken for envelopes).
-        verdict = ("confident" if c.head_top1 >= HEAD_CONFIDENT else "unsure" if c.head_top1 < HEAD_UNSURE
-                   else "neither confident nor lost")
-        seen = ", ".join(f"{t['class']} {100 * t['share']:.0f}%" for t in c.head_top_classes)
-        reasons.append(f"the ImageNet head is {verdict} on these images (mean top-1 probability {c.head_top1:.2f})"
-                       + (f" and mostly takes them for: {seen}" if seen else ""))
-        if c.head_top_classes and c.head_top_classes[0]["share"] >= HEAD_ONE_CLASS:
-            reasons.append(f"it puts {100 * c.head_top_classes[0]['share']:.0f}% of the images in one ImageNet "
-                           "class: to ImageNet's eyes they all look alike")
-    curve = "flat"
-    if c.curve_gain is not None:
-        curve = curve_verdict(c.curve_gain, c.curve_noise)
-        reasons.append(f"from 50% to 100% of the sample the best layer gains {_pts(c.curve_gain)} (noise "
-                       f"{_pts(c.curve_noise or 0.0)}): " + {
-                           "climbing": "still climbing, so more labelled images (or fine-tuning) may pay",
-                           "flat": "flat, so frozen features have saturated on this data",
-                           "can't tell": "can't tell whether it still climbs; more labelled images (or fine-tuning) "
-                                         "may pay",
-                       }[curve] + (" (the fine-tuning measurement above settles that one)"
-                                   if measured and curve != "flat" else ""))
+    similarity = _similarity(c, features_help, reasons)
+    _head_reasons(c, reasons)
+    curve = _curve(c, measured, reasons)
     settle = None
     if data_size == "much":
         # Fine-tuning measured to pay wins over the table's similarity cell; otherwise the rule's cell.
@@ -203,6 +136,96 @@ def decide(c: Comparison) -> Decision:
         strategy = "earlier-layer" if earlier else "last-layer"
         layer = c.best if earlier else c.last
     return Decision(data_size, similarity, strategy, layer, features_help, curve, reasons, settle, tuned)
+
+
+def _data_size(c: Comparison, tuned: str | None, reasons: list[str]) -> str:
+    """"little" or "much": measured fine-tuning decides where it was measured (``tuned``), else the rule of thumb."""
+    rule = "little" if c.per_class_median < LITTLE_DATA_PER_CLASS else "much"
+    ft = c.finetune
+    if tuned is None:
+        why = f" ({ft.why_not})" if ft is not None and ft.why_not else ""
+        reasons.append(
+            f"{c.per_class_median:g} labelled images per class (median) is "
+            f"{'fewer' if rule == 'little' else 'at least'} than the {LITTLE_DATA_PER_CLASS} where fine-tuning "
+            f"starts to pay, by the rule of thumb: fine-tuning was not measured{why}"
+        )
+        return rule
+    reasons.append(
+        f"fine-tuning reached {ft.mean:.3f} +- {ft.std:.3f} against {ft.frozen_mean:.3f} +- {ft.frozen_std:.3f} for "
+        f"{ft.layer} on the same {len(ft.folds)} folds (noise {_pts(ft.noise)}): " + {
+            "pays": "it pays",
+            "can't tell": f"ahead by {_pts(ft.gain)}, inside the noise: can't tell; the `featpipe finetune` "
+                          "command below settles it (its validation accuracy against the frozen route's)",
+            "does not pay": "it does not pay" if ft.gain <= 0 else f"ahead by {_pts(ft.gain)}, under {_pts(MIN_GAIN)}: "
+                                                              "it does not pay",
+        }[tuned]
+    )
+    reasons.append(
+        f"{c.per_class_median:g} labelled images per class (median); the tutorials' rule of thumb "
+        f"({LITTLE_DATA_PER_CLASS} per class) would say {rule} data: the measurement decides"
+    )
+    return "much" if tuned == "pays" else "little"
+
+
+def _similarity(c: Comparison, features_help: bool, reasons: list[str]) -> str:
+    """"similar", "different" or "can't tell": from whether an earlier layer beats the last, and pixels the layers."""
+    if not features_help:
+        reasons.append(
+            f"raw pixels ({c.pixels_mean:.3f}) {'beat' if c.pixels_gap < 0 else 'match, within the noise,'} the "
+            f"best layer ({c.pixels_mean + c.pixels_gap:.3f}): this "
+            "model's features do not help this data; the images are far from ImageNet photos"
+        )
+    if c.gain > max(c.gain_noise, MIN_GAIN):
+        reasons.append(
+            f"an earlier layer, {c.best}, beats the last one, {c.last}, by {_pts(c.gain)} (noise: "
+            f"{_pts(c.gain_noise)}): the last layer is specialised to ImageNet's classes, and these images are "
+            "far from ImageNet photos"
+        )
+        return "different"
+    if not features_help:
+        return "different"
+    if c.gain < MIN_GAIN:
+        reasons.append(
+            f"no earlier layer beats the last one, {c.last} ({c.last_mean:.3f}), by {_pts(MIN_GAIN)} or more: "
+            "its features suit these images, as they do images close to ImageNet"
+        )
+        return "similar"
+    reasons.append(
+        f"{c.best} is ahead of the last layer, {c.last}, by {_pts(c.gain)}, inside the noise of "
+        f"{_pts(c.gain_noise)}"
+    )
+    return "can't tell"
+
+
+def _head_reasons(c: Comparison, reasons: list[str]) -> None:
+    """What the ImageNet head makes of the images. Evidence, not a vote: a head can be sure of the wrong thing
+    (digits taken for envelopes)."""
+    if c.head_top1 is None:
+        return
+    verdict = ("confident" if c.head_top1 >= HEAD_CONFIDENT else "unsure" if c.head_top1 < HEAD_UNSURE
+               else "neither confident nor lost")
+    seen = ", ".join(f"{t['class']} {100 * t['share']:.0f}%" for t in c.head_top_classes)
+    reasons.append(f"the ImageNet head is {verdict} on these images (mean top-1 probability {c.head_top1:.2f})"
+                   + (f" and mostly takes them for: {seen}" if seen else ""))
+    if c.head_top_classes and c.head_top_classes[0]["share"] >= HEAD_ONE_CLASS:
+        reasons.append(f"it puts {100 * c.head_top_classes[0]['share']:.0f}% of the images in one ImageNet "
+                       "class: to ImageNet's eyes they all look alike")
+
+
+def _curve(c: Comparison, measured: bool, reasons: list[str]) -> str:
+    """The learning curve in words: "climbing", "flat" or "can't tell" ("flat" when it was not drawn)."""
+    if c.curve_gain is None:
+        return "flat"
+    curve = curve_verdict(c.curve_gain, c.curve_noise)
+    reasons.append(f"from 50% to 100% of the sample the best layer gains {_pts(c.curve_gain)} (noise "
+                   f"{_pts(c.curve_noise or 0.0)}): " + {
+                       "climbing": "still climbing, so more labelled images (or fine-tuning) may pay",
+                       "flat": "flat, so frozen features have saturated on this data",
+                       "can't tell": "can't tell whether it still climbs; more labelled images (or fine-tuning) "
+                                     "may pay",
+                   }[curve] + (" (the fine-tuning measurement above settles that one)"
+                               if measured and curve != "flat" else ""))
+    return curve
 
 
 def gained(gain: float, noise: float | None) -> str:
