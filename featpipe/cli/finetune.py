@@ -18,6 +18,7 @@ BatchNorm = choices("BatchNorm", settings.BN_POLICIES)
 Precision = choices("Precision", settings.FINETUNE_PRECISIONS)
 
 
+# Long only in its signature: Typer reads one parameter per option; the body is short.
 @app.command("finetune", cls=common.renamed({"--val-size": "--validation-size"}))
 @user_errors
 def finetune_command(
