@@ -36,8 +36,10 @@ from extract_speed import baseline, images  # noqa: E402 - bench/ is no package
 COMBOS = [("torch", "fp32"), ("openvino", "fp32"), ("auto", "fp32"), ("torch", "bf16"), ("openvino", "bf16")]
 
 
-def child(workdir: Path, *args: str) -> dict:
-    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache")}
+def child(workdir: Path, *args: str, small_pages: bool = False) -> dict:
+    """One measurement in a fresh process; ``small_pages``: torch's own allocator behaviour, without the huge
+    pages featpipe asks for (THP_MEM_ALLOC_ENABLE, featpipe/__init__.py), as featpipe's torch backend ran before."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "cache"), "THP_MEM_ALLOC_ENABLE": "0" if small_pages else "1"}
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"child {args[0]} failed:\n{out.stderr}")
@@ -144,6 +146,8 @@ def main() -> None:
                 runs[backend, precision].append((fp, pure))
         rows = {combo: best(measured) for combo, measured in runs.items()}
         again = child(args.workdir, "featpipe", str(folder), str(args.workdir / "b.h5"), model, "openvino", "fp32")
+        small = max(child(args.workdir, "featpipe", str(folder), str(args.workdir / "b.h5"), model, "torch", "fp32",
+                           small_pages=True)["images_per_s"] for _ in range(args.rounds))
         ref_fp, ref_pure = rows["torch", "fp32"]
         print(f"  {'backend':9} {'precision':9} {'in process':>16} {'whole call':>16} {'pure forward F':>18} "
               f"{'peak RSS':>14} {'conversion':>10}")
@@ -166,6 +170,8 @@ def main() -> None:
               f"limit L = 1/(1/F + d/cores) = {limit:.1f} img/s; featpipe auto = {auto / limit:.2f} L")
         print(f"  auto / torch in process: {auto / ref_fp['images_per_s']:.2f}x; the most this decode time allows "
               f"(L / torch in process): {limit / ref_fp['images_per_s']:.2f}x")
+        print(f"  torch fp32 without huge pages (THP_MEM_ALLOC_ENABLE=0, featpipe's torch backend before them): "
+              f"{small:.1f} img/s in process; auto / that: {auto / small:.2f}x")
         if ("openvino", "bf16") in rows:
             bf = rows["openvino", "bf16"][0]["images_per_s"]
             print(f"  --precision bf16 (openvino) / auto fp32: {bf / auto:.2f}x in process")
