@@ -194,7 +194,9 @@ def test_pretrained_timm_weights_go_through_the_safe_loader(tmp_path, monkeypatc
 def test_a_checkpoint_of_another_format_version_is_refused(tmp_path):
     """The fine-tuning checkpoint's reader checks its version, as the feature file's and the model file's do."""
     from featpipe.errors import WeightsError
-    from featpipe.models.weights import FINETUNE_FORMAT, FINETUNE_FORMAT_VERSION, checkpoint_meta
+    from featpipe.files.checkpoint import FORMAT as FINETUNE_FORMAT
+    from featpipe.files.checkpoint import FORMAT_VERSION as FINETUNE_FORMAT_VERSION
+    from featpipe.models.weights import checkpoint_meta
 
     path = tmp_path / "ft.pt"
     torch.save({"state_dict": {}, "featpipe": {"format": FINETUNE_FORMAT, "format_version": FINETUNE_FORMAT_VERSION,

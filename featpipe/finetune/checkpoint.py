@@ -1,5 +1,5 @@
-"""The fine-tuning checkpoint, written (``write``; ``save`` for the resume state) and read back: the network with
-its head, its preprocessing, its classes."""
+"""The fine-tuning checkpoint read back: the network with its head, its preprocessing, its classes (the file itself,
+written and its metadata checked, is files/checkpoint.py's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,15 +10,12 @@ import torch
 from torch import nn
 
 from .. import models
-from .._util import atomic_write
 from ..errors import WeightsError
 from ..extraction.decode import BadImage, load_rgb
 from ..extraction.preprocess import Preprocessor
 from ..models.data_config import DataConfig
-from ..models.weights import FINETUNE_FORMAT, FINETUNE_FORMAT_VERSION, checkpoint_meta
+from ..models.weights import checkpoint_meta
 from ..settings import PREDICT
-
-FORMAT = FINETUNE_FORMAT
 
 
 @dataclass
@@ -27,19 +24,6 @@ class FineTuned:
     data_config: DataConfig
     classes: list[str]
     meta: dict
-
-
-def save(obj, path: Path) -> None:
-    """``torch.save`` under a temporary name, then renamed: a reader sees the previous file or this one."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def write(path: Path, net: nn.Module, meta: dict) -> None:
-    """The checkpoint of ``net`` (its weights on the CPU) with featpipe's metadata (``meta``, this format's
-    tag and version added), which ``read_meta`` and extract's ``--weights`` read."""
-    meta = {"format": FORMAT, "format_version": FINETUNE_FORMAT_VERSION, **meta}
-    save({"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "featpipe": meta}, path)
 
 
 def read_meta(path: str | Path) -> dict | None:

@@ -33,10 +33,11 @@ from ..errors import UsageError
 from ..extraction.devices import resolve_device
 from ..extraction.preprocess import Preprocessor
 from ..extraction.sources import discover
+from ..files import checkpoint as checkpoint_file
 from ..models.stages import stage_layers
 from ..models.weights import classifier_name
 from ..settings import FINETUNE, shown
-from . import blocks, checkpoint, data, loop, lr_range, view_choice
+from . import blocks, data, loop, lr_range, view_choice
 from . import recipe as recipe_rules
 from .config import FinetuneConfig, checked
 from .data import Images, make_loader, train_transform
@@ -289,7 +290,7 @@ def train(config: FinetuneConfig, spec, net: nn.Module, paths: list, labels: np.
         if val_loss < best_loss or not len(val_rows):  # without validation rows the last epoch is kept
             best_state, best_epoch, best_loss = blocks.snapshot(net), epoch, val_loss
         if resume_path is not None:  # the whole state, so that a resumed run gives the same weights
-            checkpoint.save({
+            checkpoint_file.save({
                 "identity": identity, "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {}, "start": snapshot_start,
                 "best": best_state, "best_epoch": best_epoch, "best_loss": best_loss,
@@ -358,7 +359,7 @@ def finetune(config: FinetuneConfig,
         "val_accuracy": None if math.isnan(best.val_accuracy) else best.val_accuracy,
         "train_images": len(train_rows), "val_images": len(val_rows),
     }
-    checkpoint.write(config.output, trained.net, meta)
+    checkpoint_file.write(config.output, trained.net.state_dict(), meta)
     resume_path.unlink(missing_ok=True)
     return FinetuneResult(config.output, classes, trained.history, trained.best_epoch, trained.audit,
                           trained.trainable, len(train_rows), len(val_rows), trained.skipped, trained.resumed_from,

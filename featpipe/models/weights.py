@@ -18,15 +18,12 @@ from torch import nn
 
 from .._util import sha256_file
 from ..errors import WeightsError
+from ..files import checkpoint as checkpoint_file
 from .pretrained import LITE_PACKAGES, find_pretrained
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 _SEEDED_BUILD = threading.Lock()
-# A checkpoint written by `featpipe finetune`: {"state_dict": ..., "featpipe": {"format": FINETUNE_FORMAT,
-# "model", "data_config", "classes", ...}}; the metadata says how to build and feed the network.
-FINETUNE_FORMAT = "featpipe-finetune"
-FINETUNE_FORMAT_VERSION = 1  # the metadata's layout: a reader refuses any other (finetune/checkpoint.py writes it)
 
 
 @dataclass(frozen=True)
@@ -141,29 +138,13 @@ def _load_object(path: Path):
     return obj
 
 
-def finetune_meta(obj, path: str | Path) -> dict | None:
-    """The featpipe metadata of a loaded checkpoint object (read from ``path``); None for any other checkpoint.
-
-    Raises:
-        WeightsError: a `featpipe finetune` checkpoint of a format version this featpipe does not read.
-    """
-    meta = obj.get("featpipe") if isinstance(obj, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FINETUNE_FORMAT:
-        return None
-    if meta.get("format_version") != FINETUNE_FORMAT_VERSION:
-        raise WeightsError(f"{str(path)!r} is a `featpipe finetune` checkpoint of format_version "
-                           f"{meta.get('format_version')!r}; this featpipe reads version {FINETUNE_FORMAT_VERSION}: "
-                           "fine-tune again with this featpipe, or use the featpipe that wrote it")
-    return meta
-
-
 def checkpoint_meta(path: str | Path) -> dict | None:
     """The featpipe metadata of the checkpoint at ``path`` (written by `featpipe finetune`), or None.
 
     Raises:
         WeightsError: the file does not exist or does not load with weights_only=True.
     """
-    return finetune_meta(_load_object(Path(path).expanduser()), path)
+    return checkpoint_file.read_meta(_load_object(Path(path).expanduser()), path)
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -249,7 +230,7 @@ def load_model(spec: ModelSpec, weights: str, seed: int = 0) -> tuple[nn.Module,
     else:
         path = Path(weights).expanduser()
         obj = _load_object(path)
-        meta = finetune_meta(obj, path)
+        meta = checkpoint_file.read_meta(obj, path)
         if meta is not None and meta.get("model") != spec.name:
             raise WeightsError(f"{str(path)!r} was fine-tuned from {meta.get('model')}, not {spec.name}; "
                                f"pass --model {meta.get('model')} or leave --model out")
