@@ -1,16 +1,15 @@
 """Where the CPU's forward pass runs: PyTorch (eager, or traced and frozen) or OpenVINO (``--backend``).
 
-OpenVINO runs the same network 2-4x faster than eager PyTorch on a CPU in fp32, and in bf16 where the CPU has
-AVX512-BF16 or AMX (docs/benchmarks.md). ONNX Runtime was measured too: slower than OpenVINO in fp32 on the
-development machine, and without a bf16 path on the CPU, so it is not offered.
+OpenVINO runs the same network faster than featpipe's traced PyTorch on a CPU, on every architecture measured, in
+fp32 and in bf16 where the CPU has AVX512-BF16 or AMX (docs/benchmarks.md: bench/backends_archs.py). ONNX Runtime
+was measured too: slower than OpenVINO in fp32 on the development machine, and without a bf16 path on the CPU,
+so it is not offered.
 
 The tapped network fed the crops as decoded (``extractor.FromCrops``: uint8 (B, H, W, 3) in, the normalisation
 inside, one output per ``--layer``, pooled as asked) is exported once to ONNX, so every layer comes out of the
-converted graph. The export is cached on disk
-(``~/.cache/featpipe/openvino``), keyed by what makes the network (model, weights' sha256, layers, input size
-and normalisation)
-and the versions of torch (the exporter) and OpenVINO; a second run and every Dask worker on the host read it.
-Each load is checked against PyTorch on a probe batch before it is used (see :func:`agreement`); a cache
+converted graph. The export is cached on disk (``~/.cache/featpipe/openvino``), keyed by what makes the network
+(model, weights' sha256, layers, input size and normalisation) and the versions of torch (the exporter) and
+OpenVINO; a second run and every Dask worker on the host read it. Each load is checked against PyTorch on a probe batch before it is used (see :func:`agreement`); a cache
 file that fails to load or to agree is converted again.
 """
 from __future__ import annotations
