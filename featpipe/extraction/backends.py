@@ -9,8 +9,9 @@ The tapped network fed the crops as decoded (``extractor.FromCrops``: uint8 (B, 
 inside, one output per ``--layer``, pooled as asked) is exported once to ONNX, so every layer comes out of the
 converted graph. The export is cached on disk (``~/.cache/featpipe/openvino``), keyed by what makes the network
 (model, weights' sha256, layers, input size and normalisation) and the versions of torch (the exporter) and
-OpenVINO; a second run and every Dask worker on the host read it. Each load is checked against PyTorch on a probe batch before it is used (see :func:`agreement`); a cache
-file that fails to load or to agree is converted again.
+OpenVINO; a second run and every Dask worker on the host read it. Each load is checked against PyTorch on a
+probe batch before it is used (see :func:`agreement`); a cache file that fails to load or to agree is converted
+again.
 """
 from __future__ import annotations
 
