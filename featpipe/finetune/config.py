@@ -49,6 +49,12 @@ class FinetuneConfig:
                 object.__setattr__(self, name, parse_auto(value, name, kind))
         FINETUNE.check(self)
 
+    @property
+    def resume_path(self) -> Path:
+        """Where an interrupted run of this output keeps its state (``--resume`` continues from it)."""
+        output = Path(self.output)
+        return output.with_name(output.name + ".resume")
+
 
 def parse_auto(value, name: str, kind: type):
     """``auto`` or a value of ``kind`` (from the CLI's text or Python) for the field ``name``.

@@ -336,7 +336,7 @@ def finetune(config: FinetuneConfig,
     """
     t_start = time.perf_counter()
     config = checked(replace(config, input=Path(config.input), output=Path(config.output).expanduser().absolute()))
-    resume_path = config.output.with_name(config.output.name + ".resume")
+    resume_path = config.resume_path
     if resume_path.exists() and not config.resume:
         raise FINETUNE.refuse(f"{shown(str(resume_path))} holds an interrupted run: {{resume}} continues it, "
                               "or delete the file to start again")

@@ -87,8 +87,8 @@ def run_finetune(stage: FinetuneStage, progress: Callable[[str, int, int], None]
     if _current(stage, wanted):
         return None
     # An interrupted run of these very settings continues (the pipeline's rerun is the user's "go on").
-    resume = config.output.with_name(config.output.name + ".resume").exists()
-    result = finetune(replace(config, resume=config.resume or resume), progress=progress, on_epoch=on_epoch)
+    result = finetune(replace(config, resume=config.resume or config.resume_path.exists()), progress=progress,
+                      on_epoch=on_epoch)
     with atomic_write(stage.record) as tmp:
         tmp.write_text(json.dumps({"fingerprint": wanted, "checkpoint_sha256": sha256_file(config.output)}) + "\n")
     if stage.report is not None:
